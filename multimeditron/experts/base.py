@@ -1,0 +1,148 @@
+"""The interface every vision expert implements: its dimensions, its input transform and its checkpoint loading.
+
+The vision stack sizes routers, fusion and projectors from these attributes, never from a duplicated config value.
+An expert receives the processor's canvas (RGB in [0, 1], any square size) and resizes and normalises it itself on
+the device, so that one `pixel_values` tensor serves experts with different input sizes and normalisations.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+OUTPUTS = ("patch", "cls", "all")
+
+
+@dataclass
+class ExpertSpec:
+    """How to build one expert: the registry id plus optional overrides. Stored as a dict in the model config.
+
+    - id: a registry id (`biomedclip`, `dinov2_vitb14_reg4`, `timm:vit_small_patch16_224`, ...).
+    - checkpoint: a local file/folder or a hub id in the expert's original published layout; None = random weights.
+    - tiny: build the family's tiny architecture (width 32, 2 blocks, 32 px) for tests and smoke runs.
+    - image_size: input resolution override (position embeddings are resampled when a checkpoint differs).
+    - output: which tokens the expert emits: `patch` (patch tokens), `cls` (one pooled/class token),
+      `all` (class/register tokens followed by patch tokens). None = the family's default.
+    - normalization: a named normalisation of the family (MerMED-FM modalities) or None for its default.
+    - options: extra keyword arguments for the architecture builder (timm/open_clip kwargs).
+    """
+
+    id: str
+    checkpoint: str | None = None
+    tiny: bool = False
+    image_size: int | None = None
+    output: str | None = None
+    normalization: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | "ExpertSpec", where: str = "experts") -> "ExpertSpec":
+        if isinstance(data, ExpertSpec):
+            return data
+        if not isinstance(data, dict):
+            raise TypeError(f"{where}: an expert must be a mapping with at least an `id`, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{where}: unknown expert key(s) {unknown}; valid keys are {sorted(names)}")
+        if "id" not in data:
+            raise ValueError(f"{where}: an expert needs an `id`")
+        spec = cls(**data)
+        if spec.output is not None and spec.output not in OUTPUTS:
+            raise ValueError(f"{where}.output: {spec.output!r} is not one of {list(OUTPUTS)}")
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class LoadReport:
+    """What a checkpoint load did: keys the expert expected but did not get, keys it got and did not use."""
+
+    source: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # keys removed on purpose (decoders, heads, mask tokens)
+
+    def raise_if_incomplete(self, allowed_missing: tuple[str, ...] = ()) -> "LoadReport":
+        missing = [k for k in self.missing if not any(k.startswith(p) for p in allowed_missing)]
+        if missing or self.unexpected:
+            raise ValueError(
+                f"checkpoint {self.source} does not match the expert: missing keys {missing[:10]}"
+                f"{' ...' if len(missing) > 10 else ''} ({len(missing)} in all), unexpected keys "
+                f"{self.unexpected[:10]}{' ...' if len(self.unexpected) > 10 else ''} ({len(self.unexpected)} in all)"
+            )
+        return self
+
+
+class VisionExpert(nn.Module):
+    """A vision encoder that turns a batch of images into `num_tokens` feature vectors of width `feature_dim`.
+
+    Subclasses set the attributes in `__init__` and implement `encode` and `load_checkpoint`.
+    """
+
+    expert_id: str
+    feature_dim: int
+    image_size: int
+    num_tokens: int
+    patch_grid: int | None  # tokens per side when the output is a square grid of patch tokens, else None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    output: str
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def _set_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, canvas: torch.Tensor) -> torch.Tensor:
+        """Canvas images (B, 3, S, S) in [0, 1] -> this expert's normalised input (B, 3, image_size, image_size)."""
+        if canvas.shape[-1] != self.image_size or canvas.shape[-2] != self.image_size:
+            canvas = F.interpolate(
+                canvas.float(), size=(self.image_size, self.image_size), mode="bicubic", antialias=True,
+                align_corners=False,
+            ).clamp_(0.0, 1.0)
+        weight_dtype = next(self.parameters()).dtype
+        return ((canvas.float() - self._mean) / self._std).to(weight_dtype)
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B, 3, image_size, image_size) -> features (B, num_tokens, feature_dim)."""
+        raise NotImplementedError
+
+    def forward(self, canvas: torch.Tensor) -> torch.Tensor:
+        return self.encode(self.preprocess(canvas))
+
+    def load_checkpoint(self, source: str) -> LoadReport:
+        """Load weights from a local path or hub id in the expert's original published layout."""
+        raise NotImplementedError(f"{type(self).__name__} cannot load checkpoints")
+
+    def describe(self) -> str:
+        return (f"{self.expert_id}: {self.num_tokens} tokens x {self.feature_dim} d, input {self.image_size} px, "
+                f"output={self.output}")
+
+
+def select_tokens(tokens: torch.Tensor, num_prefix: int, output: str, pooled: torch.Tensor | None = None) -> torch.Tensor:
+    """Pick the requested output from a ViT token sequence [prefix tokens..., patch tokens...].
+
+    `pooled` (B, D) replaces the class token for `cls` when the family pools differently (mean, attention pool).
+    """
+    if output == "patch":
+        return tokens[:, num_prefix:]
+    if output == "cls":
+        return (pooled if pooled is not None else tokens[:, 0]).unsqueeze(1)
+    if output == "all":
+        return tokens
+    raise ValueError(f"unknown expert output {output!r}; valid: {list(OUTPUTS)}")

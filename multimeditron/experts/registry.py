@@ -1,0 +1,49 @@
+"""Registry of vision experts: id -> builder. `timm:<name>` builds any timm ViT as an expert."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from multimeditron.experts.base import ExpertSpec, VisionExpert
+
+ExpertBuilder = Callable[[ExpertSpec], VisionExpert]
+_BUILDERS: dict[str, ExpertBuilder] = {}
+_PREFIX_BUILDERS: dict[str, ExpertBuilder] = {}
+
+
+def register_expert(*expert_ids: str, prefix: bool = False) -> Callable[[ExpertBuilder], ExpertBuilder]:
+    """Decorator: register a builder under one or more ids (or an id prefix such as `timm:`)."""
+
+    def wrap(builder: ExpertBuilder) -> ExpertBuilder:
+        table = _PREFIX_BUILDERS if prefix else _BUILDERS
+        for expert_id in expert_ids:
+            if expert_id in table:
+                raise ValueError(f"expert id {expert_id!r} registered twice")
+            table[expert_id] = builder
+        return builder
+
+    return wrap
+
+
+def _ensure_families_loaded() -> None:
+    # Importing the family modules runs their @register_expert decorators.
+    from multimeditron.experts import families  # noqa: F401
+
+
+def available_experts() -> list[str]:
+    _ensure_families_loaded()
+    return sorted(_BUILDERS) + [f"{p}<name>" for p in sorted(_PREFIX_BUILDERS)]
+
+
+def build_expert(spec: ExpertSpec | dict[str, Any], load_checkpoint: bool = True) -> VisionExpert:
+    """Build the expert a spec names; load its checkpoint when it has one and `load_checkpoint` is set."""
+    _ensure_families_loaded()
+    spec = ExpertSpec.from_dict(spec)
+    builder = _BUILDERS.get(spec.id)
+    if builder is None:
+        builder = next((b for p, b in _PREFIX_BUILDERS.items() if spec.id.startswith(p)), None)
+    if builder is None:
+        raise KeyError(f"unknown expert id {spec.id!r}; valid ids: {', '.join(available_experts())}")
+    expert = builder(spec)
+    if load_checkpoint and spec.checkpoint:
+        expert.load_checkpoint(spec.checkpoint)
+    return expert
