@@ -104,9 +104,8 @@ class VisionExpert(nn.Module):
         super().__init__()
 
     def _set_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
+        # Plain tuples, not buffers: non-persistent buffers come back uninitialised from a meta-device load.
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
     def preprocess(self, canvas: torch.Tensor) -> torch.Tensor:
         """Canvas images (B, 3, S, S) in [0, 1] -> this expert's normalised input (B, 3, image_size, image_size)."""
@@ -116,7 +115,9 @@ class VisionExpert(nn.Module):
                 align_corners=False,
             ).clamp_(0.0, 1.0)
         weight_dtype = next(self.parameters()).dtype
-        return ((canvas.float() - self._mean) / self._std).to(weight_dtype)
+        mean = torch.tensor(self.mean, device=canvas.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=canvas.device).view(1, 3, 1, 1)
+        return ((canvas.float() - mean) / std).to(weight_dtype)
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Normalised images (B, 3, image_size, image_size) -> features (B, num_tokens, feature_dim)."""

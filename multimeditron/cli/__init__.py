@@ -1,0 +1,41 @@
+"""`multimeditron` / `python -m multimeditron`: one subcommand per module of this package."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> module in multimeditron.cli exposing `HELP`, `add_arguments(parser)` and `run(args) -> int`.
+# Modules are imported only when their subcommand runs, so `--help` stays fast.
+SUBCOMMANDS = {
+    "train": "train",
+    "quickstart": "quickstart",
+    "generate": "generate",
+    "eval": "evaluate",
+    "check-dataset": "check_dataset",
+    "convert": "convert",
+}
+
+SUMMARIES = {
+    "train": "train a model from a YAML config (one process, torchrun or deepspeed)",
+    "quickstart": "generate the synthetic VQA set, train a tiny model in two stages, evaluate it",
+    "generate": "answer a prompt about an image with a trained model",
+    "eval": "score a model on a benchmark task without lmms-eval (or list the tasks)",
+    "check-dataset": "validate a dataset and name every bad row",
+    "convert": "convert LLaVA-style JSON or an image-classification folder into an Arrow dataset",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="multimeditron", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, summary in SUMMARIES.items():
+        sub.add_parser(name, help=summary, add_help=False)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    module = importlib.import_module(f"multimeditron.cli.{SUBCOMMANDS[argv[0]]}")
+    command_parser = argparse.ArgumentParser(prog=f"multimeditron {argv[0]}", description=SUMMARIES[argv[0]])
+    module.add_arguments(command_parser)
+    return int(module.run(command_parser.parse_args(argv[1:])) or 0)

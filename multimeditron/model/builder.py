@@ -1,0 +1,60 @@
+"""Building a new MultiMeditron model and its processor from an LLM (hub id, folder or tiny preset) and experts."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from multimeditron.experts.registry import build_expert
+from multimeditron.model.configuration import DEFAULT_ATTACHMENT_TOKEN, MultiMeditronConfig
+from multimeditron.model.modeling import MultiMeditronForCausalLM
+from multimeditron.model.processing import MultiMeditronProcessor
+from multimeditron.model.tokens import add_image_tokens
+from multimeditron.presets import build_tiny_llm, build_tiny_tokenizer, is_tiny_preset
+
+
+def load_llm(name_or_path: str, dtype: torch.dtype | str = "auto", attn_implementation: str = "sdpa",
+             trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer from a tiny preset name, a local folder or a hub id."""
+    if is_tiny_preset(name_or_path):
+        return build_tiny_llm(name_or_path, attn_implementation), build_tiny_tokenizer(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    llm = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
+                                               trust_remote_code=trust_remote_code)
+    return llm, tokenizer
+
+
+def build_model(
+    llm: str,
+    experts: list[dict[str, Any]],
+    fusion: str = "none",
+    projection: str = "shared",
+    router: str = "uniform",
+    router_top_k: int | None = None,
+    attachment_token: str = DEFAULT_ATTACHMENT_TOKEN,
+    dtype: torch.dtype | str = "auto",
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+    **config_kwargs: Any,
+) -> tuple[MultiMeditronForCausalLM, MultiMeditronProcessor]:
+    """A new model (pretrained LLM + experts loaded from their checkpoints, new parts initialised) and its processor."""
+    language_model, tokenizer = load_llm(llm, dtype, attn_implementation, trust_remote_code)
+    token_ids = add_image_tokens(tokenizer, language_model)
+    config = MultiMeditronConfig(
+        text_config=language_model.config, experts=experts, fusion=fusion, projection=projection, router=router,
+        router_top_k=router_top_k, attachment_token=attachment_token, **token_ids, **config_kwargs,
+    )
+    config._attn_implementation = attn_implementation
+    model = MultiMeditronForCausalLM(config, language_model=language_model)
+    for index, spec in enumerate(config.experts):
+        if spec.get("checkpoint"):
+            model.vision.experts[index].load_checkpoint(spec["checkpoint"])
+    model.to(language_model.dtype)
+    processor = build_processor(model, tokenizer)
+    return model, processor
+
+
+def build_processor(model: MultiMeditronForCausalLM, tokenizer: PreTrainedTokenizerBase) -> MultiMeditronProcessor:
+    canvas = max(expert.image_size for expert in model.vision.experts)
+    return MultiMeditronProcessor(tokenizer, model.num_image_tokens, canvas, model.config.attachment_token)

@@ -1,0 +1,105 @@
+"""`MultiMeditronConfig`: the architecture of a MultiMeditron model (LLM config, experts, fusion, projection, router).
+
+Only architecture lives here; the number of image tokens is derived from the experts when the model is built.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+from multimeditron.experts.base import ExpertSpec
+
+FUSIONS = ("none", "avg", "cat", "attn")
+PROJECTIONS = ("shared", "per_expert")
+ROUTERS = ("uniform", "learned")
+PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
+
+IMAGE_TOKEN = "<|image_pad|>"
+IMAGE_START_TOKEN = "<|image_start|>"
+IMAGE_END_TOKEN = "<|image_end|>"
+DEFAULT_ATTACHMENT_TOKEN = "<|image|>"
+
+
+class MultiMeditronConfig(PretrainedConfig):
+    """Configuration of `MultiMeditronForCausalLM`.
+
+    Args:
+        text_config: the wrapped causal LM's config (a `PretrainedConfig` or its dict with `model_type`).
+        experts: list of expert specs (`{"id": ..., "checkpoint": ..., "tiny": ..., ...}`, see `ExpertSpec`).
+        fusion: `none` (one expert), `avg`, `cat` or `attn` (generalist tokens cross-attend to the others).
+        projection: `shared` (one projector after fusion) or `per_expert` (one projector per expert, fusion in
+            LLM space).
+        projector_type: `mlp2x_gelu` (LLaVA-1.5) or `linear`.
+        router: `uniform` (every expert, equal weights) or `learned` (a gate on the generalist's pooled feature).
+        router_top_k: experts run per image with the learned router (default: all).
+        generalist_index: which expert is the generalist (query of `attn`, input of the learned gate; its token
+            grid is the one every other expert is resampled to).
+        attn_heads: heads of the `attn` fusion.
+        image_token_id / image_start_token_id / image_end_token_id: ids of the special tokens in the tokenizer.
+        attachment_token: the placeholder users write in text where an image goes.
+    """
+
+    model_type = "multimeditron"
+    sub_configs = {"text_config": AutoConfig}
+
+    def __init__(
+        self,
+        text_config: PretrainedConfig | dict[str, Any] | None = None,
+        experts: list[dict[str, Any]] | None = None,
+        fusion: str = "none",
+        projection: str = "shared",
+        projector_type: str = "mlp2x_gelu",
+        router: str = "uniform",
+        router_top_k: int | None = None,
+        generalist_index: int = 0,
+        attn_heads: int = 8,
+        image_token_id: int | None = None,
+        image_start_token_id: int | None = None,
+        image_end_token_id: int | None = None,
+        attachment_token: str = DEFAULT_ATTACHMENT_TOKEN,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(text_config, dict):
+            if "model_type" not in text_config:
+                raise ValueError("text_config: a dict text config needs its `model_type`")
+            text_config = AutoConfig.for_model(**text_config)
+        self.text_config = text_config
+        self.experts = [ExpertSpec.from_dict(e, where=f"experts[{i}]").to_dict() for i, e in enumerate(experts or [])]
+        self.fusion = fusion
+        self.projection = projection
+        self.projector_type = projector_type
+        self.router = router
+        self.router_top_k = router_top_k
+        self.generalist_index = generalist_index
+        self.attn_heads = attn_heads
+        self.image_token_id = image_token_id
+        self.image_start_token_id = image_start_token_id
+        self.image_end_token_id = image_end_token_id
+        self.attachment_token = attachment_token
+        kwargs.setdefault("tie_word_embeddings", getattr(text_config, "tie_word_embeddings", False))
+        super().__init__(**kwargs)
+        self._validate_choices()
+
+    def _validate_choices(self) -> None:
+        for key, value, valid in (("fusion", self.fusion, FUSIONS), ("projection", self.projection, PROJECTIONS),
+                                  ("router", self.router, ROUTERS),
+                                  ("projector_type", self.projector_type, PROJECTOR_TYPES)):
+            if value not in valid:
+                raise ValueError(f"{key}: {value!r} is not one of {list(valid)}")
+        n = len(self.experts)
+        if n and self.fusion == "none" and n != 1:
+            raise ValueError(f"fusion: `none` takes exactly one expert, got {n}; choose avg, cat or attn")
+        if self.fusion != "none" and n < 2:
+            raise ValueError(f"fusion: {self.fusion!r} mixes several experts, got {n}; use fusion `none`")
+        if n and not 0 <= self.generalist_index < n:
+            raise ValueError(f"generalist_index: {self.generalist_index} is outside the {n} experts")
+        if self.router_top_k is not None:
+            if self.router != "learned":
+                raise ValueError("router_top_k: only the learned router selects experts; remove router_top_k or use router: learned")
+            if not 1 <= self.router_top_k <= n:
+                raise ValueError(f"router_top_k: {self.router_top_k} must lie between 1 and the number of experts ({n})")
+
+    @property
+    def experts_top_k(self) -> int:
+        return self.router_top_k if self.router_top_k is not None else len(self.experts)

@@ -1,0 +1,129 @@
+"""`MultiMeditronForCausalLM`: a causal LM whose image-token positions receive the vision stack's projected features."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from multimeditron.model.configuration import MultiMeditronConfig
+from multimeditron.model.vision_stack import VisionStack
+
+
+class MultiMeditronPreTrainedModel(PreTrainedModel):
+    config_class = MultiMeditronConfig
+    config: MultiMeditronConfig
+    base_model_prefix = ""
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["VisionStack"]
+
+
+class MultiMeditronForCausalLM(MultiMeditronPreTrainedModel, GenerationMixin):
+    """Wraps any `AutoModelForCausalLM` (`language_model`) with a `VisionStack` (`vision`)."""
+
+    def __init__(self, config: MultiMeditronConfig, language_model: PreTrainedModel | None = None) -> None:
+        super().__init__(config)
+        if language_model is None:
+            language_model = AutoModelForCausalLM.from_config(
+                config.text_config, attn_implementation=config._attn_implementation)
+        self.language_model = language_model
+        self.vision = VisionStack(config, config.text_config.hidden_size)
+        if config.image_token_id is None:
+            raise ValueError("image_token_id: the config does not name the image token; build the model with "
+                             "multimeditron.build_model so that the special tokens are added to the tokenizer")
+        self.post_init()
+
+    # The LLM keeps its own initialisation; only our new modules are initialised here.
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        return
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> "MultiMeditronForCausalLM":
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.vision.restore_non_persistent_buffers(model.config.experts)
+        return loaded
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision.num_image_tokens
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: torch.nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: torch.nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def get_decoder(self) -> torch.nn.Module:
+        return self.language_model.get_decoder()
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Canvas images (num_images, 3, S, S) in [0, 1] -> (num_images, num_image_tokens, hidden_size)."""
+        return self.vision(pixel_values)
+
+    def merge_image_features(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor,
+                             pixel_values: torch.Tensor) -> torch.Tensor:
+        """Write the image features into the image-token positions, after checking that the counts agree."""
+        image_mask = input_ids == self.config.image_token_id
+        n_tokens = int(image_mask.sum())
+        n_images = pixel_values.shape[0]
+        n_features = n_images * self.num_image_tokens
+        if n_tokens != n_features:
+            raise ValueError(
+                f"image tokens and image features do not match: the input holds {n_tokens} image tokens but "
+                f"{n_images} image(s) give {n_features} features ({self.num_image_tokens} per image); expand each "
+                "image placeholder with MultiMeditronProcessor"
+            )
+        if n_images == 0:
+            return inputs_embeds
+        features = self.get_image_features(pixel_values).to(inputs_embeds.device, inputs_embeds.dtype)
+        mask = image_mask.unsqueeze(-1).expand_as(inputs_embeds)
+        return inputs_embeds.masked_scatter(mask, features)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+            if pixel_values is not None:
+                inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, pixel_values)
+            elif (past_key_values is None or past_key_values.get_seq_length() == 0) and bool(
+                    (input_ids == self.config.image_token_id).any()):
+                raise ValueError("the input holds image tokens but no pixel_values were given")
+        elif pixel_values is not None:
+            raise ValueError("pixel_values need input_ids (to find the image tokens), not inputs_embeds")
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
