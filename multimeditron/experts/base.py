@@ -56,10 +56,11 @@ class ExpertSpec:
             raise ValueError(f"{where}: unknown expert key(s) {unknown}; valid keys are {sorted(names)}")
         if "id" not in data:
             raise ValueError(f"{where}: an expert needs an `id`")
-        spec = cls(**data)
-        if spec.output is not None and spec.output not in OUTPUTS:
-            raise ValueError(f"{where}.output: {spec.output!r} is not one of {list(OUTPUTS)}")
-        return spec
+        return cls(**data)
+
+    def __post_init__(self) -> None:
+        if self.output is not None and self.output not in OUTPUTS:
+            raise ValueError(f"expert {self.id!r}: output {self.output!r} is not one of {list(OUTPUTS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,6 +74,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # keys removed on purpose (decoders, heads, mask tokens)
+    entry: str | None = None  # the entry of a training checkpoint that was loaded (`model`, `teacher`, ...)
 
     def raise_if_incomplete(self, allowed_missing: tuple[str, ...] = ()) -> "LoadReport":
         missing = [k for k in self.missing if not any(k.startswith(p) for p in allowed_missing)]

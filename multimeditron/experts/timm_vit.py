@@ -1,16 +1,41 @@
 """A VisionExpert around a timm Vision Transformer: the shared body of every timm-based family."""
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Any, Callable
 
 import torch
 
-from multimeditron.experts.base import VisionExpert, select_tokens
+from multimeditron.experts.base import ExpertSpec, LoadReport, VisionExpert, select_tokens
+from multimeditron.experts.checkpoints import (
+    DEFAULT_WEIGHT_FILES,
+    drop_keys,
+    load_state_dict_checked,
+    read_checkpoint,
+    resample_pos_embed_key,
+    strip_prefix,
+    unwrap_state_dict,
+)
 
 TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2)
 
+# How the single `cls` vector is made from the final tokens.
+CLS_POOLS = ("token", "avg", "avg_all", "head")
+
+StateDict = dict[str, torch.Tensor]
+
+
+def timm_checkpoint_filter(model: torch.nn.Module) -> Callable[[StateDict, torch.nn.Module], StateDict] | None:
+    """The `checkpoint_filter_fn` of the timm module that defines `model` (it converts Meta/OpenAI/... layouts)."""
+    return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+
 
 class TimmViTExpert(VisionExpert):
+    # Weight files looked for inside a checkpoint folder or hub repository, in order.
+    checkpoint_files: tuple[str, ...] = DEFAULT_WEIGHT_FILES
+    # Key prefixes the expert may legitimately lack in a checkpoint (left at their initialisation).
+    allowed_missing: tuple[str, ...] = ()
+
     def __init__(
         self,
         expert_id: str,
@@ -20,11 +45,14 @@ class TimmViTExpert(VisionExpert):
         std: tuple[float, ...],
         output: str = "patch",
         model_kwargs: dict[str, Any] | None = None,
+        cls_pool: str = "token",
     ) -> None:
         super().__init__()
         import timm
 
-        self.expert_id, self.output, self.model_name = expert_id, output, model_name
+        if cls_pool not in CLS_POOLS:
+            raise ValueError(f"{expert_id}: cls_pool {cls_pool!r} is not one of {list(CLS_POOLS)}")
+        self.expert_id, self.output, self.model_name, self.cls_pool = expert_id, output, model_name, cls_pool
         self.model_kwargs = dict(model_kwargs or {})
         self.vit = timm.create_model(model_name, pretrained=False, num_classes=0, img_size=image_size,
                                      **self.model_kwargs)
@@ -39,4 +67,69 @@ class TimmViTExpert(VisionExpert):
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         tokens = self.vit.forward_features(pixel_values)
-        return select_tokens(tokens, self.num_prefix_tokens, self.output)
+        pooled = None
+        if self.output == "cls" and self.cls_pool != "token":
+            if self.cls_pool == "avg":
+                pooled = tokens[:, self.num_prefix_tokens:].mean(dim=1)
+            elif self.cls_pool == "avg_all":
+                pooled = tokens.mean(dim=1)
+            else:
+                pooled = self.vit.forward_head(tokens, pre_logits=True)
+        return select_tokens(tokens, self.num_prefix_tokens, self.output, pooled)
+
+    # Checkpoint loading: families override `convert_checkpoint`, the rest is shared.
+    def load_checkpoint(self, source: str) -> LoadReport:
+        raw = read_checkpoint(source, self.checkpoint_files)
+        state_dict, dropped, entry = self.convert_checkpoint(raw, source)
+        return load_state_dict_checked(self.vit, state_dict, source, dropped=dropped,
+                                       allowed_missing=self.allowed_missing, entry=entry)
+
+    def convert_checkpoint(self, raw: dict[str, Any], source: str) -> tuple[StateDict, list[str], str | None]:
+        """Generic timm path: a timm-layout state dict, or any layout timm's own filter of this model converts
+        (Meta DINOv2, OpenAI CLIP, OpenCLIP timm towers, ...); position embeddings are resampled by the filter."""
+        state_dict, entry = unwrap_state_dict(raw, source=source)
+        state_dict = strip_prefix(state_dict, "module.")  # DistributedDataParallel wrapper
+        filter_fn = timm_checkpoint_filter(self.vit)
+        if filter_fn is not None:
+            state_dict = filter_fn(state_dict, self.vit)
+        elif getattr(self.vit, "pos_embed", None) is not None:
+            prefix = 0 if getattr(self.vit, "no_embed_class", False) else self.num_prefix_tokens
+            resample_pos_embed_key(state_dict, "pos_embed", self.vit.pos_embed, prefix)
+        return (*self.drop_classifier(state_dict), entry)
+
+    def drop_classifier(self, state_dict: StateDict) -> tuple[StateDict, list[str]]:
+        """The expert is a feature extractor without a classifier: a checkpoint's `head.*` is dropped on purpose."""
+        if any(k.startswith("head.") for k in self.vit.state_dict()):
+            return state_dict, []
+        return drop_keys(state_dict, prefixes=("head.",))
+
+
+def build_timm_family(
+    spec: ExpertSpec,
+    expert_cls: type[TimmViTExpert],
+    model_name: str,
+    *,
+    image_size: int,
+    tiny_image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    model_kwargs: dict[str, Any] | None = None,
+    tiny_kwargs: dict[str, Any] | None = None,
+    cls_pool: str = "token",
+    output: str = "patch",
+) -> TimmViTExpert:
+    """Build one timm-based family from its defaults, the spec's overrides and, for `tiny`, a small architecture.
+
+    `spec.options` may set `mean`, `std`, `cls_pool`; every other option is passed to `timm.create_model`.
+    """
+    options = dict(spec.options)
+    mean = tuple(options.pop("mean", mean))
+    std = tuple(options.pop("std", std))
+    cls_pool = options.pop("cls_pool", cls_pool)
+    kwargs = dict(model_kwargs or {})
+    if spec.tiny:
+        kwargs.update(TINY_VIT if tiny_kwargs is None else tiny_kwargs)
+    kwargs.update(options)
+    size = spec.image_size or (tiny_image_size if spec.tiny else image_size)
+    return expert_cls(spec.id, model_name, size, mean, std, output=spec.output or output, model_kwargs=kwargs,
+                      cls_pool=cls_pool)

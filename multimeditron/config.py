@@ -1,0 +1,245 @@
+"""The run configuration: one typed YAML schema (model, data, stage, lora, training_args, deepspeed, seed).
+
+Validated in one place with messages that name the offending key; unknown keys are refused so typos surface.
+`${VAR}` and `$VAR` in string values come from the environment (an unset variable is an error; `$$` is a `$`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from multimeditron.experts.base import ExpertSpec
+
+STAGES = ("alignment", "end2end", "full", "lm_only")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted path of the key at fault."""
+
+
+@dataclass
+class ModelSection:
+    llm: str | None = None  # hub id, local folder or tiny preset (tiny-qwen3, tiny-llama, tiny-apertus)
+    base_model: str | None = None  # an earlier stage's output; its stored architecture wins
+    experts: list[ExpertSpec] = field(default_factory=list)
+    fusion: Literal["none", "avg", "cat", "attn"] = "none"
+    projection: Literal["shared", "per_expert"] = "shared"
+    projector_type: Literal["mlp2x_gelu", "linear"] = "mlp2x_gelu"
+    router: Literal["uniform", "learned"] = "uniform"
+    router_top_k: int | None = None
+    generalist_index: int = 0
+    attn_heads: int = 8
+    attachment_token: str = "<|image|>"
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
+    trust_remote_code: bool = False
+
+    # Architecture keys: given together with base_model they must agree with the checkpoint.
+    ARCHITECTURE_KEYS: typing.ClassVar[tuple[str, ...]] = (
+        "llm", "experts", "fusion", "projection", "projector_type", "router", "router_top_k", "generalist_index",
+        "attn_heads", "attachment_token")
+
+
+@dataclass
+class DatasetEntry:
+    path: str  # save_to_disk folder, parquet/arrow file(s) or hub id
+    weight: float = 1.0  # relative sampling weight in the mixture
+    max_samples: int | None = None  # cap on rows taken from this dataset
+    split: str | None = None  # split of a DatasetDict / hub dataset (default: train for train, test for eval)
+
+
+@dataclass
+class DataSection:
+    train: list[DatasetEntry] = field(default_factory=list)
+    eval: list[DatasetEntry] = field(default_factory=list)
+    max_sequence_length: int = 2048
+    packing: bool = False
+    on_bad_sample: Literal["error", "skip"] = "error"
+    attachment_token: str | None = None  # placeholder in the data; None = the model's
+    image_base_dir: str | None = None  # base folder for relative image paths (paths escaping it are refused)
+    num_proc: int = 1  # processes for tokenisation (datasets.map)
+    seed: int | None = None  # mixture sampling seed; None = the run seed
+
+
+@dataclass
+class LoraSection:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection
+    data: DataSection
+    stage: Literal["alignment", "end2end", "full", "lm_only"]
+    training_args: dict[str, Any] = field(default_factory=dict)
+    lora: LoraSection | None = None
+    deepspeed: str | None = None
+    seed: int = 42
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- loading ------------------------------------------------------------------------------------------------------
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def substitute_env(value: Any, where: str = "", environ: typing.Mapping[str, str] | None = None) -> Any:
+    environ = os.environ if environ is None else environ
+    if isinstance(value, dict):
+        return {k: substitute_env(v, _join(where, k), environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, f"{where}[{i}]", environ) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(2)
+        if name not in environ:
+            raise ConfigError(f"{where}: environment variable ${name} is not set")
+        return environ[name]
+
+    return _VARIABLE.sub(replace, value)
+
+
+def set_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `--set a.b.c=value` (value parsed as YAML) to the raw config mapping."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None,
+                environ: typing.Mapping[str, str] | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with path.open() as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for assignment in overrides or []:
+        set_override(data, assignment)
+    return parse_config(substitute_env(data, environ=environ))
+
+
+def parse_config(data: dict[str, Any]) -> RunConfig:
+    config = _build(RunConfig, data, "")
+    _check_semantics(config)
+    return config
+
+
+def _check_semantics(config: RunConfig) -> None:
+    model = config.model
+    if model.base_model is None and model.llm is None:
+        raise ConfigError("model.llm: required unless model.base_model names an earlier stage's output")
+    if model.base_model is None and not model.experts:
+        raise ConfigError("model.experts: at least one expert is needed to build a new model")
+    if not config.data.train:
+        raise ConfigError("data.train: at least one dataset is needed")
+    for section, entries in (("train", config.data.train), ("eval", config.data.eval)):
+        for i, entry in enumerate(entries):
+            if entry.weight <= 0:
+                raise ConfigError(f"data.{section}[{i}].weight: must be positive, got {entry.weight}")
+            if entry.max_samples is not None and entry.max_samples <= 0:
+                raise ConfigError(f"data.{section}[{i}].max_samples: must be positive, got {entry.max_samples}")
+    if config.data.max_sequence_length < 16:
+        raise ConfigError(f"data.max_sequence_length: {config.data.max_sequence_length} is too small")
+    if config.lora is not None and config.stage not in ("end2end", "full", "lm_only"):
+        raise ConfigError(f"lora: stage {config.stage!r} does not train the LLM; LoRA needs end2end, full or lm_only")
+    _check_training_args(config.training_args)
+    if config.deepspeed is not None and not Path(config.deepspeed).is_file():
+        raise ConfigError(f"deepspeed: file {config.deepspeed} does not exist")
+
+
+def _check_training_args(args: dict[str, Any]) -> None:
+    from transformers import TrainingArguments
+
+    valid = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    unknown = sorted(set(args) - valid)
+    if unknown:
+        raise ConfigError(f"training_args.{unknown[0]}: not a transformers TrainingArguments field"
+                          + (f" (also unknown: {unknown[1:]})" if len(unknown) > 1 else ""))
+    if "output_dir" not in args:
+        raise ConfigError("training_args.output_dir: required (where checkpoints and the final model go)")
+    if "deepspeed" in args:
+        raise ConfigError("training_args.deepspeed: give the DeepSpeed JSON as the top-level `deepspeed` key")
+
+
+# ---- typed construction -------------------------------------------------------------------------------------------
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(where, unknown[0])}: unknown key; valid keys here: {sorted(fields)}")
+    values = {}
+    for name, f in fields.items():
+        if name in data:
+            values[name] = _coerce(hints[name], data[name], _join(where, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_join(where, name)}: required key is missing")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where or 'config'}: {error}") from error
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(option, value, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} does not fit {hint}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
