@@ -21,6 +21,21 @@ from multimeditron.experts.base import ExpertSpec
 STAGES = ("alignment", "end2end", "full", "lm_only")
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load, but `1e-4` is a float (YAML 1.1 reads it as a string, a classic learning-rate trap)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: typing.IO | str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 class ConfigError(ValueError):
     """A configuration problem, with the dotted path of the key at fault."""
 
@@ -125,7 +140,7 @@ def set_override(data: dict[str, Any], assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {key}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = _yaml_load(raw)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None,
@@ -133,13 +148,21 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None,
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    with path.open() as handle:
-        data = yaml.safe_load(handle) or {}
+    try:
+        with path.open() as handle:
+            data = _yaml_load(handle) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML (quote values that start with $ or {{ inside {{...}}): "
+                          f"{error}") from error
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for assignment in overrides or []:
         set_override(data, assignment)
-    return parse_config(substitute_env(data, environ=environ))
+    data = substitute_env(data, environ=environ)
+    # A relative DeepSpeed path is relative to the YAML file, so cookbook configs work from any directory.
+    if isinstance(data.get("deepspeed"), str) and not os.path.isabs(data["deepspeed"]):
+        data["deepspeed"] = str((path.parent / data["deepspeed"]).resolve())
+    return parse_config(data)
 
 
 def parse_config(data: dict[str, Any]) -> RunConfig:

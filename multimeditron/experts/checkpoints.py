@@ -66,8 +66,8 @@ def hub_download(repo_id: str, filename: str) -> Path | None:
     Fails with `CheckpointDownloadError` naming the repository when the hub cannot be reached (offline machines)
     or the repository does not exist.
     """
-    from huggingface_hub import hf_hub_download
     from huggingface_hub import errors as hub_errors
+    from huggingface_hub import hf_hub_download
 
     remote_missing = getattr(hub_errors, "RemoteEntryNotFoundError", hub_errors.EntryNotFoundError)
     try:
@@ -209,7 +209,7 @@ def unwrap_state_dict(
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Remove `prefix` from the keys that carry it; other keys are kept unchanged."""
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+    return {(k.removeprefix(prefix)): v for k, v in state_dict.items()}
 
 
 def drop_keys(
@@ -250,7 +250,7 @@ def resample_pos_embed(
     unbatched = pos_embed.ndim == 2
     pos = pos_embed.unsqueeze(0) if unbatched else pos_embed
     old = pos.shape[1] - num_prefix_tokens
-    side = int(round(old ** 0.5))
+    side = round(old ** 0.5)
     if side * side != old:
         raise ValueError(f"position embedding with {old} patch positions is not a square grid")
     out = resample_abs_pos_embed(pos, new_size=list(new_grid), old_size=[side, side],
@@ -265,7 +265,7 @@ def resample_pos_embed_key(
     if key not in state_dict or state_dict[key].shape == target.shape:
         return
     n = (target.shape[-2]) - num_prefix_tokens
-    side = int(round(n ** 0.5))
+    side = round(n ** 0.5)
     if side * side != n:
         raise ValueError(f"cannot resample {key}: the expert's grid of {n} positions is not square")
     state_dict[key] = resample_pos_embed(state_dict[key], (side, side), num_prefix_tokens)

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from multimeditron.experts.base import ExpertSpec, LoadReport, VisionExpert, select_tokens
+from multimeditron.experts.base import (
+    ExpertSpec,
+    LoadReport,
+    VisionExpert,
+    select_tokens,
+)
 from multimeditron.experts.checkpoints import (
     DEFAULT_WEIGHT_FILES,
     drop_keys,

@@ -43,7 +43,8 @@ def build_model(
     token_ids = add_image_tokens(tokenizer, language_model)
     config = MultiMeditronConfig(
         text_config=language_model.config, experts=experts, fusion=fusion, projection=projection, router=router,
-        router_top_k=router_top_k, attachment_token=attachment_token, **token_ids, **config_kwargs,
+        router_top_k=router_top_k, attachment_token=attachment_token, base_llm=llm, **token_ids,
+        **config_kwargs,
     )
     config._attn_implementation = attn_implementation
     model = MultiMeditronForCausalLM(config, language_model=language_model)

@@ -38,6 +38,7 @@ class MultiMeditronConfig(PretrainedConfig):
         attn_heads: heads of the `attn` fusion.
         image_token_id / image_start_token_id / image_end_token_id: ids of the special tokens in the tokenizer.
         attachment_token: the placeholder users write in text where an image goes.
+        base_llm: the LLM (hub id, folder or preset) the model was built from, for the record.
     """
 
     model_type = "multimeditron"
@@ -58,6 +59,7 @@ class MultiMeditronConfig(PretrainedConfig):
         image_start_token_id: int | None = None,
         image_end_token_id: int | None = None,
         attachment_token: str = DEFAULT_ATTACHMENT_TOKEN,
+        base_llm: str | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(text_config, dict):
@@ -77,6 +79,7 @@ class MultiMeditronConfig(PretrainedConfig):
         self.image_start_token_id = image_start_token_id
         self.image_end_token_id = image_end_token_id
         self.attachment_token = attachment_token
+        self.base_llm = base_llm
         kwargs.setdefault("tie_word_embeddings", getattr(text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
         self._validate_choices()

@@ -1,2 +1,12 @@
 """Expert families; importing this package registers every family's ids."""
-from multimeditron.experts.families import timm_generic  # noqa: F401
+from multimeditron.experts.families import (  # noqa: F401
+    biomedclip,
+    clip,
+    dinov2,
+    dinov3,
+    mermed,
+    retfound_dinov2,
+    retfound_green,
+    retfound_mae,
+    timm_generic,
+)

@@ -4,7 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 from multimeditron.experts.base import IMAGENET_MEAN, IMAGENET_STD, ExpertSpec
-from multimeditron.experts.checkpoints import drop_keys, resample_pos_embed_key, unwrap_state_dict
+from multimeditron.experts.checkpoints import (
+    drop_keys,
+    resample_pos_embed_key,
+    unwrap_state_dict,
+)
 from multimeditron.experts.registry import register_expert
 from multimeditron.experts.timm_vit import StateDict, TimmViTExpert, build_timm_family
 

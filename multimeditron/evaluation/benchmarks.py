@@ -1,0 +1,189 @@
+"""The evaluation tasks (GMAI-MMBench, SLAKE, PathVQA, the synthetic VQA set): where the data lives, how a row
+becomes a prompt and how a reply is scored. Shared by the lmms-eval task files and the built-in evaluator, so both
+ask the same questions and compute the same numbers."""
+from __future__ import annotations
+
+import os
+import string
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from datasets import Dataset
+
+from multimeditron.evaluation.data import decode_image, load_hub, load_table, slake_image
+from multimeditron.evaluation.scoring import (
+    choice_correct, exact_match, extract_choice, is_closed, percent, vqa_summary,
+)
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
+LETTERS = "ABCDE"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    title: str
+    hub_path: str | None
+    split: str | None  # None: the first of test / validation / val / train
+    max_new_tokens: int = 32
+    stop: tuple[str, ...] = ("\n\n",)  # lmms-eval's default `until`; the task YAMLs repeat it
+    metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
+
+    @property
+    def env_var(self) -> str:
+        """Environment variable naming a local copy (parquet file or folder, Arrow `save_to_disk` folder)."""
+        return f"MMD_{self.name.upper().removeprefix('MMD_')}_DATA"
+
+    def load(self, data: str | os.PathLike | None = None) -> Dataset:
+        """The evaluation rows: from `data`, else from $<env_var>, else from the hub."""
+        source = data or os.environ.get(self.env_var)
+        if source:
+            return self.prepare(load_table(source, self.split))
+        if self.hub_path is None:
+            raise ValueError(f"{self.name} has no hub copy: pass --data PATH or set {self.env_var}")
+        return self.prepare(load_hub(self.hub_path, self.split))
+
+    def prepare(self, table: Dataset) -> Dataset:
+        return table
+
+    def question(self, doc: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def images(self, doc: dict[str, Any]) -> list:
+        return [decode_image(doc["image"])]
+
+    def messages(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
+        """lmms-eval chat messages: the images, then the question."""
+        parts = [{"type": "image", "url": image} for image in self.images(doc)]
+        return [{"role": "user", "content": parts + [{"type": "text", "text": self.question(doc)}]}]
+
+    def score(self, doc: dict[str, Any], reply: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"accuracy": percent(r["correct"] for r in records), "n": len(records)}
+
+
+class ChoiceBenchmark(Benchmark):
+    """Multiple choice over the columns A-E (missing options are empty); `answer` holds the letter."""
+
+    def options(self, doc: dict[str, Any]) -> dict[str, str]:
+        return {letter: str(doc[letter]).strip() for letter in LETTERS
+                if doc.get(letter) is not None and str(doc[letter]).strip() not in ("", "nan", "None")}
+
+    def question(self, doc: dict[str, Any]) -> str:
+        listed = "\n".join(f"{letter}. {text}" for letter, text in self.options(doc).items())
+        return f"{str(doc['question']).strip()}\n{listed}\n{LETTER_ANSWER}"
+
+    def score(self, doc: dict[str, Any], reply: str) -> dict[str, Any]:
+        options = self.options(doc)
+        return {"correct": choice_correct(reply, options, doc["answer"]), "picked": extract_choice(reply, options)}
+
+
+class VQABenchmark(Benchmark):
+    """Short-answer VQA: normalised exact match, reported overall, on yes/no (closed) and on open questions."""
+    metrics: ClassVar[tuple[str, ...]] = ("accuracy", "closed_accuracy", "open_accuracy")
+
+    def question(self, doc: dict[str, Any]) -> str:
+        return f"{str(doc['question']).strip()}\n{SHORT_ANSWER}"
+
+    def score(self, doc: dict[str, Any], reply: str) -> dict[str, Any]:
+        return {"correct": exact_match(reply, doc["answer"]), "closed": is_closed(doc["answer"])}
+
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return vqa_summary(records)
+
+
+class SlakeBenchmark(VQABenchmark):
+    """SLAKE: English rows only (`q_lang == "en"`); the image is the row's `image` if any, else `img_name` read from
+    $MMD_SLAKE_IMAGES (a folder or imgs.zip) or from the hub's imgs.zip."""
+
+    def prepare(self, table: Dataset) -> Dataset:
+        if "q_lang" in table.column_names:
+            table = table.filter(lambda lang: str(lang).strip().lower() == "en", input_columns="q_lang")
+        return table
+
+    def images(self, doc: dict[str, Any]) -> list:
+        if doc.get("image") is not None:
+            return [decode_image(doc["image"])]
+        return [slake_image(doc["img_name"], self.hub_path)]
+
+
+class SyntheticBenchmark(Benchmark):
+    """The package's synthetic VQA set (multimeditron.data.synthetic): MultiMediset rows plus `question_type`,
+    `answer` and `choices`; accuracy per question type beside its chance level."""
+
+    def messages(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
+        from multimeditron.model.configuration import DEFAULT_ATTACHMENT_TOKEN
+
+        images = iter(decode_image(m["value"]) for m in doc["modalities"] if m["type"] == "image")
+        turns = list(doc["conversations"])
+        while turns and turns[-1]["role"] == "assistant":  # the answer is what the model must produce
+            turns.pop()
+        messages = []
+        for turn in turns:
+            pieces = turn["content"].split(DEFAULT_ATTACHMENT_TOKEN)
+            parts: list[dict[str, Any]] = []
+            for index, piece in enumerate(pieces):
+                if index:
+                    parts.append({"type": "image", "url": next(images)})
+                if piece.strip():
+                    parts.append({"type": "text", "text": piece.strip()})
+            messages.append({"role": turn["role"], "content": parts})
+        return messages
+
+    def score(self, doc: dict[str, Any], reply: str) -> dict[str, Any]:
+        choices = list(doc.get("choices") or [])
+        correct = exact_match(reply, doc["answer"])
+        if not correct and choices:
+            options = dict(zip(string.ascii_uppercase, choices))
+            correct = choice_correct(reply, options, _letter_of(doc["answer"], options))
+        return {"correct": correct, "question_type": str(doc.get("question_type") or "all"),
+                "n_choices": len(choices)}
+
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        levels = _chance_levels()
+        per_type: dict[str, dict[str, Any]] = {}
+        for kind in sorted({r["question_type"] for r in records}):
+            rows = [r for r in records if r["question_type"] == kind]
+            chance = levels.get(kind)
+            if chance is None and rows and rows[0]["n_choices"]:
+                chance = 1.0 / rows[0]["n_choices"]
+            per_type[kind] = {"accuracy": percent(r["correct"] for r in rows), "n": len(rows),
+                              "chance": None if chance is None else 100.0 * chance if chance <= 1 else chance}
+        known = [(t["chance"], t["n"]) for t in per_type.values() if t["chance"] is not None]
+        overall_chance = sum(c * n for c, n in known) / sum(n for _, n in known) if known else None
+        return {"accuracy": percent(r["correct"] for r in records), "chance": overall_chance, "n": len(records),
+                "per_type": per_type}
+
+
+def _letter_of(answer: Any, options: dict[str, str]) -> str:
+    for letter, text in options.items():
+        if exact_match(text, answer):
+            return letter
+    return str(answer)
+
+
+def _chance_levels() -> dict[str, float]:
+    """CHANCE_LEVELS from the synthetic-set module (fractions or percent), {} if that module is absent."""
+    try:
+        from multimeditron.data.synthetic import CHANCE_LEVELS
+    except ImportError:
+        return {}
+    return dict(CHANCE_LEVELS)
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    ChoiceBenchmark("mmd_gmai_mmbench", "GMAI-MMBench (val)", "louis-mart/GMAI-MMBench-val", None, max_new_tokens=16),
+    SlakeBenchmark("mmd_slake", "SLAKE (test, English)", "BoKelvin/SLAKE", "test"),
+    VQABenchmark("mmd_pathvqa", "PathVQA (test)", "flaviagiammarino/path-vqa", "test"),
+    SyntheticBenchmark("synthetic_vqa", "Synthetic medical VQA (test)", None, "test", max_new_tokens=16,
+                       stop=("\n",)),
+)}
+
+
+def get_benchmark(name: str) -> Benchmark:
+    if name not in BENCHMARKS:
+        raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[name]

@@ -1,0 +1,74 @@
+"""Building the model of a run: a new one from `model:` (LLM + experts), or an earlier stage's output (`base_model`)."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+
+from multimeditron.config import ConfigError, ModelSection, RunConfig
+from multimeditron.model.builder import build_model
+from multimeditron.model.modeling import MultiMeditronForCausalLM
+from multimeditron.model.processing import MultiMeditronProcessor
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_attn_implementation(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def training_dtype(training_args: dict) -> torch.dtype:
+    if training_args.get("bf16"):
+        return torch.bfloat16
+    if training_args.get("fp16"):
+        return torch.float16
+    return torch.float32
+
+
+def check_base_model_agrees(section: ModelSection, stored: dict) -> None:
+    """A `model:` key given beside `base_model` must match the checkpoint; the stored architecture wins."""
+    defaults = ModelSection()
+    for key in ModelSection.ARCHITECTURE_KEYS:
+        given = getattr(section, key)
+        if key == "experts":
+            given = [e.to_dict() for e in given] or None
+            stored_value = stored.get("experts")
+        elif key == "llm":
+            stored_value = stored.get("base_llm")
+        else:
+            stored_value = stored.get(key)
+        if given is None or given == getattr(defaults, key) or given == stored_value:
+            continue
+        if key == "llm" and stored_value is None:
+            continue
+        raise ConfigError(
+            f"model.{key}: {given!r} contradicts the architecture stored in model.base_model "
+            f"({section.base_model}: {stored_value!r}); remove model.{key} or start a new model without base_model"
+        )
+
+
+def load_run_model(config: RunConfig) -> tuple[MultiMeditronForCausalLM, MultiMeditronProcessor]:
+    section = config.model
+    dtype = training_dtype(config.training_args)
+    attn = resolve_attn_implementation(section.attn_implementation)
+    if section.base_model is not None:
+        from transformers import AutoConfig
+
+        stored = AutoConfig.from_pretrained(section.base_model)
+        check_base_model_agrees(section, stored.to_dict())
+        model = MultiMeditronForCausalLM.from_pretrained(section.base_model, dtype=dtype, attn_implementation=attn)
+        processor = MultiMeditronProcessor.from_pretrained(section.base_model)
+        logger.info("continuing from %s", section.base_model)
+        return model, processor
+    return build_model(
+        section.llm, [e.to_dict() for e in section.experts], fusion=section.fusion, projection=section.projection,
+        router=section.router, router_top_k=section.router_top_k, attachment_token=section.attachment_token,
+        dtype=dtype, attn_implementation=attn, trust_remote_code=section.trust_remote_code,
+        projector_type=section.projector_type, generalist_index=section.generalist_index,
+        attn_heads=section.attn_heads,
+    )

@@ -1,0 +1,109 @@
+"""`train --dry-run`: validate the config and print the plan without loading weights or data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from multimeditron.config import RunConfig
+from multimeditron.training.run import world_size
+
+
+def _llm_config(name: str):
+    """The LLM's config when it is available offline (tiny preset, local folder, local HF cache), else None."""
+    from transformers import AutoConfig
+
+    from multimeditron.presets import TINY_LLMS
+    from multimeditron.presets.tiny_llm import build_tiny_llm
+
+    if name in TINY_LLMS:
+        return build_tiny_llm(name).config
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def _meta_model(config: RunConfig):
+    """The run's architecture on the meta device (no memory, no weights), or None when the LLM config is unknown."""
+    from multimeditron.model.configuration import MultiMeditronConfig
+    from multimeditron.model.modeling import MultiMeditronForCausalLM
+
+    section = config.model
+    if section.base_model is not None:
+        if not (Path(section.base_model) / "config.json").is_file():
+            return None
+        from transformers import AutoConfig
+
+        model_config = AutoConfig.from_pretrained(section.base_model)
+    else:
+        text_config = _llm_config(section.llm)
+        if text_config is None:
+            return None
+        vocab = text_config.vocab_size
+        model_config = MultiMeditronConfig(
+            text_config=text_config, experts=[e.to_dict() for e in section.experts], fusion=section.fusion,
+            projection=section.projection, projector_type=section.projector_type, router=section.router,
+            router_top_k=section.router_top_k, generalist_index=section.generalist_index,
+            attn_heads=section.attn_heads, image_token_id=vocab - 3, image_start_token_id=vocab - 2,
+            image_end_token_id=vocab - 1)
+    model_config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        return MultiMeditronForCausalLM(model_config)
+
+
+def _dataset_line(entry) -> str:
+    path = entry.path
+    if os.path.exists(path):
+        where = "local"
+    elif path.startswith(("/", ".")) or os.sep in path and path.count("/") != 1:
+        where = "MISSING locally"
+    else:
+        where = "hub id or missing"
+    cap = f", at most {entry.max_samples} rows" if entry.max_samples else ""
+    return f"  - {path} (weight {entry.weight}{cap}; {where})"
+
+
+def format_plan(config: RunConfig) -> str:
+    from multimeditron.training.stages import apply_stage, format_table
+
+    section, data, args = config.model, config.data, config.training_args
+    lines = ["MultiMeditron training plan (dry run: nothing loaded)", f"stage: {config.stage}"]
+    if section.base_model is not None:
+        exists = "found" if Path(section.base_model).is_dir() else "not found yet (an earlier stage writes it)"
+        lines.append(f"model: continue from {section.base_model} ({exists}); its stored architecture is used")
+    else:
+        lines.append(f"model: LLM {section.llm}; fusion {section.fusion}; projection {section.projection} "
+                     f"({section.projector_type}); router {section.router}"
+                     + (f" top-{section.router_top_k}" if section.router_top_k else ""))
+        for i, expert in enumerate(section.experts):
+            lines.append(f"  expert[{i}] {expert.id}" + (" (tiny)" if expert.tiny else "")
+                         + f" checkpoint={expert.checkpoint or 'random init'}")
+    if config.lora is not None:
+        lines.append(f"lora: r={config.lora.r} alpha={config.lora.alpha} targets={config.lora.target_modules}")
+    model = _meta_model(config)
+    if model is None:
+        lines.append("parameters: the LLM config is not available offline; per-part counts appear at the start "
+                     "of the real run")
+    else:
+        if config.lora is None:
+            lines.append(format_table(apply_stage(model, config.stage), config.stage))
+        else:
+            lines.append("parameters per part (before LoRA injection):")
+            lines.append(format_table(apply_stage(model, "end2end"), config.stage))
+        lines.append(f"image tokens per image: {model.num_image_tokens}")
+    lines.append(f"data: max_sequence_length {data.max_sequence_length}; packing {data.packing}; "
+                 f"on_bad_sample {data.on_bad_sample}")
+    lines.append(" train:")
+    lines += [_dataset_line(e) for e in data.train]
+    if data.eval:
+        lines.append(" eval:")
+        lines += [_dataset_line(e) for e in data.eval]
+    per_device = args.get("per_device_train_batch_size", 8)
+    accumulation = args.get("gradient_accumulation_steps", 1)
+    world = world_size()
+    lines.append(f"effective batch: {per_device} per device x {accumulation} accumulation x {world} process(es) "
+                 f"= {per_device * accumulation * world}")
+    lines.append(f"deepspeed: {config.deepspeed or 'off'}; output: {args['output_dir']}")
+    return "\n".join(lines)

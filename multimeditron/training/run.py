@@ -1,0 +1,126 @@
+"""One training run from a `RunConfig`: model, stage, datasets, HF Trainer (+DeepSpeed), final save."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from multimeditron.config import RunConfig
+from multimeditron.training.model_setup import load_run_model, training_dtype
+from multimeditron.training.stages import apply_stage, format_table
+
+logger = logging.getLogger("multimeditron.train")
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    final_dir: Path
+    train_metrics: dict[str, float]
+    bad_samples: dict[str, int]
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def build_training_arguments(config: RunConfig, overrides: dict[str, Any] | None = None):
+    from transformers import TrainingArguments
+
+    args = {"report_to": "none", "remove_unused_columns": False, "save_strategy": "steps", "logging_steps": 10,
+            "seed": config.seed, "data_seed": config.seed}
+    args.update(config.training_args)
+    args.update(overrides or {})
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        args["use_cpu"] = True
+        for flag in ("bf16", "fp16", "tf32"):
+            if args.get(flag):
+                logger.warning("training_args.%s: no GPU here, training in fp32 on the CPU", flag)
+            args[flag] = False
+        if world_size() > 1:
+            # accelerate fails in one process with gloo set ("Default process group has not been initialized").
+            args.setdefault("ddp_backend", "gloo")
+    if config.deepspeed is not None:
+        args["deepspeed"] = config.deepspeed
+    if args.get("gradient_checkpointing"):
+        args.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
+    if config.model.router == "learned" and world_size() > 1 and config.deepspeed is None:
+        # Top-k routing leaves unrouted experts without gradients on some ranks.
+        args.setdefault("ddp_find_unused_parameters", True)
+    return TrainingArguments(**args)
+
+
+def prepare_model(config: RunConfig):
+    model, processor = load_run_model(config)
+    if config.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lora = config.lora
+        model.language_model = get_peft_model(model.language_model, LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+            task_type="CAUSAL_LM"))
+    table = apply_stage(model, config.stage, lora=config.lora is not None)
+    return model, processor, table
+
+
+def save_final(trainer, model, processor, directory: Path) -> None:
+    """The final model, LoRA merged, with tokenizer and processor, loadable by `from_pretrained` offline.
+
+    Without LoRA, `trainer.save_model` gathers DeepSpeed/FSDP shards; LoRA adapters are merged on the main process.
+    """
+    from peft import PeftModel
+
+    if isinstance(model.language_model, PeftModel):
+        if trainer.is_world_process_zero():
+            model.language_model = model.language_model.merge_and_unload()
+            model.save_pretrained(directory)
+            processor.save_pretrained(directory)
+        return
+    trainer.save_model(str(directory))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(directory)
+
+
+def run_training(config: RunConfig, callbacks: list | None = None,
+                 resume_from_checkpoint: str | bool | None = None) -> RunResult:
+    from multimeditron.data import SFTCollator, build_sft_datasets
+    from multimeditron.training.trainer import MultiMeditronTrainer
+
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_training_arguments(config)
+    output_dir = Path(args.output_dir)
+    model, processor, table = prepare_model(config)
+    if is_main_process():
+        logger.info("\n%s", format_table(table, config.stage))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "run_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    data = build_sft_datasets(config.data, processor, seed=config.seed)
+    collator = SFTCollator(processor, packing=config.data.packing, dtype=training_dtype(config.training_args)
+                           if torch.cuda.is_available() else torch.float32)
+    trainer = MultiMeditronTrainer(
+        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, data_collator=collator,
+        processing_class=processor, callbacks=callbacks, bad_sample_report=data.report,
+    )
+    resume = resume_from_checkpoint
+    if resume is None:
+        resume = config.training_args.get("resume_from_checkpoint")
+    result = trainer.train(resume_from_checkpoint=resume)
+    final_dir = output_dir / "final"
+    save_final(trainer, model, processor, final_dir)
+    if trainer.is_world_process_zero():
+        if data.report.total:
+            logger.warning("bad samples skipped during this run:\n%s", data.report.summary())
+        (output_dir / "bad_samples.json").write_text(json.dumps(data.report.counts, indent=2) + "\n")
+    return RunResult(output_dir, final_dir, dict(result.metrics), dict(data.report.counts))

@@ -1,0 +1,115 @@
+"""Training stages: the one place that sets `requires_grad` per part of the model, and the table that logs it.
+
+- alignment: projector(s), fusion, router and the rows of the new special-token embeddings;
+- end2end: alignment + the LLM (or its LoRA adapters);
+- full: end2end + the vision experts;
+- lm_only: the LLM alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from multimeditron.model.modeling import MultiMeditronForCausalLM
+
+
+@dataclass
+class PartStatus:
+    name: str
+    trainable: int
+    total: int
+
+    @property
+    def state(self) -> str:
+        if self.trainable == 0:
+            return "frozen"
+        return "trainable" if self.trainable == self.total else "partly trainable"
+
+
+def model_parts(model: MultiMeditronForCausalLM) -> dict[str, list[nn.Parameter]]:
+    """Parameters grouped by part (expert ids, projectors, router, fusion, LLM embeddings, LLM body)."""
+    vision = model.vision
+    parts: dict[str, list[nn.Parameter]] = {}
+    for index, expert in enumerate(vision.experts):
+        parts[f"expert[{index}] {expert.expert_id}"] = list(expert.parameters())
+    parts["projector" + ("s" if len(vision.projectors) > 1 else "")] = list(vision.projectors.parameters())
+    if vision.router.gate is not None:
+        parts["router"] = list(vision.router.parameters())
+    if vision.cross_attention is not None:
+        parts["fusion (cross-attention)"] = list(vision.cross_attention.parameters())
+    embeddings = model.get_input_embeddings().weight
+    parts["llm input embeddings"] = [embeddings]
+    seen = {id(embeddings)}
+    parts["llm"] = [p for p in model.language_model.parameters() if id(p) not in seen]
+    return parts
+
+
+def new_token_ids(model: MultiMeditronForCausalLM) -> list[int]:
+    config = model.config
+    return [config.image_start_token_id, config.image_end_token_id]
+
+
+def apply_stage(model: MultiMeditronForCausalLM, stage: str, lora: bool = False) -> list[PartStatus]:
+    """Set requires_grad for `stage`; with `lora`, the LLM's trainable part is its adapters (already injected)."""
+    model.requires_grad_(False)
+    vision = model.vision
+    embeddings = model.get_input_embeddings().weight
+    trains_vision_glue = stage in ("alignment", "end2end", "full")
+    if trains_vision_glue:
+        vision.projectors.requires_grad_(True)
+        vision.router.requires_grad_(True)
+        if vision.cross_attention is not None:
+            vision.cross_attention.requires_grad_(True)
+    if stage == "full":
+        vision.experts.requires_grad_(True)
+    if stage in ("end2end", "full", "lm_only"):
+        if lora:
+            for name, param in model.language_model.named_parameters():
+                param.requires_grad_("lora_" in name)
+        else:
+            model.language_model.requires_grad_(True)
+    _limit_embedding_rows(embeddings, new_token_ids(model) if stage == "alignment" else None)
+    return trainable_table(model, stage)
+
+
+def _limit_embedding_rows(weight: nn.Parameter, rows: list[int] | None) -> None:
+    """In alignment only the new tokens' rows learn: the gradient of every other row is zeroed."""
+    handle = getattr(weight, "_multimeditron_row_hook", None)
+    if handle is not None:
+        handle.remove()
+        weight._multimeditron_row_hook = None
+        weight._multimeditron_trained_rows = None
+    if rows is None:
+        return
+    weight.requires_grad_(True)
+    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+    mask[rows] = 1
+    weight._multimeditron_row_hook = weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))
+    weight._multimeditron_trained_rows = list(rows)
+
+
+def trainable_table(model: MultiMeditronForCausalLM, stage: str) -> list[PartStatus]:
+    rows = []
+    for name, params in model_parts(model).items():
+        total = sum(p.numel() for p in params)
+        trainable = 0
+        for p in params:
+            if not p.requires_grad:
+                continue
+            trained_rows = getattr(p, "_multimeditron_trained_rows", None)
+            trainable += p[0].numel() * len(trained_rows) if trained_rows is not None else p.numel()
+        rows.append(PartStatus(name, trainable, total))
+    return rows
+
+
+def format_table(rows: list[PartStatus], stage: str) -> str:
+    width = max(len(r.name) for r in rows)
+    lines = [f"stage {stage}: trainable parameters per part",
+             f"{'part'.ljust(width)}  {'trainable':>12}  {'total':>12}  state"]
+    for r in rows:
+        lines.append(f"{r.name.ljust(width)}  {r.trainable:>12,}  {r.total:>12,}  {r.state}")
+    trainable, total = sum(r.trainable for r in rows), sum(r.total for r in rows)
+    lines.append(f"{'all'.ljust(width)}  {trainable:>12,}  {total:>12,}  {100 * trainable / max(total, 1):.2f}%")
+    return "\n".join(lines)

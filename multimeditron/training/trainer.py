@@ -1,0 +1,53 @@
+"""`MultiMeditronTrainer`: HF Trainer plus throughput logging (samples/s, tokens/s) and the bad-sample report."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+# Key under which the collator reports samples it had to skip while decoding images in workers.
+SKIPPED_KEY = "skipped_samples"
+
+
+class MultiMeditronTrainer(Trainer):
+    def __init__(self, *args: Any, bad_sample_report: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bad_sample_report = bad_sample_report
+        self._window_start = time.perf_counter()
+        self._window_samples = 0
+        self._window_tokens = 0
+
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
+        # Decoupled weight decay would shrink every embedding row, also the rows the alignment stage keeps frozen
+        # through a gradient mask; embeddings are therefore never decayed.
+        names = super().get_decay_parameter_names(model)
+        return [n for n in names if "embed_tokens" not in n and "embeddings.word" not in n]
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        skipped = inputs.pop(SKIPPED_KEY, None)
+        if skipped and self.bad_sample_report is not None:
+            for reason, dataset, row in skipped:
+                self.bad_sample_report.add(reason, dataset, row)
+        mask = inputs.get("attention_mask")
+        if mask is not None and mask.dim() == 2:
+            self._window_tokens += int(mask.sum())
+            self._window_samples += int(mask.shape[0])
+        else:
+            position_ids = inputs["position_ids"]
+            self._window_tokens += int(inputs["input_ids"].numel())
+            self._window_samples += int((position_ids == 0).sum())
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs:
+            elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+            world = max(self.args.world_size, 1)
+            # Per-process counts times world size: every rank sees a same-sized share of the global batch.
+            logs["samples_per_second"] = round(self._window_samples * world / elapsed, 3)
+            logs["tokens_per_second"] = round(self._window_tokens * world / elapsed, 1)
+            self._window_start, self._window_samples, self._window_tokens = time.perf_counter(), 0, 0
+        super().log(logs, *args, **kwargs)
