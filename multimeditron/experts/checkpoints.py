@@ -209,7 +209,7 @@ def unwrap_state_dict(
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Remove `prefix` from the keys that carry it; other keys are kept unchanged."""
-    return {(k.removeprefix(prefix)): v for k, v in state_dict.items()}
+    return {k.removeprefix(prefix): v for k, v in state_dict.items()}
 
 
 def drop_keys(

@@ -132,9 +132,10 @@ def test_retfound_dinov2_loads_the_teacher_not_the_student(tmp_path):
 def test_retfound_dinov2_block_chunked_training_checkpoint(tmp_path):
     """DINOv2 training with block_chunks saves `blocks.<chunk>.<index>.*`; the global index is kept."""
     def chunk(sd: dict) -> None:
+        # Two blocks in two chunks: block i lives in chunk i, under its global index.
         for k in [k for k in sd if k.startswith("backbone.blocks.")]:
             index = int(k.split(".")[2])
-            sd[k.replace(f"backbone.blocks.{index}.", f"backbone.blocks.{index // 1}.{index}.")] = sd.pop(k)
+            sd[k.replace(f"backbone.blocks.{index}.", f"backbone.blocks.{index}.{index}.")] = sd.pop(k)
 
     path, reference = write_retfound_dinov2(tmp_path, chunk)
     _check_features(build_expert({"id": "retfound_dinov2", "tiny": True, "checkpoint": path}), reference)
