@@ -33,8 +33,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def load_pretrained(path: str | os.PathLike, dtype: str | torch.dtype = "auto", device: str | torch.device | None = None,
-                    attn_implementation: str | None = None) -> tuple[MultiMeditronForCausalLM, MultiMeditronProcessor]:
+def load_pretrained(
+    path: str | os.PathLike,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
+) -> tuple[MultiMeditronForCausalLM, MultiMeditronProcessor]:
     """A saved model folder (`model.save_pretrained(d); processor.save_pretrained(d)`) -> (model in eval mode on
     `device`, processor). `dtype`: "auto" (as saved), "bfloat16", "float16", "float32" or a torch dtype."""
     if isinstance(dtype, str) and dtype != "auto":
@@ -107,10 +111,16 @@ def _eos_ids(model: MultiMeditronForCausalLM, processor: MultiMeditronProcessor)
     return sorted(set(ids))
 
 
-def _progress(progress: bool | tqdm, total: int, desc: str) -> tuple[tqdm | None, bool]:
-    if isinstance(progress, tqdm):
-        return progress, False
-    return (tqdm(total=total, desc=desc, dynamic_ncols=True) if progress else None), True
+def _pad_id(model: MultiMeditronForCausalLM, processor: MultiMeditronProcessor) -> int:
+    pad = processor.tokenizer.pad_token_id
+    return pad if pad is not None else _eos_ids(model, processor)[0]
+
+
+def _progress(progress: Any, total: int, desc: str) -> tuple[Any, bool]:
+    """(bar or None, whether this call owns it): True -> a new bar, False -> none, a tqdm -> advance that one."""
+    if isinstance(progress, bool):
+        return (tqdm(total=total, desc=desc, dynamic_ncols=True) if progress else None), True
+    return progress, False
 
 
 @torch.inference_mode()
@@ -132,13 +142,13 @@ def generate_answers(
 ) -> list[str]:
     """One answer per request, in request order. Requests are batched (left padding), longest first so that a
     batch holds prompts of similar length; generation stops early at any `stop` string and each answer is cut
-    before its first stop string and stripped. `progress`: True for a bar, or an existing tqdm to advance."""
+    before its first stop string and stripped. `progress`: True for a bar, False for none, or a tqdm to advance."""
     prompts = [render_prompt(processor, chat, system_prompt) for chat, _ in requests]
     order = sorted(range(len(prompts)), key=lambda i: -len(processor.expand_placeholders(prompts[i])))
     stop = [s for s in stop or () if s]
     options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "num_beams": num_beams,
                                "eos_token_id": _eos_ids(model, processor),
-                               "pad_token_id": processor.tokenizer.pad_token_id,
+                               "pad_token_id": _pad_id(model, processor),
                                # an image token in an answer would be an embedding with no image behind it
                                "suppress_tokens": [processor.image_token_id, processor.image_start_token_id,
                                                    processor.image_end_token_id]}

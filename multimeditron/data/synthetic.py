@@ -1,14 +1,15 @@
-"""Synthetic medical VQA: X-ray-, fundus- and histology-like images drawn with numpy whose answers depend on the
-pixels (modality, presence, side, count, multiple choice); deterministic for a seed, balanced so chance levels are exact.
+"""Synthetic medical VQA: X-ray-, fundus- and histology-like images drawn with numpy, with questions (modality,
+presence, side, count, multiple choice) whose answers depend on the pixels; deterministic for a seed, balanced answers.
 """
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Value
@@ -50,6 +51,9 @@ FINDINGS: dict[str, Finding] = {
                          "a dense purple cluster of cells (histology)"),
 }
 NO_FINDING = "no abnormal finding"
+MODALITY_QUESTIONS = ("What imaging modality is this: x-ray, fundus or histology?",
+                      ("Is this a chest x-ray, a fundus photograph or a histology slide? "
+                       "Answer x-ray, fundus or histology."))
 MC_OPTIONS: tuple[str, ...] = tuple(FINDINGS[m].option for m in MODALITIES) + (NO_FINDING,)
 
 # The image's own left/right is stated in every side question: for a chest X-ray the image's left is the patient's
@@ -68,7 +72,7 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _disc(img: np.ndarray, y: float, x: float, r: float, color: Any, alpha: float = 1.0) -> None:
-    """Blend an anti-aliased disc into `img` in place, touching only its bounding box (hundreds per image)."""
+    """Blend an anti-aliased disc into `img` in place, touching only its bounding box (cheap for small discs)."""
     size = img.shape[0]
     y0, y1 = max(int(y - r - 1), 0), min(int(y + r + 2), size)
     x0, x1 = max(int(x - r - 1), 0), min(int(x + r + 2), size)
@@ -122,7 +126,7 @@ def _place(rng: np.random.Generator, count: int, size: int, radius: tuple[float,
 
 
 # ---- the three modality styles --------------------------------------------------------------------------------
-# Each returns a float32 HxWx3 image in [0, 255]. Intensities are chosen so a finding is far from everything else
+# Each returns a float32 HxWx3 image (clipped to [0, 255] by `draw_image`). Intensities are chosen so a finding is far from everything else
 # that the image holds (X-ray: nodules > 225, everything else < 190; fundus: haemorrhages R < 100, vessels and
 # background R > 120, outside the disc R < 30; histology: clusters R < 120, nuclei and stroma R > 140), which is
 # what lets a tiny model, and a fixed threshold in the tests, find them at 64 px.
@@ -267,10 +271,7 @@ def _row(rng: np.random.Generator, qtype: str, j: int, image_size: int) -> dict[
     if qtype == "modality":
         answer = modality = MODALITIES[j % 3]
         count = int(rng.integers(0, MAX_COUNT + 1))
-        question = str(rng.choice([f"What imaging modality is this: {', '.join(MODALITIES[:-1])} or {MODALITIES[-1]}?",
-                                   f"Is this image an {MODALITIES[0]}, a {MODALITIES[1]} photograph or a "
-                                   f"{MODALITIES[2]} slide? Answer {', '.join(MODALITIES[:-1])} or "
-                                   f"{MODALITIES[-1]}."]))
+        question = str(rng.choice(MODALITY_QUESTIONS))
     elif qtype == "presence":
         answer, modality = ANSWERS["presence"][j % 2], MODALITIES[(j // 2) % 3]
         count = int(rng.integers(1, MAX_COUNT + 1)) if answer == "yes" else 0

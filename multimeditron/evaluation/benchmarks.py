@@ -22,6 +22,8 @@ LETTERS = "ABCDE"
 
 @dataclass(frozen=True)
 class Benchmark:
+    """One task: its data source, prompt, generation budget, scoring and summary (subclasses fill in the rest)."""
+
     name: str
     title: str
     hub_path: str | None
@@ -42,7 +44,12 @@ class Benchmark:
             return self.prepare(load_table(source, self.split))
         if self.hub_path is None:
             raise ValueError(f"{self.name} has no hub copy: pass --data PATH or set {self.env_var}")
-        return self.prepare(load_hub(self.hub_path, self.split))
+        try:
+            table = load_hub(self.hub_path, self.split)
+        except Exception as error:  # offline, gated, renamed: say how to use a local copy instead
+            raise RuntimeError(f"{self.name}: could not load {self.hub_path} from the hub ({error}); point at a "
+                               f"local copy with --data PATH or ${self.env_var}") from error
+        return self.prepare(table)
 
     def prepare(self, table: Dataset) -> Dataset:
         return table

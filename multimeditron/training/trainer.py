@@ -7,8 +7,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-# Key under which the collator reports samples it had to skip while decoding images in workers.
-SKIPPED_KEY = "skipped_samples"
+from multimeditron.data.collator import REPORT_KEY
 
 
 class MultiMeditronTrainer(Trainer):
@@ -27,7 +26,7 @@ class MultiMeditronTrainer(Trainer):
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        skipped = inputs.pop(SKIPPED_KEY, None)
+        skipped = inputs.pop(REPORT_KEY, None)  # rows skipped while decoding images in workers
         if skipped and self.bad_sample_report is not None:
             for reason, dataset, row in skipped:
                 self.bad_sample_report.add(reason, dataset, row)

@@ -1,0 +1,20 @@
+"""`multimeditron quickstart --out DIR`: the project's main job on its embedded default (see multimeditron.quickstart)."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "synthetic VQA -> two-stage training of a tiny model -> held-out accuracy per question type"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/quickstart", help="output folder (data, checkpoints, metrics.json)")
+    parser.add_argument("--num-train", type=int, default=3000)
+    parser.add_argument("--num-test", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from multimeditron.quickstart import run_quickstart
+
+    run_quickstart(args.out, num_train=args.num_train, num_test=args.num_test, seed=args.seed)
+    return 0

@@ -1,0 +1,81 @@
+"""`SFTCollator`: dataset items -> a right-padded training batch (2D mask, or 4D block mask when packing).
+
+The batch also carries `skipped_samples`: a list of (reason, dataset, row) for rows skipped while decoding images in
+the DataLoader workers (usually empty). The trainer pops it before the forward and adds it to the run's report.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from multimeditron.data.chat import IGNORE_INDEX
+from multimeditron.data.packing import block_causal_mask, packed_position_ids
+from multimeditron.model.processing import MultiMeditronProcessor
+
+REPORT_KEY = "skipped_samples"
+
+
+def _as_list(values: Any) -> list[int]:
+    return values.tolist() if isinstance(values, torch.Tensor) else list(values)
+
+
+class SFTCollator:
+    """Pads on the right; the attention mask comes from each item's real length, never from pad == eos.
+
+    Items: `input_ids`, `labels`, optional `pixel_values` (k, 3, S, S), optional `seq_lengths` (one entry per
+    packed sample), optional `skipped_samples`. With `packing=True` the batch gets `position_ids` restarting per sample
+    and a [B, 1, L, L] additive mask in `dtype` (the dtype the model runs in: sdpa wants the mask in it).
+    """
+
+    report_key = REPORT_KEY
+
+    def __init__(self, processor: MultiMeditronProcessor, packing: bool, dtype: torch.dtype = torch.float32,
+                 pad_to_multiple_of: int | None = None) -> None:
+        self.processor = processor
+        self.packing = packing
+        self.dtype = dtype
+        self.pad_to_multiple_of = pad_to_multiple_of
+        pad = processor.tokenizer.pad_token_id
+        # the pad id is never attended to nor trained on, so any id is correct; 0 when the tokenizer has none
+        self.pad_token_id = 0 if pad is None else int(pad)
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if not features:
+            raise ValueError("SFTCollator got an empty list of features")
+        ids = [_as_list(f["input_ids"]) for f in features]
+        labels = [_as_list(f["labels"]) for f in features]
+        seq_lengths = [list(f.get("seq_lengths") or [len(i)]) for f, i in zip(features, ids)]
+        for row, (tokens, target, lengths) in enumerate(zip(ids, labels, seq_lengths)):
+            if len(tokens) != len(target) or sum(lengths) != len(tokens):
+                raise ValueError(f"feature {row}: input_ids ({len(tokens)}), labels ({len(target)}) and "
+                                 f"seq_lengths (sum {sum(lengths)}) disagree")
+            if not self.packing and len(lengths) > 1:
+                raise ValueError("packed rows (several seq_lengths) need SFTCollator(packing=True)")
+        total = max(len(i) for i in ids)
+        if self.pad_to_multiple_of:
+            total = -(-total // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(ids), total), self.pad_token_id, dtype=torch.long)
+        label_tensor = torch.full((len(ids), total), IGNORE_INDEX, dtype=torch.long)
+        for row, (tokens, target) in enumerate(zip(ids, labels)):
+            input_ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            label_tensor[row, :len(target)] = torch.tensor(target, dtype=torch.long)
+        batch: dict[str, Any] = {"input_ids": input_ids, "labels": label_tensor}
+        if self.packing:
+            batch["attention_mask"] = block_causal_mask(seq_lengths, total, self.dtype)
+            batch["position_ids"] = torch.stack([packed_position_ids(lengths, total) for lengths in seq_lengths])
+        else:
+            lengths = torch.tensor([len(i) for i in ids])
+            batch["attention_mask"] = (torch.arange(total)[None, :] < lengths[:, None]).long()
+        batch["pixel_values"] = self._pixels(features)
+        # plain tuples: they cross worker processes and accelerate's device placement untouched
+        batch[REPORT_KEY] = [tuple(item) for feature in features for item in (feature.get(REPORT_KEY) or [])]
+        return batch
+
+    def _pixels(self, features: Sequence[dict[str, Any]]) -> torch.Tensor:
+        size = self.processor.image_size
+        images = [f["pixel_values"] for f in features if f.get("pixel_values") is not None and len(f["pixel_values"])]
+        if not images:
+            return torch.zeros(0, 3, size, size)
+        return torch.cat([torch.as_tensor(i) for i in images])

@@ -1,0 +1,243 @@
+"""Reading dataset images (bytes, paths under a base folder, PIL values, DICOM) into correct RGB PIL images.
+
+Pillow and numpy only. Problems raise `BadSample` with a stable reason (see `multimeditron.data.report`).
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from multimeditron.data.report import (
+    CORRUPT_IMAGE,
+    IMAGE_TOO_LARGE,
+    MISSING_IMAGE,
+    PATH_ESCAPE,
+    UNSUPPORTED_IMAGE,
+    BadSample,
+)
+
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own threshold, but as a hard error
+DICOM_SUFFIXES = (".dcm", ".dicom")
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+class ImageResolver:
+    """Where image paths point to.
+
+    With `base_dir` every path (relative or absolute) must resolve inside it. Without it, relative paths resolve
+    against `default_dir` (the dataset's own folder) and must stay inside it; absolute paths are taken as written.
+    """
+
+    def __init__(self, base_dir: str | os.PathLike | None = None, default_dir: str | os.PathLike | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.base_dir = Path(base_dir).resolve() if base_dir else None
+        self.default_dir = Path(default_dir).resolve() if default_dir else None
+        self.max_pixels = int(max_pixels)
+
+    def resolve(self, path: str) -> Path:
+        candidate = Path(path).expanduser()
+        root = self.base_dir
+        if root is None and not candidate.is_absolute():
+            root = self.default_dir
+            if root is None:
+                raise BadSample(MISSING_IMAGE, f"relative image path {path!r} needs data.image_base_dir")
+        if root is None:
+            return candidate
+        # resolve() follows symlinks and '..', so neither can lead outside the base folder
+        resolved = (root / candidate).resolve()
+        if not resolved.is_relative_to(root):
+            raise BadSample(PATH_ESCAPE, f"image path {path!r} resolves outside {str(root)!r}")
+        return resolved
+
+    def load(self, value: Any) -> Image.Image:
+        """A modality value ({bytes, path} mapping, the whole modality dict, bytes, path or PIL) -> RGB image."""
+        if isinstance(value, Image.Image):
+            return to_rgb(ImageOps.exif_transpose(value))
+        data, path = self.locate(value)
+        return decode_image(data if data is not None else path, self.max_pixels)
+
+    def check(self, value: Any) -> None:
+        """Cheap validation without decoding pixels: present, readable header, not a bomb, chunks intact."""
+        if isinstance(value, Image.Image):
+            return
+        data, path = self.locate(value)
+        verify_image(data if data is not None else path, self.max_pixels)
+
+    def locate(self, value: Any) -> tuple[bytes | None, Path | None]:
+        """(bytes, None) or (None, an existing file inside the allowed folder); no decoding."""
+        if isinstance(value, dict) and "value" in value and isinstance(value["value"], dict):
+            value = value["value"]  # the whole modality {type, value}
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value), None
+        if isinstance(value, (str, os.PathLike)):
+            value = {"path": os.fspath(value)}
+        if not isinstance(value, dict):
+            raise BadSample(MISSING_IMAGE, f"unreadable image value of type {type(value).__name__}")
+        if value.get("bytes"):
+            return bytes(value["bytes"]), None
+        if value.get("path"):
+            path = self.resolve(value["path"])
+            if not path.is_file():
+                raise BadSample(MISSING_IMAGE, f"image file {str(path)!r} does not exist")
+            return None, path
+        raise BadSample(MISSING_IMAGE, "the image holds neither bytes nor a path")
+
+
+def _is_dicom(source: bytes | Path) -> bool:
+    if isinstance(source, Path):
+        if source.suffix.lower() in DICOM_SUFFIXES:
+            return True
+        with source.open("rb") as handle:
+            head = handle.read(132)
+    else:
+        head = source[:132]
+    return head[128:132] == b"DICM"
+
+
+def _open(source: bytes | Path, max_pixels: int) -> Image.Image:
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            # our explicit max_pixels check below is the limit; Pillow's warning would only be noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+    except Image.DecompressionBombError as error:
+        raise BadSample(IMAGE_TOO_LARGE, str(error)) from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise BadSample(CORRUPT_IMAGE, f"cannot identify the image: {error}") from error
+    width, height = image.size
+    if width * height > max_pixels:
+        raise BadSample(IMAGE_TOO_LARGE, f"{width}x{height} = {width * height} pixels exceeds the limit "
+                        f"of {max_pixels} (decompression bomb guard)")
+    return image
+
+
+def verify_image(source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Header and integrity check (PNG chunk CRCs, truncation) without a full decode."""
+    if _is_dicom(source):
+        _read_dicom(source, max_pixels, pixels=False)
+        return
+    image = _open(source, max_pixels)
+    try:
+        image.verify()
+    except Exception as error:  # Pillow raises many types here (SyntaxError, OSError, struct.error, ...)
+        raise BadSample(CORRUPT_IMAGE, f"image data is damaged: {error}") from error
+
+
+def decode_image(source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Bytes or a file -> RGB PIL image (EXIF orientation applied, high bit depth scaled, alpha on black)."""
+    if _is_dicom(source):
+        return _read_dicom(source, max_pixels, pixels=True)
+    image = _open(source, max_pixels)
+    try:
+        image.load()  # with Pillow's default LOAD_TRUNCATED_IMAGES=False a truncated file raises here
+    except Exception as error:
+        raise BadSample(CORRUPT_IMAGE, f"cannot decode the image: {error}") from error
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+def _scale_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Linear map of the image's actual value range onto 0..255 (a 12-bit scan stored in 16 bits stays visible)."""
+    array = array.astype(np.float64)
+    low, high = float(np.nanmin(array)), float(np.nanmax(array))
+    if high <= low:
+        return np.zeros(array.shape, dtype=np.uint8)
+    return np.round((array - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _composite_on_black(image: Image.Image) -> Image.Image:
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+    rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
+    return Image.fromarray(np.round(rgb).astype(np.uint8), "RGB")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB. Pillow's own convert() clips 16-bit values and drops alpha onto garbage colour."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _HIGH_DEPTH_MODES:
+        grey = _scale_to_uint8(np.asarray(image))
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        return image if image.mode == "RGB" else _composite_on_black(image)
+    if mode in ("RGBA", "LA", "PA"):
+        return _composite_on_black(image)
+    if mode in ("RGBa", "La"):  # premultiplied: compositing on black is just dropping alpha
+        return image.convert("RGB")
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV: Pillow converts these correctly
+
+
+# ---- DICOM ------------------------------------------------------------------------------------------------------
+def _first(value: Any) -> float:
+    """A DICOM value that may be multi-valued (several windows): the first one."""
+    if value is None:
+        return float("nan")
+    try:
+        return float(value[0]) if not isinstance(value, (str, bytes)) and hasattr(value, "__len__") else float(value)
+    except (TypeError, ValueError, IndexError):
+        return float("nan")
+
+
+def _read_dicom(source: bytes | Path, max_pixels: int, pixels: bool) -> Image.Image | None:
+    try:
+        import pydicom
+    except ImportError as error:
+        raise BadSample(UNSUPPORTED_IMAGE, "DICOM image but pydicom is missing: pip install 'multimeditron[dicom]'") \
+            from error
+    stream = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+    try:
+        ds = pydicom.dcmread(stream, force=True)
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except Exception as error:
+        raise BadSample(CORRUPT_IMAGE, f"unreadable DICOM: {error}") from error
+    if rows * columns > max_pixels:
+        raise BadSample(IMAGE_TOO_LARGE, f"DICOM {columns}x{rows} exceeds the limit of {max_pixels} pixels")
+    if "PixelData" not in ds:
+        raise BadSample(CORRUPT_IMAGE, "DICOM without pixel data")
+    if not pixels:
+        return None
+    try:
+        array = ds.pixel_array
+    except Exception as error:  # compressed transfer syntaxes need optional decoders
+        raise BadSample(UNSUPPORTED_IMAGE, f"cannot decode DICOM pixel data "
+                        f"({ds.file_meta.get('TransferSyntaxUID', '?') if 'file_meta' in ds else '?'}): {error}") \
+            from error
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        array = array[0]  # a multi-frame series: the first frame stands for it
+    if int(ds.get("SamplesPerPixel", 1)) == 3:
+        photometric = str(ds.get("PhotometricInterpretation", "RGB"))
+        if photometric.startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            array = convert_color_space(array, photometric, "RGB")
+        if array.dtype != np.uint8:
+            array = _scale_to_uint8(array)
+        return Image.fromarray(np.ascontiguousarray(array), "RGB")
+    return Image.fromarray(_dicom_grey(ds, array), "L").convert("RGB")
+
+
+def _dicom_grey(ds: Any, array: np.ndarray) -> np.ndarray:
+    """Stored values -> modality values (rescale slope/intercept) -> display values (window centre/width)."""
+    slope = _first(ds.get("RescaleSlope", 1.0))
+    intercept = _first(ds.get("RescaleIntercept", 0.0))
+    slope, intercept = (1.0 if np.isnan(slope) else slope), (0.0 if np.isnan(intercept) else intercept)
+    values = array.astype(np.float64) * slope + intercept
+    centre, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if np.isnan(centre) or np.isnan(width) or width < 1:
+        grey = _scale_to_uint8(values).astype(np.float64) / 255.0
+    elif width == 1:
+        grey = (values > centre - 0.5).astype(np.float64)
+    else:
+        # DICOM PS3.3 C.11.2.1.2 linear VOI function, mapped onto [0, 1]
+        grey = np.clip((values - (centre - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
+        grey = 1.0 - grey  # MONOCHROME1: low values are white
+    return np.round(grey * 255.0).astype(np.uint8)

@@ -1,0 +1,1 @@
+"""Training: stages (what trains), the run under HF Trainer/DeepSpeed, and the dry-run plan."""

@@ -1,0 +1,1 @@
+"""Tests of inference, scoring, the built-in evaluator and the lmms-eval integration."""
