@@ -32,11 +32,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"error in {args.config}: {error}", file=sys.stderr)
             return 2
         return 0
+    from multimeditron.data import DataError
     from multimeditron.training.run import run_training
 
     try:
         result = run_training(config)
-    except ConfigError as error:
+    except (ConfigError, DataError) as error:
         print(f"error in {args.config}: {error}", file=sys.stderr)
         return 2
     print(f"final model: {result.final_dir}")

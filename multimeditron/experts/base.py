@@ -33,7 +33,9 @@ class ExpertSpec:
     - output: which tokens the expert emits: `patch` (patch tokens), `cls` (one pooled/class token),
       `all` (class/register tokens followed by patch tokens). None = the family's default.
     - normalization: a named normalisation of the family (MerMED-FM modalities) or None for its default.
-    - options: extra keyword arguments for the architecture builder (timm/open_clip kwargs).
+    - options: extra keyword arguments for the architecture builder (timm/open_clip kwargs). A built model's config
+      also records here what the builder resolved from files beside the checkpoint (see
+      `VisionExpert.architecture_options`), so that the model can be rebuilt without them.
     """
 
     id: str
@@ -131,6 +133,16 @@ class VisionExpert(nn.Module):
     def load_checkpoint(self, source: str) -> LoadReport:
         """Load weights from a local path or hub id in the expert's original published layout."""
         raise NotImplementedError(f"{type(self).__name__} cannot load checkpoints")
+
+    def architecture_options(self) -> dict[str, Any]:
+        """Options that, merged into this expert's `spec.options`, let its builder rebuild the same architecture
+        without reading anything beside the checkpoint (config files, the hub).
+
+        Families whose architecture (and normalisation) follows from the spec and code alone return {}; families
+        that resolve it from files at build time (transformers/OpenCLIP configs) return what they resolved, so a
+        saved model's config is self-contained. Values must be JSON-serialisable.
+        """
+        return {}
 
     def describe(self) -> str:
         return (f"{self.expert_id}: {self.num_tokens} tokens x {self.feature_dim} d, input {self.image_size} px, "

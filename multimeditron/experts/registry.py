@@ -1,6 +1,8 @@
 """Registry of vision experts: id -> builder. `timm:<name>` builds any timm ViT as an expert."""
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any, Callable
 
 from multimeditron.experts.base import ExpertSpec, VisionExpert
@@ -47,3 +49,15 @@ def build_expert(spec: ExpertSpec | dict[str, Any], load_checkpoint: bool = True
     if load_checkpoint and spec.checkpoint:
         expert.load_checkpoint(spec.checkpoint)
     return expert
+
+
+def resolved_spec(spec: ExpertSpec | dict[str, Any], expert: VisionExpert) -> ExpertSpec:
+    """`spec` with the architecture its built `expert` resolved (`architecture_options`) merged into its options.
+
+    Building from the result needs no file beside the checkpoint and no hub access for the architecture; the
+    `checkpoint` field is kept as the record of where the weights came from. Values are normalised through JSON
+    (tuples become lists) so that the spec compares equal after a save/load of the model config.
+    """
+    spec = ExpertSpec.from_dict(spec)
+    recorded = json.loads(json.dumps(expert.architecture_options()))
+    return dataclasses.replace(spec, options={**spec.options, **recorded})

@@ -19,7 +19,7 @@ def synthetic_dir(tmp_path_factory) -> Path:
 def write_run_config(path: Path, data_dir: Path, output_dir: Path, stage: str = "end2end", **training_args) -> Path:
     config = {
         "model": {"llm": "tiny-qwen3", "experts": [{"id": "timm:vit_small_patch16_224", "tiny": True}]},
-        "data": {"train": [{"path": str(data_dir), "split": "train"}], "max_sequence_length": 128},
+        "data": {"train": [{"path": str(data_dir), "split": "train"}], "max_sequence_length": 256},
         "stage": stage,
         "seed": 0,
         "training_args": {"output_dir": str(output_dir), "max_steps": 4, "per_device_train_batch_size": 4,

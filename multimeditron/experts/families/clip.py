@@ -1,6 +1,7 @@
 """`clip`: a CLIP vision tower as an expert, from OpenCLIP (default ViT-L-14) or a transformers CLIP folder."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from multimeditron.experts.checkpoints import (
 )
 from multimeditron.experts.families.biomedclip import (
     OPEN_CLIP_CONFIG,
+    OPEN_CLIP_MODEL_CFG,
     OPEN_CLIP_WEIGHTS,
     split_open_clip_state_dict,
 )
@@ -35,6 +37,8 @@ DEFAULT_OPEN_CLIP_MODEL = "ViT-L-14"
 TINY_OPEN_CLIP = dict(width=32, layers=2, head_width=16)  # 2 heads
 TINY_EMBED_DIM = 16
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+# Option names under which a built expert records the architecture it resolved from files (see build_clip).
+HF_VISION_CONFIG = "hf_vision_config"
 
 
 def _check_layer(expert_id: str, layer: int, depth: int) -> int:
@@ -60,6 +64,8 @@ class OpenCLIPVisionExpert(VisionExpert):
         from open_clip.transformer import VisionTransformer
 
         self.visual = _build_vision_tower(embed_dim, vision_cfg, quick_gelu=quick_gelu)
+        self.model_cfg = {"embed_dim": int(embed_dim), "vision_cfg": copy.deepcopy(dict(vision_cfg))}
+        self.quick_gelu = bool(quick_gelu)
         if not isinstance(self.visual, VisionTransformer):
             raise NotImplementedError(f"{expert_id}: only OpenCLIP ViT towers are supported here, got "
                                       f"{type(self.visual).__name__} (timm towers: use `biomedclip`-style configs)")
@@ -78,6 +84,10 @@ class OpenCLIPVisionExpert(VisionExpert):
         )
         tokens = torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
         return select_tokens(tokens, 1, self.output)
+
+    def architecture_options(self) -> dict[str, Any]:
+        return {"backend": "open_clip", OPEN_CLIP_MODEL_CFG: copy.deepcopy(self.model_cfg),
+                "quick_gelu": self.quick_gelu}
 
     def load_checkpoint(self, source: str) -> LoadReport:
         raw = read_checkpoint(source, OPEN_CLIP_WEIGHTS)
@@ -104,6 +114,9 @@ class HFCLIPVisionExpert(VisionExpert):
         self.num_tokens, self.patch_grid = _token_counts(output, config.image_size // config.patch_size)
         self._set_normalization(mean, std)
 
+    def architecture_options(self) -> dict[str, Any]:
+        return {"backend": "hf", HF_VISION_CONFIG: hf_vision_config_dict(self.model.config)}
+
     @property
     def vision(self) -> torch.nn.Module:
         # transformers 4 nests the tower under `vision_model`; transformers 5 puts it at the top.
@@ -128,17 +141,48 @@ class HFCLIPVisionExpert(VisionExpert):
         return load_state_dict_checked(self.vision, state_dict, source, dropped=dropped, entry=entry)
 
 
-def _hf_vision_config(config_path: Path, image_size: int | None) -> Any:
+# Bookkeeping fields of a transformers config that say nothing about the architecture.
+_HF_CONFIG_NOISE = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype")
+
+
+def hf_vision_config_dict(config: Any) -> dict[str, Any]:
+    """A CLIPVisionConfig -> the JSON dict recorded in `options.hf_vision_config` (architecture fields only)."""
+    data = {k: v for k, v in config.to_diff_dict().items() if k not in _HF_CONFIG_NOISE}
+    data["model_type"] = "clip_vision_model"
+    return json.loads(json.dumps(data))
+
+
+def _clip_vision_config(vision: dict[str, Any], image_size: int | None, where: str) -> Any:
     from transformers import CLIPVisionConfig
 
+    if not isinstance(vision, dict):
+        raise ValueError(f"clip: {where} must be a mapping (a transformers CLIPVisionConfig), got "
+                         f"{type(vision).__name__}")
+    if vision.get("model_type", "clip_vision_model") != "clip_vision_model":
+        raise ValueError(f"clip: {where} describes a {vision.get('model_type')!r} model, expected a "
+                         f"clip_vision_model config")
+    vision = dict(vision)
+    if image_size:
+        vision["image_size"] = image_size  # the checkpoint's position embeddings are resampled on load
+    return CLIPVisionConfig.from_dict(vision)
+
+
+def _hf_vision_config(config_path: Path, image_size: int | None) -> Any:
     data = json.loads(config_path.read_text())
     if data.get("model_type") not in ("clip", "clip_vision_model"):
         raise ValueError(f"clip: {config_path} describes a {data.get('model_type')!r} model, expected a "
                          f"transformers CLIPModel or CLIPVisionModel")
     vision = dict(data.get("vision_config", data))
-    if image_size:
-        vision["image_size"] = image_size  # the checkpoint's position embeddings are resampled on load
-    return CLIPVisionConfig.from_dict(vision)
+    vision.setdefault("model_type", "clip_vision_model")
+    return _clip_vision_config(vision, image_size, str(config_path))
+
+
+def _recorded_open_clip_cfg(model_cfg: Any, where: str) -> dict[str, Any]:
+    if not isinstance(model_cfg, dict) or "embed_dim" not in model_cfg or not isinstance(
+            model_cfg.get("vision_cfg"), dict):
+        raise ValueError(f"{where}: options.{OPEN_CLIP_MODEL_CFG} must be an OpenCLIP model_cfg mapping with "
+                         f"`embed_dim` and a `vision_cfg` mapping")
+    return copy.deepcopy(model_cfg)
 
 
 def _open_clip_model_cfg(name: str | None, checkpoint: str | None) -> dict[str, Any]:
@@ -159,7 +203,11 @@ def _open_clip_model_cfg(name: str | None, checkpoint: str | None) -> dict[str, 
 def build_clip(spec: ExpertSpec) -> VisionExpert:
     """Options: `model` (OpenCLIP model name, default ViT-L-14), `layer` (-1 last, -2 penultimate, ...),
     `backend` ("open_clip" or "hf"; default: "hf" when the checkpoint folder has a transformers config.json),
-    `quick_gelu`, `mean`, `std`."""
+    `quick_gelu`, `mean`, `std`.
+
+    Recorded architectures (written by `architecture_options` into a built model's config; when present nothing
+    beside the checkpoint is read): `hf_vision_config` (a transformers CLIPVisionConfig dict) or
+    `open_clip_model_cfg` (an OpenCLIP model_cfg: `embed_dim`, `vision_cfg`)."""
     options = dict(spec.options)
     layer = options.pop("layer", -1)
     backend = options.pop("backend", None)
@@ -167,13 +215,28 @@ def build_clip(spec: ExpertSpec) -> VisionExpert:
     quick_gelu = options.pop("quick_gelu", None)
     mean = tuple(options.pop("mean", CLIP_MEAN))
     std = tuple(options.pop("std", CLIP_STD))
+    recorded_hf = options.pop(HF_VISION_CONFIG, None)
+    recorded_open_clip = options.pop(OPEN_CLIP_MODEL_CFG, None)
     if options:
         raise ValueError(f"clip: unknown option(s) {sorted(options)}; valid: backend, layer, mean, model, "
-                         f"quick_gelu, std")
+                         f"quick_gelu, std, {HF_VISION_CONFIG}, {OPEN_CLIP_MODEL_CFG}")
     output = spec.output or "patch"
     checkpoint = spec.checkpoint
     if backend not in (None, "open_clip", "hf"):
         raise ValueError(f"clip: backend must be 'open_clip' or 'hf', got {backend!r}")
+    if recorded_hf is not None and recorded_open_clip is not None:
+        raise ValueError(f"clip: options {HF_VISION_CONFIG} and {OPEN_CLIP_MODEL_CFG} exclude each other")
+    if (recorded_hf is not None and backend == "open_clip") or (recorded_open_clip is not None and backend == "hf"):
+        raise ValueError(f"clip: backend {backend!r} contradicts the recorded "
+                         f"{HF_VISION_CONFIG if recorded_hf is not None else OPEN_CLIP_MODEL_CFG}")
+
+    # A recorded architecture wins: no config file is read and the hub is not touched.
+    if recorded_hf is not None:
+        config = _clip_vision_config(recorded_hf, spec.image_size, f"options.{HF_VISION_CONFIG}")
+        return HFCLIPVisionExpert(spec.id, config, output, layer, mean, std)
+    if recorded_open_clip is not None:
+        return _build_open_clip(spec, _recorded_open_clip_cfg(recorded_open_clip, "clip"), output, layer, mean,
+                                std, quick_gelu)
 
     hf_config = None
     if checkpoint and backend == "hf":
@@ -191,7 +254,13 @@ def build_clip(spec: ExpertSpec) -> VisionExpert:
         config = _hf_vision_config(hf_config, spec.image_size)
         return HFCLIPVisionExpert(spec.id, config, output, layer, mean, std)
 
-    model_cfg = _open_clip_model_cfg(model_name, checkpoint)
+    return _build_open_clip(spec, _open_clip_model_cfg(model_name, checkpoint), output, layer, mean, std,
+                            quick_gelu)
+
+
+def _build_open_clip(spec: ExpertSpec, model_cfg: dict[str, Any], output: str, layer: int,
+                     mean: tuple[float, ...], std: tuple[float, ...], quick_gelu: bool | None) -> VisionExpert:
+    # `tiny` and `image_size` are re-applied to a recorded (already resolved) config: both are idempotent.
     vision_cfg = dict(model_cfg["vision_cfg"])
     embed_dim = model_cfg["embed_dim"]
     if spec.tiny:
