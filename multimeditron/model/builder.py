@@ -47,8 +47,10 @@ def build_model(
         **config_kwargs,
     )
     config._attn_implementation = attn_implementation
+    # Building the vision stack records each expert's resolved architecture in `config.experts[i]["options"]`
+    # (VisionStack.__init__), so the saved model reloads without the expert checkpoints or the hub.
     model = MultiMeditronForCausalLM(config, language_model=language_model)
-    for index, spec in enumerate(config.experts):
+    for index, spec in enumerate(model.config.experts):
         if spec.get("checkpoint"):
             model.vision.experts[index].load_checkpoint(spec["checkpoint"])
     model.to(language_model.dtype)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multimeditron.experts.registry import build_expert
+from multimeditron.experts.registry import build_expert, resolved_spec
 from multimeditron.model.configuration import MultiMeditronConfig
 from multimeditron.model.fusion import CrossAttentionFusion, fuse
 from multimeditron.model.projector import build_projector
@@ -40,7 +40,12 @@ class VisionStack(nn.Module):
             raise ValueError("experts: a MultiMeditron model needs at least one vision expert")
         self.fusion, self.projection = config.fusion, config.projection
         self.generalist_index, self.top_k = config.generalist_index, config.experts_top_k
-        self.experts = nn.ModuleList(build_expert(spec, load_checkpoint=False) for spec in config.experts)
+        experts = [build_expert(spec, load_checkpoint=False) for spec in config.experts]
+        # Record in the config what each builder resolved from files beside its checkpoint (transformers/OpenCLIP
+        # configs): the saved config then rebuilds the same experts offline, without the checkpoints. Idempotent,
+        # so rebuilding from a saved config leaves it unchanged; `checkpoint` stays as the weights' provenance.
+        config.experts = [resolved_spec(spec, expert).to_dict() for spec, expert in zip(config.experts, experts)]
+        self.experts = nn.ModuleList(experts)
         generalist = self.experts[self.generalist_index]
         self.tokens_per_expert, self.target_grid = generalist.num_tokens, generalist.patch_grid
         self._check_token_grids()

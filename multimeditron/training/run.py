@@ -101,6 +101,9 @@ def run_training(config: RunConfig, callbacks: list | None = None,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_training_arguments(config)
     output_dir = Path(args.output_dir)
+    from transformers import set_seed
+
+    set_seed(config.seed)  # before the model is built: new parts (projectors, router, ...) initialise reproducibly
     model, processor, table = prepare_model(config)
     if is_main_process():
         logger.info("\n%s", format_table(table, config.stage))

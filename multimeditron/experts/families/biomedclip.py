@@ -32,6 +32,8 @@ from multimeditron.experts.timm_vit import TINY_VIT
 BIOMEDCLIP_HUB_ID = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# Option under which a built expert records the OpenCLIP model_cfg (`embed_dim`, `vision_cfg`) it resolved.
+OPEN_CLIP_MODEL_CFG = "open_clip_model_cfg"
 
 # The vision half of BiomedCLIP's published open_clip_config.json, used when the checkpoint brings none.
 BIOMEDCLIP_CONFIG: dict[str, Any] = {
@@ -102,8 +104,11 @@ class OpenCLIPTimmExpert(VisionExpert):
         super().__init__()
         model_cfg = config["model_cfg"]
         self.expert_id, self.output, self.image_size = expert_id, output, image_size
-        self.visual = OpenCLIPTimmTower(embed_dim or model_cfg["embed_dim"], model_cfg["vision_cfg"], image_size,
-                                        timm_kwargs)
+        embed_dim = embed_dim or model_cfg["embed_dim"]
+        self.visual = OpenCLIPTimmTower(embed_dim, model_cfg["vision_cfg"], image_size, timm_kwargs)
+        # The vision half of the resolved model_cfg, as `architecture_options` records it.
+        self.model_cfg = {"embed_dim": int(embed_dim),
+                          "vision_cfg": {**copy.deepcopy(model_cfg["vision_cfg"]), "image_size": image_size}}
         trunk = self.visual.trunk
         self.feature_dim = trunk.num_features
         self.num_prefix_tokens = int(getattr(trunk, "num_prefix_tokens", 1))
@@ -120,6 +125,10 @@ class OpenCLIPTimmExpert(VisionExpert):
     def image_embedding(self, canvas: torch.Tensor) -> torch.Tensor:
         """OpenCLIP `encode_image` (unnormalised): canvas (B, 3, S, S) -> (B, embed_dim)."""
         return self.visual(self.preprocess(canvas))
+
+    def architecture_options(self) -> dict[str, Any]:
+        # The normalisation may come from the checkpoint's open_clip_config.json too.
+        return {OPEN_CLIP_MODEL_CFG: copy.deepcopy(self.model_cfg), "mean": list(self.mean), "std": list(self.std)}
 
     def load_checkpoint(self, source: str) -> LoadReport:
         raw = read_checkpoint(source, self.checkpoint_files)
@@ -145,8 +154,18 @@ def open_clip_config_for(checkpoint: str | None, default: dict[str, Any], known_
 
 @register_expert("biomedclip")
 def build_biomedclip(spec: ExpertSpec) -> OpenCLIPTimmExpert:
-    config = open_clip_config_for(spec.checkpoint, BIOMEDCLIP_CONFIG, BIOMEDCLIP_HUB_ID)
+    """Options: `mean`, `std`, `open_clip_model_cfg` (the recorded OpenCLIP model_cfg: `embed_dim`, `vision_cfg`;
+    when present, no open_clip_config.json beside the checkpoint is read), any other = timm kwargs of the trunk."""
     options = dict(spec.options)
+    recorded = options.pop(OPEN_CLIP_MODEL_CFG, None)
+    if recorded is not None:
+        if not isinstance(recorded, dict) or "embed_dim" not in recorded or not isinstance(
+                recorded.get("vision_cfg"), dict):
+            raise ValueError(f"biomedclip: options.{OPEN_CLIP_MODEL_CFG} must be an OpenCLIP model_cfg mapping "
+                             f"with `embed_dim` and a `vision_cfg` mapping")
+        config = {"model_cfg": copy.deepcopy(recorded)}
+    else:
+        config = open_clip_config_for(spec.checkpoint, BIOMEDCLIP_CONFIG, BIOMEDCLIP_HUB_ID)
     preprocess = config.get("preprocess_cfg", {})
     mean = tuple(options.pop("mean", preprocess.get("mean", CLIP_MEAN)))
     std = tuple(options.pop("std", preprocess.get("std", CLIP_STD)))

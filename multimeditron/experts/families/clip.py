@@ -173,7 +173,7 @@ def _hf_vision_config(config_path: Path, image_size: int | None) -> Any:
         raise ValueError(f"clip: {config_path} describes a {data.get('model_type')!r} model, expected a "
                          f"transformers CLIPModel or CLIPVisionModel")
     vision = dict(data.get("vision_config", data))
-    vision.setdefault("model_type", "clip_vision_model")
+    vision["model_type"] = "clip_vision_model"  # the vision half of a CLIPModel config
     return _clip_vision_config(vision, image_size, str(config_path))
 
 
