@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
+from multimeditron.data.packing import block_causal_mask, pack, packed_position_ids
 from multimeditron.model.configuration import MultiMeditronConfig
 from multimeditron.model.modeling import MultiMeditronForCausalLM
 
@@ -56,8 +57,10 @@ def build_models(args: argparse.Namespace):
 def sample_lengths(args: argparse.Namespace, variable: bool) -> list[int]:
     if not variable:
         return [args.text_tokens] * args.batch
+    # A VLM SFT mix: mostly short VQA turns, some long descriptions (lognormal, heavy right tail).
     rng = np.random.default_rng(0)
-    return [int(x) for x in np.clip(rng.lognormal(np.log(args.text_tokens / 2), 0.8, args.batch), 8, 4 * args.text_tokens)]
+    return [int(x) for x in np.clip(rng.lognormal(np.log(args.text_tokens / 3), 1.0, args.batch), 8,
+                                    8 * args.text_tokens)]
 
 
 def padded_batch(lengths: list[int], n_image: int, image_size: int, device: str) -> dict[str, torch.Tensor]:
@@ -76,29 +79,21 @@ def padded_batch(lengths: list[int], n_image: int, image_size: int, device: str)
 
 
 def packed_batch(lengths: list[int], n_image: int, image_size: int, max_len: int, device: str):
-    """Samples packed greedily into rows of at most max_len, position ids restarting, block-diagonal causal mask."""
-    rows, current = [], []
-    for n in sorted(lengths, reverse=True):
-        size = n + n_image + 2
-        if current and sum(current) + size > max_len:
-            rows.append(current)
-            current = []
-        current.append(size)
-    rows.append(current)
-    width = max(sum(r) for r in rows)
-    ids = torch.full((len(rows), width), PAD)
-    positions = torch.zeros_like(ids)
-    allowed = torch.zeros(len(rows), width, width, dtype=torch.bool)
-    for r, sizes in enumerate(rows):
+    """The samples packed with the package's own packer, position ids and block-diagonal causal mask."""
+    sizes = [n + n_image + 2 for n in lengths]
+    bins = pack(sizes, max_len)
+    width = max(sum(sizes[i] for i in b) for b in bins)
+    ids = torch.full((len(bins), width), PAD)
+    for r, members in enumerate(bins):
         start = 0
-        for size in sizes:
-            ids[r, start:start + size] = torch.cat([torch.tensor([START]), torch.full((n_image,), IMAGE_TOKEN),
-                                                    torch.tensor([END]),
-                                                    torch.randint(10, VOCAB - 10, (size - n_image - 2,))])
-            positions[r, start:start + size] = torch.arange(size)
-            allowed[r, start:start + size, start:start + size] = torch.tril(torch.ones(size, size, dtype=torch.bool))
-            start += size
-    mask = torch.zeros(len(rows), 1, width, width).masked_fill(~allowed[:, None], float("-inf"))
+        for i in members:
+            ids[r, start:start + sizes[i]] = torch.cat([
+                torch.tensor([START]), torch.full((n_image,), IMAGE_TOKEN), torch.tensor([END]),
+                torch.randint(10, VOCAB - 10, (lengths[i],))])
+            start += sizes[i]
+    rows = [[sizes[i] for i in b] for b in bins]
+    positions = torch.stack([packed_position_ids(r, width) for r in rows])
+    mask = block_causal_mask(rows, width, torch.float32)
     labels = ids.masked_fill(ids == IMAGE_TOKEN, -100).masked_fill(ids == PAD, -100)
     pixels = torch.rand(len(lengths), 3, image_size, image_size)
     return {k: v.to(device) for k, v in dict(input_ids=ids, attention_mask=mask, position_ids=positions,

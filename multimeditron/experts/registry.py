@@ -61,3 +61,16 @@ def resolved_spec(spec: ExpertSpec | dict[str, Any], expert: VisionExpert) -> Ex
     spec = ExpertSpec.from_dict(spec)
     recorded = json.loads(json.dumps(expert.architecture_options()))
     return dataclasses.replace(spec, options={**spec.options, **recorded})
+
+
+def spec_agrees(given: ExpertSpec | dict[str, Any], stored: ExpertSpec | dict[str, Any]) -> bool:
+    """Whether a user's spec names the expert a model config stores, ignoring what the stored spec recorded.
+
+    A stored spec holds the user's options plus the resolved architecture (`resolved_spec`), so it agrees with a
+    given spec whose fields are equal and whose options it all carries with the same values.
+    """
+    given, stored = ExpertSpec.from_dict(given), ExpertSpec.from_dict(stored)
+    given_options = json.loads(json.dumps(given.options))
+    if dataclasses.replace(given, options={}) != dataclasses.replace(stored, options={}):
+        return False
+    return all(key in stored.options and stored.options[key] == value for key, value in given_options.items())

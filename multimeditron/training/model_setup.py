@@ -7,6 +7,7 @@ import logging
 import torch
 
 from multimeditron.config import ConfigError, ModelSection, RunConfig
+from multimeditron.experts.registry import spec_agrees
 from multimeditron.model.builder import build_model
 from multimeditron.model.modeling import MultiMeditronForCausalLM
 from multimeditron.model.processing import MultiMeditronProcessor
@@ -36,8 +37,11 @@ def check_base_model_agrees(section: ModelSection, stored: dict) -> None:
     for key in ModelSection.ARCHITECTURE_KEYS:
         given = getattr(section, key)
         if key == "experts":
-            given = [e.to_dict() for e in given] or None
-            stored_value = stored.get("experts")
+            stored_value = stored.get("experts") or []
+            if not given or (len(given) == len(stored_value)
+                             and all(spec_agrees(g, s) for g, s in zip(given, stored_value))):
+                continue
+            given = [e.to_dict() for e in given]
         elif key == "llm":
             stored_value = stored.get("base_llm")
         else:

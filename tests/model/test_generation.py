@@ -41,13 +41,16 @@ def test_batched_left_padding_equals_single_prompts():
             assert together[row].tolist()[: len(alone)] == alone.tolist()
 
 
-def test_sampling_and_stop_strings_run():
+def test_sampling_runs_and_stop_strings_stop():
     model, processor = tiny_model()
     batch = prompt_batch(processor, [1])
+    prompt_length = batch["input_ids"].shape[1]
     with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=5, do_sample=True, top_p=0.9, top_k=20, temperature=0.7)
-        assert out.shape[1] <= batch["input_ids"].shape[1] + 5
-        stopped = model.generate(**batch, max_new_tokens=20, do_sample=False, stop_strings=["e"],
-                                 tokenizer=processor.tokenizer)
-    text = processor.decode(stopped[0, batch["input_ids"].shape[1]:])
-    assert "e" not in text[:-1] or len(text) == 0 or text.count("e") <= 1
+        sampled = model.generate(**batch, max_new_tokens=5, do_sample=True, top_p=0.9, top_k=20, temperature=0.7)
+        assert prompt_length < sampled.shape[1] <= prompt_length + 5
+        free = _greedy(model, batch, True)[0, prompt_length:]
+        stop = processor.decode(free[:2])  # greedy output's first two tokens as text
+        stopped = model.generate(**batch, max_new_tokens=8, do_sample=False, stop_strings=[stop],
+                                 tokenizer=processor.tokenizer)[0, prompt_length:]
+    # generation ends as soon as the text holds the stop string: at the latest after those two tokens
+    assert len(free) == 8 and 1 <= len(stopped) <= 2 and stopped.tolist() == free[: len(stopped)].tolist()
