@@ -11,10 +11,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-train", type=int, default=3000)
     parser.add_argument("--num-test", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None, help="stage-2 epochs (default: the tuned value)")
 
 
 def run(args: argparse.Namespace) -> int:
     from multimeditron.quickstart import run_quickstart
 
-    run_quickstart(args.out, num_train=args.num_train, num_test=args.num_test, seed=args.seed)
+    from multimeditron.quickstart import STAGE2_EPOCHS
+
+    run_quickstart(args.out, num_train=args.num_train, num_test=args.num_test, seed=args.seed,
+                   epochs=args.epochs or STAGE2_EPOCHS)
     return 0
