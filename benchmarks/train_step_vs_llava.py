@@ -132,7 +132,8 @@ def compare(name: str, ours, llava, ours_batch, llava_batch, samples: int, token
     for key in times:
         median = statistics.median(times[key])
         rates[key] = samples / median
-        print(f"| {key} | {samples / median:.2f} | {tokens / median:.0f} | {peaks[key]:.2f} |")
+        peak = f"{peaks[key]:.2f}" if args.device.startswith("cuda") else "n/a (CPU)"
+        print(f"| {key} | {samples / median:.2f} | {tokens / median:.0f} | {peak} |")
     print(f"ratio multimeditron / llava: {rates['multimeditron'] / rates['llava']:.2f}x")
 
 
