@@ -37,7 +37,7 @@ def stage_configs(out: Path, data_dir: Path, seed: int, epochs: int = STAGE2_EPO
             "model": {"base_model": str(out / "stage1" / "final")},
             "data": common_data, "stage": "full", "seed": seed,
             "training_args": {**common_args, "output_dir": str(out / "stage2"), "num_train_epochs": epochs,
-                              "learning_rate": 1e-3},
+                              "learning_rate": 7e-4},
         },
     }
 
