@@ -55,16 +55,16 @@ training_args: {{output_dir: {tmp_path}/out, per_device_train_batch_size: 2, gra
 def test_sbatch_template_is_valid_bash_and_renders(tmp_path):
     template = ROOT / "cookbook" / "training_template.sh"
     subprocess.run(["bash", "-n", str(template)], check=True)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text("#!/bin/bash\nprintf 'node-a\\nnode-b\\n'\n")
-    (bin_dir / "srun").write_text("#!/bin/bash\necho SRUN \"$@\"\n")
-    for stub in bin_dir.iterdir():
-        stub.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-b]",
-           "SLURM_NNODES": "2", "SLURM_JOB_ID": "77", "STORAGE_ROOT": "/s", "MODEL_ROOT": "/m", "WORKING_DIR": str(tmp_path)}
-    out = subprocess.run(["bash", str(template), "cookbook/sft/moe/avg/pep/stage1_alignment.yaml"], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    # Slurm's commands as exported bash functions: no stub executables to write (and no "text file busy" races
+    # with processes forked elsewhere in the test session).
+    env = {**os.environ, "BASH_FUNC_scontrol%%": "() {  printf 'node-a\\nnode-b\\n'; }",
+           "BASH_FUNC_srun%%": "() {  echo SRUN \"$@\"; }", "SLURM_JOB_NODELIST": "node-[a-b]",
+           "SLURM_NNODES": "2", "SLURM_JOB_ID": "77", "STORAGE_ROOT": "/s", "MODEL_ROOT": "/m",
+           "WORKING_DIR": str(tmp_path)}
+    proc = subprocess.run(["bash", str(template), "cookbook/sft/moe/avg/pep/stage1_alignment.yaml"], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
     assert "--rdzv-backend c10d" in out and "--rdzv-endpoint node-a:29500" in out
     assert "--nnodes 2" in out and "-m multimeditron train --config cookbook/sft/moe/avg/pep/stage1_alignment.yaml" in out
 
