@@ -15,7 +15,8 @@ CONFIG=${1:?usage: sbatch training_template.sh CONFIG.yaml}
 GPUS_PER_NODE=${GPUS_PER_NODE:-4}
 RDZV_PORT=${RDZV_PORT:-29500}
 EDF=${EDF:-$HOME/.edf/multimeditron.toml}   # container environment file (see edf.toml)
-HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# sed reads the whole list: `head -n 1` would close the pipe early and, under pipefail, SIGPIPE kills the job.
+HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 
 # Configs use $STORAGE_ROOT, $MODEL_ROOT (and optionally $WORKING_DIR); the config loader substitutes them itself.
 if [ -f "${WORKING_DIR:-.}/.env" ]; then set -a; source "${WORKING_DIR:-.}/.env"; set +a; fi

@@ -55,9 +55,9 @@ training_args: {{output_dir: {tmp_path}/out, per_device_train_batch_size: 2, gra
 def test_sbatch_template_is_valid_bash_and_renders(tmp_path):
     template = ROOT / "cookbook" / "training_template.sh"
     subprocess.run(["bash", "-n", str(template)], check=True)
-    # Slurm's commands as exported bash functions: no stub executables to write (and no "text file busy" races
-    # with processes forked elsewhere in the test session).
-    env = {**os.environ, "BASH_FUNC_scontrol%%": "() {  printf 'node-a\\nnode-b\\n'; }",
+    # Slurm's commands as exported bash functions (no stub executables). A long host list: reading only its first
+    # line with `head` under pipefail dies of SIGPIPE (exit 141), which a 2-line list hits only sometimes.
+    env = {**os.environ, "BASH_FUNC_scontrol%%": "() {  echo node-a; for i in $(seq 1 20000); do echo node-$i; done; }",
            "BASH_FUNC_srun%%": "() {  echo SRUN \"$@\"; }", "SLURM_JOB_NODELIST": "node-[a-b]",
            "SLURM_NNODES": "2", "SLURM_JOB_ID": "77", "STORAGE_ROOT": "/s", "MODEL_ROOT": "/m",
            "WORKING_DIR": str(tmp_path)}
