@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from datasets import Features, Sequence, Value
+from datasets import Features, Value
 
 MODALITY = {"type": Value("string"), "value": {"bytes": Value("binary"), "path": Value("string")}}
 TURN = {"role": Value("string"), "content": Value("string")}
@@ -35,5 +35,4 @@ def make_row(images: list[dict[str, Any]], conversations: list[dict[str, str]], 
             **extra}
 
 
-__all__ = ["MODALITY", "TURN", "ROLES", "conversation_features", "caption_features", "image_modality", "make_row",
-           "Sequence"]
+__all__ = ["MODALITY", "TURN", "ROLES", "conversation_features", "caption_features", "image_modality", "make_row"]

@@ -57,10 +57,10 @@ def _dataset_line(entry) -> str:
     path = entry.path
     if os.path.exists(path):
         where = "local"
-    elif path.startswith(("/", ".")) or os.sep in path and path.count("/") != 1:
-        where = "MISSING locally"
+    elif path.count("/") == 1 and not path.startswith(("/", ".")):
+        where = "hub id or missing"  # owner/name reads as a hub id
     else:
-        where = "hub id or missing"
+        where = "MISSING locally"
     cap = f", at most {entry.max_samples} rows" if entry.max_samples else ""
     return f"  - {path} (weight {entry.weight}{cap}; {where})"
 

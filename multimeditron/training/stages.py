@@ -71,7 +71,7 @@ def apply_stage(model: MultiMeditronForCausalLM, stage: str, lora: bool = False)
         else:
             model.language_model.requires_grad_(True)
     _limit_embedding_rows(embeddings, new_token_ids(model) if stage == "alignment" else None)
-    return trainable_table(model, stage)
+    return trainable_table(model)
 
 
 def _limit_embedding_rows(weight: nn.Parameter, rows: list[int] | None) -> None:
@@ -90,7 +90,7 @@ def _limit_embedding_rows(weight: nn.Parameter, rows: list[int] | None) -> None:
     weight._multimeditron_trained_rows = list(rows)
 
 
-def trainable_table(model: MultiMeditronForCausalLM, stage: str) -> list[PartStatus]:
+def trainable_table(model: MultiMeditronForCausalLM) -> list[PartStatus]:
     rows = []
     for name, params in model_parts(model).items():
         total = sum(p.numel() for p in params)
