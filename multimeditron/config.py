@@ -18,7 +18,18 @@ import yaml
 
 from multimeditron.experts.base import ExpertSpec
 
-STAGES = ("alignment", "end2end", "full", "lm_only")
+# What each training stage trains: "vision glue" (projectors, fusion, router and, while the LLM is frozen, the new
+# special-token rows of its embeddings), "experts", "llm" (or its LoRA adapters). Read by training.stages.
+STAGE_PARTS: dict[str, frozenset[str]] = {
+    "alignment": frozenset({"vision_glue"}),
+    "vision_alignment": frozenset({"vision_glue", "experts"}),
+    "end2end": frozenset({"vision_glue", "llm"}),
+    "full": frozenset({"vision_glue", "experts", "llm"}),
+    "lm_only": frozenset({"llm"}),
+}
+STAGES = tuple(STAGE_PARTS)
+Stage = Literal["alignment", "vision_alignment", "end2end", "full", "lm_only"]
+assert set(typing.get_args(Stage)) == set(STAGES)
 
 
 class _Loader(yaml.SafeLoader):
@@ -92,12 +103,26 @@ class LoraSection:
 
 
 @dataclass
+class PartLearningRates:
+    """Learning rates per trained part (the parts of STAGE_PARTS); a part left out uses
+    training_args.learning_rate. Like LLaVA's mm_projector_lr / mm_vision_tower_lr."""
+
+    experts: float | None = None
+    vision_glue: float | None = None  # projectors, fusion, router
+    llm: float | None = None  # the LLM body, its embeddings and LoRA adapters
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
+
+
+@dataclass
 class RunConfig:
     model: ModelSection
     data: DataSection
-    stage: Literal["alignment", "end2end", "full", "lm_only"]
+    stage: Stage
     training_args: dict[str, Any] = field(default_factory=dict)
     lora: LoraSection | None = None
+    part_learning_rates: PartLearningRates | None = None
     deepspeed: str | None = None
     seed: int = 42
 
@@ -187,11 +212,33 @@ def _check_semantics(config: RunConfig) -> None:
                 raise ConfigError(f"data.{section}[{i}].max_samples: must be positive, got {entry.max_samples}")
     if config.data.max_sequence_length < 16:
         raise ConfigError(f"data.max_sequence_length: {config.data.max_sequence_length} is too small")
-    if config.lora is not None and config.stage not in ("end2end", "full", "lm_only"):
-        raise ConfigError(f"lora: stage {config.stage!r} does not train the LLM; LoRA needs end2end, full or lm_only")
+    if config.lora is not None and "llm" not in STAGE_PARTS[config.stage]:
+        llm_stages = ", ".join(name for name, parts in STAGE_PARTS.items() if "llm" in parts)
+        raise ConfigError(f"lora: stage {config.stage!r} does not train the LLM; LoRA needs one of {llm_stages}")
     _check_training_args(config.training_args)
     if config.deepspeed is not None and not Path(config.deepspeed).is_file():
         raise ConfigError(f"deepspeed: file {config.deepspeed} does not exist")
+    if config.part_learning_rates is not None:
+        _check_part_learning_rates(config)
+
+
+def _check_part_learning_rates(config: RunConfig) -> None:
+    for part, value in config.part_learning_rates.as_dict().items():
+        if value <= 0:
+            raise ConfigError(f"part_learning_rates.{part}: must be positive, got {value}")
+        if part not in STAGE_PARTS[config.stage]:
+            raise ConfigError(f"part_learning_rates.{part}: stage {config.stage!r} does not train this part "
+                              f"(it trains {sorted(STAGE_PARTS[config.stage])})")
+    if config.deepspeed is not None:
+        import json
+
+        try:
+            has_optimizer = "optimizer" in json.loads(Path(config.deepspeed).read_text())
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"deepspeed: cannot read {config.deepspeed}: {error}") from error
+        if has_optimizer:
+            raise ConfigError(f"part_learning_rates: the DeepSpeed file {config.deepspeed} defines its own "
+                              "`optimizer`, which would ignore per-part learning rates; remove one of the two")
 
 
 def _check_training_args(args: dict[str, Any]) -> None:

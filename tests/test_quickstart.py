@@ -11,7 +11,7 @@ from multimeditron.cli import main
 @pytest.mark.slow
 def test_quickstart_small_budget(tmp_path, capsys):
     out = tmp_path / "qs"
-    assert main(["quickstart", "--out", str(out), "--num-train", "120", "--num-test", "20", "--epochs", "1"]) == 0
+    assert main(["quickstart", "--out", str(out), "--num-train", "120", "--num-test", "20", "--stage1-epochs", "1", "--stage2-epochs", "1"]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_type"]) == {"modality", "presence", "side", "count", "multiple_choice"}

@@ -26,8 +26,19 @@ SUMMARIES = {
 }
 
 
+def _move_launcher_rank(argv: list[str]) -> list[str]:
+    """The `deepspeed` launcher passes `--local_rank=N` before the script's own arguments, i.e. before the
+    subcommand (`multimeditron --local_rank=0 train ...`); move it behind the subcommand, whose parser takes it."""
+    leading: list[str] = []
+    while argv and argv[0].split("=")[0] in ("--local_rank", "--local-rank"):
+        takes_value = "=" not in argv[0] and len(argv) > 1
+        leading += argv[:2] if takes_value else argv[:1]
+        argv = argv[2:] if takes_value else argv[1:]
+    return argv[:1] + leading + argv[1:] if leading else argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _move_launcher_rank(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(prog="multimeditron", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, summary in SUMMARIES.items():

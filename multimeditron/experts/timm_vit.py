@@ -27,6 +27,8 @@ TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2)
 
 # How the single `cls` vector is made from the final tokens.
 CLS_POOLS = ("token", "avg", "avg_all", "head")
+# How a freshly built (not loaded) position embedding starts: timm's own random init, or a 2D sin-cos table.
+POS_EMBED_INITS = ("learn", "sincos")
 
 StateDict = dict[str, torch.Tensor]
 
@@ -52,12 +54,15 @@ class TimmViTExpert(VisionExpert):
         output: str = "patch",
         model_kwargs: dict[str, Any] | None = None,
         cls_pool: str = "token",
+        pos_embed_init: str = "learn",
     ) -> None:
         super().__init__()
         import timm
 
         if cls_pool not in CLS_POOLS:
             raise ValueError(f"{expert_id}: cls_pool {cls_pool!r} is not one of {list(CLS_POOLS)}")
+        if pos_embed_init not in POS_EMBED_INITS:
+            raise ValueError(f"{expert_id}: pos_embed_init {pos_embed_init!r} is not one of {list(POS_EMBED_INITS)}")
         self.expert_id, self.output, self.model_name, self.cls_pool = expert_id, output, model_name, cls_pool
         self.model_kwargs = dict(model_kwargs or {})
         self.vit = timm.create_model(model_name, pretrained=False, num_classes=0, img_size=image_size,
@@ -70,6 +75,24 @@ class TimmViTExpert(VisionExpert):
         patches = grid[0] * grid[1]
         self.num_tokens = {"patch": patches, "cls": 1, "all": patches + self.num_prefix_tokens}[output]
         self._set_normalization(mean, std)
+        if pos_embed_init == "sincos":
+            self._init_sincos_pos_embed(expert_id)
+
+    def _init_sincos_pos_embed(self, expert_id: str) -> None:
+        # A ViT trained from scratch on little data learns where its patches are slowly (measured on the synthetic
+        # side questions: chance level); a 2D sin-cos start (as in MAE) gives every patch its row and column from
+        # step 0. Prefix tokens (class, registers) keep their initialisation. Checkpoints overwrite all of it.
+        from timm.layers import build_sincos2d_pos_embed
+
+        pos_embed = getattr(self.vit, "pos_embed", None)
+        dim = self.feature_dim
+        if pos_embed is None or dim % 4:
+            raise ValueError(f"{expert_id}: pos_embed_init 'sincos' needs a learned position embedding and a width "
+                             f"divisible by 4 (got width {dim})")
+        grid = list(self.vit.patch_embed.grid_size)
+        table = build_sincos2d_pos_embed(grid, dim=dim)
+        with torch.no_grad():
+            pos_embed[0, pos_embed.shape[1] - table.shape[0]:].copy_(table)
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         tokens = self.vit.forward_features(pixel_values)
@@ -126,16 +149,17 @@ def build_timm_family(
 ) -> TimmViTExpert:
     """Build one timm-based family from its defaults, the spec's overrides and, for `tiny`, a small architecture.
 
-    `spec.options` may set `mean`, `std`, `cls_pool`; every other option is passed to `timm.create_model`.
+    `spec.options` may set `mean`, `std`, `cls_pool`, `pos_embed_init`; every other option is passed to `timm.create_model`.
     """
     options = dict(spec.options)
     mean = tuple(options.pop("mean", mean))
     std = tuple(options.pop("std", std))
     cls_pool = options.pop("cls_pool", cls_pool)
+    pos_embed_init = options.pop("pos_embed_init", "learn")
     kwargs = dict(model_kwargs or {})
     if spec.tiny:
         kwargs.update(TINY_VIT if tiny_kwargs is None else tiny_kwargs)
     kwargs.update(options)
     size = spec.image_size or (tiny_image_size if spec.tiny else image_size)
     return expert_cls(spec.id, model_name, size, mean, std, output=spec.output or output, model_kwargs=kwargs,
-                      cls_pool=cls_pool)
+                      cls_pool=cls_pool, pos_embed_init=pos_embed_init)

@@ -117,6 +117,9 @@ class MultiMeditronForCausalLM(MultiMeditronPreTrainedModel, GenerationMixin):
                 raise ValueError("the input holds image tokens but no pixel_values were given")
         elif pixel_values is not None:
             raise ValueError("pixel_values need input_ids (to find the image tokens), not inputs_embeds")
+        if labels is not None and self.training and isinstance(logits_to_keep, int) and logits_to_keep == 0 \
+                and self._logits_are_plain_projection():
+            return self._forward_labelled_positions(inputs_embeds, attention_mask, position_ids, labels, **kwargs)
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -127,3 +130,35 @@ class MultiMeditronForCausalLM(MultiMeditronPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    # Logit post-processing some HF causal LMs apply after the LM head; the labelled-positions path below only
+    # reproduces a plain projection, so models with any of these keep the LLM's own forward.
+    _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+    def _logits_are_plain_projection(self) -> bool:
+        text_config = self.config.text_config
+        return all(getattr(text_config, name, None) in (None, 1, 1.0) for name in self._LOGIT_TRANSFORMS)
+
+    def _forward_labelled_positions(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
+                                    position_ids: torch.Tensor | None, labels: torch.Tensor,
+                                    num_items_in_batch: torch.Tensor | int | None = None,
+                                    **kwargs: Any) -> CausalLMOutputWithPast:
+        """Training loss with the LM head applied only where a label is predicted.
+
+        In VLM SFT most positions are image or prompt tokens without a label, and the (tokens x vocabulary) logits
+        of those positions are the largest activation of the step; they are never computed here. Same loss as the
+        LLM's own (HF `ForCausalLMLoss`: shifted labels, float32 cross entropy, sum / `num_items_in_batch` when the
+        Trainer passes it, else the mean); `logits` holds only the labelled positions' rows, in order.
+        """
+        hidden = self.language_model.get_decoder()(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+            **kwargs).last_hidden_state
+        targets = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:].to(hidden.device)
+        keep = targets != -100
+        logits = self.get_output_embeddings()(hidden[keep]).float()
+        loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
+        # A batch without labels gives 0 (with a graph, so every rank still runs its backward), not NaN.
+        divisor = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
+        if torch.is_tensor(divisor):
+            divisor = divisor.to(loss.device)
+        return CausalLMOutputWithPast(loss=loss / divisor, logits=logits)

@@ -80,6 +80,9 @@ def format_plan(config: RunConfig) -> str:
         for i, expert in enumerate(section.experts):
             lines.append(f"  expert[{i}] {expert.id}" + (" (tiny)" if expert.tiny else "")
                          + f" checkpoint={expert.checkpoint or 'random init'}")
+    if config.part_learning_rates is not None:
+        lines.append(f"learning rates per part: {config.part_learning_rates.as_dict()} (others: "
+                     f"training_args.learning_rate = {config.training_args.get('learning_rate', 5e-5)})")
     if config.lora is not None:
         lines.append(f"lora: r={config.lora.r} alpha={config.lora.alpha} targets={config.lora.target_modules}")
     model = _meta_model(config)
@@ -91,7 +94,7 @@ def format_plan(config: RunConfig) -> str:
             lines.append(format_table(apply_stage(model, config.stage), config.stage))
         else:
             lines.append("parameters per part (before LoRA injection):")
-            lines.append(format_table(apply_stage(model, "end2end"), config.stage))
+            lines.append(format_table(apply_stage(model, config.stage), config.stage))
         lines.append(f"image tokens per image: {model.num_image_tokens}")
     lines.append(f"data: max_sequence_length {data.max_sequence_length}; packing {data.packing}; "
                  f"on_bad_sample {data.on_bad_sample}")

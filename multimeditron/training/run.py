@@ -107,6 +107,9 @@ def run_training(config: RunConfig, callbacks: list | None = None,
     model, processor, table = prepare_model(config)
     if is_main_process():
         logger.info("\n%s", format_table(table, config.stage))
+        if config.part_learning_rates is not None:
+            logger.info("learning rates per part: %s (others: training_args.learning_rate = %s)",
+                        config.part_learning_rates.as_dict(), args.learning_rate)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "run_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     data = build_sft_datasets(config.data, processor, seed=config.seed)
@@ -115,6 +118,7 @@ def run_training(config: RunConfig, callbacks: list | None = None,
     trainer = MultiMeditronTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, data_collator=collator,
         processing_class=processor, callbacks=callbacks, bad_sample_report=data.report,
+        part_learning_rates=config.part_learning_rates.as_dict() if config.part_learning_rates else None,
     )
     resume = resume_from_checkpoint
     if resume is None:

@@ -1,9 +1,11 @@
 """Training stages: the one place that sets `requires_grad` per part of the model, and the table that logs it.
 
 - alignment: projector(s), fusion, router and the rows of the new special-token embeddings;
+- vision_alignment: alignment + the vision experts (the LLM stays frozen);
 - end2end: alignment + the LLM (or its LoRA adapters);
 - full: end2end + the vision experts;
 - lm_only: the LLM alone.
+(The table itself is `multimeditron.config.STAGE_PARTS`.)
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from multimeditron.config import STAGE_PARTS
 from multimeditron.model.modeling import MultiMeditronForCausalLM
 
 
@@ -53,24 +56,28 @@ def new_token_ids(model: MultiMeditronForCausalLM) -> list[int]:
 
 def apply_stage(model: MultiMeditronForCausalLM, stage: str, lora: bool = False) -> list[PartStatus]:
     """Set requires_grad for `stage`; with `lora`, the LLM's trainable part is its adapters (already injected)."""
+    if stage not in STAGE_PARTS:
+        raise ValueError(f"unknown stage {stage!r}; valid stages: {list(STAGE_PARTS)}")
+    parts = STAGE_PARTS[stage]
     model.requires_grad_(False)
     vision = model.vision
     embeddings = model.get_input_embeddings().weight
-    trains_vision_glue = stage in ("alignment", "end2end", "full")
-    if trains_vision_glue:
+    if "vision_glue" in parts:
         vision.projectors.requires_grad_(True)
         vision.router.requires_grad_(True)
         if vision.cross_attention is not None:
             vision.cross_attention.requires_grad_(True)
-    if stage == "full":
+    if "experts" in parts:
         vision.experts.requires_grad_(True)
-    if stage in ("end2end", "full", "lm_only"):
+    if "llm" in parts:
         if lora:
             for name, param in model.language_model.named_parameters():
                 param.requires_grad_("lora_" in name)
         else:
             model.language_model.requires_grad_(True)
-    _limit_embedding_rows(embeddings, new_token_ids(model) if stage == "alignment" else None)
+    # With the LLM frozen, the image start/end tokens' embedding rows still have to learn (they are new).
+    frozen_llm_with_vision = "vision_glue" in parts and "llm" not in parts
+    _limit_embedding_rows(embeddings, new_token_ids(model) if frozen_llm_with_vision else None)
     return trainable_table(model)
 
 

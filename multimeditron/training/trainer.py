@@ -1,4 +1,5 @@
-"""`MultiMeditronTrainer`: HF Trainer plus throughput logging (samples/s, tokens/s) and the bad-sample report."""
+"""`MultiMeditronTrainer`: HF Trainer plus per-part learning rates, throughput logging (samples/s, tokens/s) and the
+bad-sample report."""
 from __future__ import annotations
 
 import time
@@ -10,10 +11,19 @@ from transformers import Trainer
 from multimeditron.data.collator import REPORT_KEY
 
 
+def part_of_parameter(name: str) -> str:
+    """The STAGE_PARTS part a parameter belongs to (the LLM's embeddings, new-token rows included, are `llm`)."""
+    if name.startswith("vision.experts."):
+        return "experts"
+    return "vision_glue" if name.startswith("vision.") else "llm"
+
+
 class MultiMeditronTrainer(Trainer):
-    def __init__(self, *args: Any, bad_sample_report: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, bad_sample_report: Any = None,
+                 part_learning_rates: dict[str, float] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.bad_sample_report = bad_sample_report
+        self.part_learning_rates = dict(part_learning_rates or {})
         self._window_start = time.perf_counter()
         self._window_samples = 0
         self._window_tokens = 0
@@ -23,6 +33,24 @@ class MultiMeditronTrainer(Trainer):
         # through a gradient mask; embeddings are therefore never decayed.
         names = super().get_decay_parameter_names(model)
         return [n for n in names if "embed_tokens" not in n and "embeddings.word" not in n]
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """HF's optimizer (class, weight-decay groups), each group split by part when parts have their own rate."""
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if fresh and self.part_learning_rates:
+            part_of = {id(p): part_of_parameter(name)
+                       for name, p in (self.model if model is None else model).named_parameters()}
+            groups = []
+            for group in optimizer.param_groups:
+                by_part: dict[str, list[torch.nn.Parameter]] = {}
+                for param in group["params"]:
+                    by_part.setdefault(part_of[id(param)], []).append(param)
+                for part, params in by_part.items():
+                    groups.append({**group, "params": params,
+                                   "lr": self.part_learning_rates.get(part, group["lr"])})
+            optimizer.param_groups = groups  # no state exists yet: the groups can still be re-cut
+        return optimizer
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:

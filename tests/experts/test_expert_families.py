@@ -429,3 +429,19 @@ def test_timm_generic_plain_and_meta_layouts(tmp_path):
     path, reference = write_meta_dinov2(tmp_path, "vit_small_patch14_reg4_dinov2")
     _check_features(build_expert({"id": "timm:vit_small_patch14_reg4_dinov2", "tiny": True, "checkpoint": path}),
                     reference)
+
+
+# --- Position embedding initialisation of a freshly built (not loaded) timm expert
+def test_sincos_pos_embed_init_gives_every_patch_its_row_and_column():
+    from timm.layers import build_sincos2d_pos_embed
+
+    spec = {"id": "timm:vit_small_patch16_224", "tiny": True, "image_size": 64,
+            "options": {"patch_size": 8, "embed_dim": 64, "num_heads": 4, "pos_embed_init": "sincos"}}
+    expert = build_expert(spec)
+    table = build_sincos2d_pos_embed([8, 8], dim=64)
+    torch.testing.assert_close(expert.vit.pos_embed[0, expert.num_prefix_tokens:].detach(), table)
+
+
+def test_unknown_pos_embed_init_is_refused():
+    with pytest.raises(ValueError, match="pos_embed_init 'fourier' is not one of"):
+        build_expert({"id": "timm:vit_small_patch16_224", "tiny": True, "options": {"pos_embed_init": "fourier"}})

@@ -1,4 +1,5 @@
-"""Multi-process training on CPU: torchrun DDP (gloo) and DeepSpeed ZeRO-2 match a one-process run's losses."""
+"""Multi-process training on CPU: torchrun DDP (gloo), DeepSpeed ZeRO-2 under torchrun and under the `deepspeed`
+launcher all match a one-process run's losses."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def train(config: Path, launcher: list[str], extra_env: dict[str, str] | None = None, overrides=()) -> list[float]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    command = [*launcher, "-m", "multimeditron", "train", "--config", str(config)]
+    command = [*launcher, "multimeditron", "train", "--config", str(config)]
     for item in overrides:
         command += ["--set", item]
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
@@ -27,17 +28,27 @@ def train(config: Path, launcher: list[str], extra_env: dict[str, str] | None = 
     return [entry["loss"] for entry in history if "loss" in entry]
 
 
+# Each launcher ends with its flag for "the next argument is a module".
 def torchrun(n: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-port",
-            str(29500 + os.getpid() % 1000)]
+            str(29500 + os.getpid() % 1000), "-m"]
+
+
+def deepspeed_launcher(n: int) -> list[str]:
+    # The `deepspeed` console script is this module's main; it passes --local_rank to every process.
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(n), "--master_port",
+            str(28500 + os.getpid() % 1000), "--module"]
 
 
 def test_ddp_and_deepspeed_match_one_process(synthetic_dir, tmp_path):
     runs = {}
     for name, launcher, env, overrides in (
-        ("single", [sys.executable], {}, ["training_args.per_device_train_batch_size=4"]),
+        ("single", [sys.executable, "-m"], {}, ["training_args.per_device_train_batch_size=4"]),
         ("ddp", torchrun(2), {}, ["training_args.per_device_train_batch_size=2"]),
         ("zero2", torchrun(2), {"DS_ACCELERATOR": "cpu"},
+         ["training_args.per_device_train_batch_size=2", f"deepspeed={ROOT / 'cookbook' / 'deepspeed_zero2_cpu.json'}"]),
+        # LOCAL_SIZE: how many CPU "accelerators" DeepSpeed's launcher may use on this host.
+        ("zero2_deepspeed_launcher", deepspeed_launcher(2), {"DS_ACCELERATOR": "cpu", "LOCAL_SIZE": "2"},
          ["training_args.per_device_train_batch_size=2", f"deepspeed={ROOT / 'cookbook' / 'deepspeed_zero2_cpu.json'}"]),
     ):
         folder = tmp_path / name
@@ -46,5 +57,5 @@ def test_ddp_and_deepspeed_match_one_process(synthetic_dir, tmp_path):
         runs[name] = train(config, launcher, env, overrides)
         assert (folder / "out" / "final" / "model.safetensors").is_file()
     assert len(runs["single"]) == 4
-    for name in ("ddp", "zero2"):
+    for name in ("ddp", "zero2", "zero2_deepspeed_launcher"):
         assert runs[name] == pytest.approx(runs["single"], rel=2e-3), (name, runs)

@@ -8,23 +8,46 @@ from multimeditron.training.stages import apply_stage, format_table
 from tests.conftest import GENERALIST, SPECIALIST, prompt_batch, tiny_model
 
 
-@pytest.mark.parametrize("stage", ["alignment", "end2end", "full", "lm_only"])
+# stage: (vision glue, experts, llm, llm input embeddings), as the stage table of the issue and README states them.
+EXPECTED = {
+    "alignment": ("trainable", "frozen", "frozen", "partly trainable"),
+    "vision_alignment": ("trainable", "trainable", "frozen", "partly trainable"),
+    "end2end": ("trainable", "frozen", "trainable", "trainable"),
+    "full": ("trainable", "trainable", "trainable", "trainable"),
+    "lm_only": ("frozen", "frozen", "trainable", "trainable"),
+}
+
+
+@pytest.mark.parametrize("stage", list(EXPECTED))
 def test_stage_parts(stage):
     model, _ = tiny_model("tiny-llama", [GENERALIST, SPECIALIST], fusion="attn", projection="per_expert",
                           router="learned", attn_heads=2)
     table = {row.name: row.state for row in apply_stage(model, stage)}
-    glue = "frozen" if stage == "lm_only" else "trainable"
+    glue, experts, llm, embeddings = EXPECTED[stage]
     assert table["projectors"] == glue and table["router"] == glue and table["fusion (cross-attention)"] == glue
-    assert table["expert[0] timm:vit_small_patch16_224"] == ("trainable" if stage == "full" else "frozen")
-    assert table["llm"] == ("frozen" if stage == "alignment" else "trainable")
-    assert table["llm input embeddings"] == ("partly trainable" if stage == "alignment" else
-                                             "trainable" if stage != "alignment" else "frozen")
+    assert table["expert[0] timm:vit_small_patch16_224"] == experts
+    assert table["expert[1] timm:vit_base_patch16_224"] == experts
+    assert table["llm"] == llm
+    assert table["llm input embeddings"] == embeddings
     assert "all" in format_table(apply_stage(model, stage), stage)
 
 
-def test_alignment_updates_only_new_token_rows():
+def test_every_configurable_stage_is_covered():
+    from multimeditron.config import STAGES
+
+    assert set(STAGES) == set(EXPECTED)
+
+
+def test_unknown_stage_is_refused():
+    model, _ = tiny_model()
+    with pytest.raises(ValueError, match="unknown stage 'aligment'"):
+        apply_stage(model, "aligment")
+
+
+@pytest.mark.parametrize("stage", ["alignment", "vision_alignment"])
+def test_frozen_llm_stages_update_only_new_token_rows(stage):
     model, processor = tiny_model("tiny-llama")
-    apply_stage(model, "alignment")
+    apply_stage(model, stage)
     model.train()
     batch = prompt_batch(processor, [1, 1])
     before = model.get_input_embeddings().weight.detach().clone()

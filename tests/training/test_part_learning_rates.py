@@ -1,0 +1,64 @@
+"""Per-part learning rates: the optimizer's groups carry each part's rate, and the config refuses what would be
+silently ignored."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from transformers import TrainingArguments
+
+from multimeditron.config import ConfigError, load_config
+from multimeditron.training.stages import apply_stage
+from multimeditron.training.trainer import MultiMeditronTrainer, part_of_parameter
+from tests.conftest import tiny_model
+
+
+def test_optimizer_groups_carry_each_parts_rate(tmp_path):
+    model, _ = tiny_model()
+    apply_stage(model, "full")
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-4, weight_decay=0.1, report_to=[])
+    trainer = MultiMeditronTrainer(model=model, args=args, part_learning_rates={"experts": 1e-3, "llm": 5e-5})
+    optimizer = trainer.create_optimizer()
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    expected = {"experts": 1e-3, "llm": 5e-5, "vision_glue": 3e-4}
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert {part_of_parameter(n) for n, _ in trainable} == set(expected)
+    for name, param in trainable:
+        assert rate[id(param)] == expected[part_of_parameter(name)], name
+    # HF's weight-decay split survives the re-cut: biases and norms are not decayed, matrices are.
+    projector = dict(model.vision.projectors.named_parameters())
+    biases = [p for n, p in projector.items() if n.endswith("bias")]
+    matrices = [p for n, p in projector.items() if n.endswith("weight")]
+    assert biases and all(decay[id(p)] == 0.0 for p in biases)
+    assert matrices and all(decay[id(p)] == 0.1 for p in matrices)
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == sum(p.numel() for _, p in trainable)
+
+
+def _config(tmp_path, stage: str, rates: dict, deepspeed: dict | None = None):
+    config = {"model": {"llm": "tiny-qwen3", "experts": [{"id": "timm:vit_small_patch16_224", "tiny": True}]},
+              "data": {"train": [{"path": "somewhere"}]}, "stage": stage, "part_learning_rates": rates,
+              "training_args": {"output_dir": str(tmp_path / "out")}}
+    if deepspeed is not None:
+        (tmp_path / "ds.json").write_text(json.dumps(deepspeed))
+        config["deepspeed"] = str(tmp_path / "ds.json")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_config_reads_part_learning_rates(tmp_path):
+    config = load_config(_config(tmp_path, "full", {"experts": 1e-3, "llm": 1e-4}))
+    assert config.part_learning_rates.as_dict() == {"experts": 1e-3, "llm": 1e-4}
+
+
+@pytest.mark.parametrize(("stage", "rates", "deepspeed", "message"), [
+    ("end2end", {"experts": 1e-3}, None, "part_learning_rates.experts: stage 'end2end' does not train this part"),
+    ("full", {"llm": -1.0}, None, "part_learning_rates.llm: must be positive"),
+    ("full", {"projector": 1e-3}, None, "part_learning_rates.projector: unknown key"),
+    ("full", {"llm": 1e-4}, {"optimizer": {"type": "AdamW"}}, "defines its own `optimizer`"),
+])
+def test_config_refuses_rates_that_would_be_ignored(tmp_path, stage, rates, deepspeed, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(_config(tmp_path, stage, rates, deepspeed))
