@@ -46,9 +46,6 @@ def stage_configs(out: Path, data_dir: Path, seed: int, epochs: tuple[int, int] 
         "stage2_full": {
             "model": {"base_model": str(out / "stage1" / "final")},
             "data": common_data, "stage": "full", "seed": seed,
-            # The LLM learns 7x slower than the vision side: at one rate it first learns the answer priors and
-            # the image path stops getting gradient (side questions stuck at 50 %); measured on side-only data.
-            "part_learning_rates": {"llm": 1e-4},
             "training_args": {**common_args, "output_dir": str(out / "stage2"), "num_train_epochs": epochs[1],
                               "learning_rate": 7e-4},
         },
