@@ -24,8 +24,8 @@ import yaml
 # finding lies within the budget (side questions at chance, even with a mean-pool linear head on the expert alone).
 EXPERT = {"id": "timm:vit_small_patch16_224", "tiny": True, "image_size": 64,
           "options": {"patch_size": 8, "embed_dim": 64, "num_heads": 4, "pos_embed_init": "sincos"}}
-STAGE1_EPOCHS = 6
-STAGE2_EPOCHS = 6
+STAGE1_EPOCHS = 5
+STAGE2_EPOCHS = 8
 
 
 def stage_configs(out: Path, data_dir: Path, seed: int, epochs: tuple[int, int] = (STAGE1_EPOCHS, STAGE2_EPOCHS)
