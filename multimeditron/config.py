@@ -114,6 +114,9 @@ class PartLearningRates:
     def as_dict(self) -> dict[str, float]:
         return {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
 
+    def describe(self, default_rate: float) -> str:
+        return f"learning rates per part: {self.as_dict()} (others: training_args.learning_rate = {default_rate})"
+
 
 @dataclass
 class RunConfig:

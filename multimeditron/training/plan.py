@@ -81,8 +81,10 @@ def format_plan(config: RunConfig) -> str:
             lines.append(f"  expert[{i}] {expert.id}" + (" (tiny)" if expert.tiny else "")
                          + f" checkpoint={expert.checkpoint or 'random init'}")
     if config.part_learning_rates is not None:
-        lines.append(f"learning rates per part: {config.part_learning_rates.as_dict()} (others: "
-                     f"training_args.learning_rate = {config.training_args.get('learning_rate', 5e-5)})")
+        from transformers import TrainingArguments
+
+        default_rate = config.training_args.get("learning_rate", TrainingArguments.learning_rate)
+        lines.append(config.part_learning_rates.describe(default_rate))
     if config.lora is not None:
         lines.append(f"lora: r={config.lora.r} alpha={config.lora.alpha} targets={config.lora.target_modules}")
     model = _meta_model(config)

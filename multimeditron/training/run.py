@@ -108,8 +108,7 @@ def run_training(config: RunConfig, callbacks: list | None = None,
     if is_main_process():
         logger.info("\n%s", format_table(table, config.stage))
         if config.part_learning_rates is not None:
-            logger.info("learning rates per part: %s (others: training_args.learning_rate = %s)",
-                        config.part_learning_rates.as_dict(), args.learning_rate)
+            logger.info(config.part_learning_rates.describe(args.learning_rate))
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "run_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     data = build_sft_datasets(config.data, processor, seed=config.seed)

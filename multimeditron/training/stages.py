@@ -54,30 +54,34 @@ def new_token_ids(model: MultiMeditronForCausalLM) -> list[int]:
     return [config.image_start_token_id, config.image_end_token_id]
 
 
+def stage_part_modules(model: MultiMeditronForCausalLM) -> dict[str, list[nn.Module]]:
+    """The modules of each STAGE_PARTS part; the LLM's input embeddings belong to `llm`."""
+    vision = model.vision
+    glue = [vision.projectors, vision.router]
+    if vision.cross_attention is not None:
+        glue.append(vision.cross_attention)
+    return {"vision_glue": glue, "experts": [vision.experts], "llm": [model.language_model]}
+
+
 def apply_stage(model: MultiMeditronForCausalLM, stage: str, lora: bool = False) -> list[PartStatus]:
     """Set requires_grad for `stage`; with `lora`, the LLM's trainable part is its adapters (already injected)."""
     if stage not in STAGE_PARTS:
         raise ValueError(f"unknown stage {stage!r}; valid stages: {list(STAGE_PARTS)}")
     parts = STAGE_PARTS[stage]
     model.requires_grad_(False)
-    vision = model.vision
-    embeddings = model.get_input_embeddings().weight
-    if "vision_glue" in parts:
-        vision.projectors.requires_grad_(True)
-        vision.router.requires_grad_(True)
-        if vision.cross_attention is not None:
-            vision.cross_attention.requires_grad_(True)
-    if "experts" in parts:
-        vision.experts.requires_grad_(True)
-    if "llm" in parts:
-        if lora:
-            for name, param in model.language_model.named_parameters():
-                param.requires_grad_("lora_" in name)
-        else:
-            model.language_model.requires_grad_(True)
+    for part, modules in stage_part_modules(model).items():
+        if part not in parts:
+            continue
+        for module in modules:
+            if part == "llm" and lora:
+                for name, param in module.named_parameters():
+                    param.requires_grad_("lora_" in name)
+            else:
+                module.requires_grad_(True)
     # With the LLM frozen, the image start/end tokens' embedding rows still have to learn (they are new).
     frozen_llm_with_vision = "vision_glue" in parts and "llm" not in parts
-    _limit_embedding_rows(embeddings, new_token_ids(model) if frozen_llm_with_vision else None)
+    _limit_embedding_rows(model.get_input_embeddings().weight,
+                          new_token_ids(model) if frozen_llm_with_vision else None)
     return trainable_table(model)
 
 

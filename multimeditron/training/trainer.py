@@ -9,13 +9,7 @@ import torch
 from transformers import Trainer
 
 from multimeditron.data.collator import REPORT_KEY
-
-
-def part_of_parameter(name: str) -> str:
-    """The STAGE_PARTS part a parameter belongs to (the LLM's embeddings, new-token rows included, are `llm`)."""
-    if name.startswith("vision.experts."):
-        return "experts"
-    return "vision_glue" if name.startswith("vision.") else "llm"
+from multimeditron.training.stages import stage_part_modules
 
 
 class MultiMeditronTrainer(Trainer):
@@ -39,8 +33,9 @@ class MultiMeditronTrainer(Trainer):
         fresh = self.optimizer is None
         optimizer = super().create_optimizer(model)
         if fresh and self.part_learning_rates:
-            part_of = {id(p): part_of_parameter(name)
-                       for name, p in (self.model if model is None else model).named_parameters()}
+            part_of = {id(param): part
+                       for part, modules in stage_part_modules(self.model if model is None else model).items()
+                       for module in modules for param in module.parameters()}
             groups = []
             for group in optimizer.param_groups:
                 by_part: dict[str, list[torch.nn.Parameter]] = {}
