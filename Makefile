@@ -35,8 +35,8 @@ quickstart: $(VENV)/.installed
 lock:
 	rm -rf .venv-lock && python3 -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet "$(PIP_TOOLS)"
-	.venv-lock/bin/pip-compile --quiet --allow-unsafe --strip-extras --build-deps-for editable $(LOCK_EXTRAS) \
-	  --constraint constraints-cpu.txt --no-emit-find-links --no-emit-index-url --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) \
+	CUSTOM_COMPILE_COMMAND="make lock" .venv-lock/bin/pip-compile --quiet --allow-unsafe --strip-extras --build-deps-for editable $(LOCK_EXTRAS) \
+	  --constraint constraints-cpu.txt --no-emit-find-links --no-emit-index-url $(if $(UPGRADE),--upgrade) \
 	  --output-file $(LOCK) pyproject.toml
 	.venv-lock/bin/python scripts/check_lock.py
 	rm -rf .venv-lock

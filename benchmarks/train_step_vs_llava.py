@@ -2,7 +2,7 @@
 
 Same LLM config, vision width/depth, image size, projector and batch; vision frozen, LLM + projector trained (the
 end-to-end stage). Prints samples/s, tokens/s, peak memory (CUDA only) and our/Llava ratios for (1) equal padded
-batches and (2) a variable-length batch, padded for Llava and packed for MultiMeditron (4D block mask).
+batches and (2) a variable-length batch, padded for Llava and packed for MultiMeditron (sdpa + block mask).
 
     python benchmarks/train_step_vs_llava.py [--device cuda] [--repeats 8] [--batch 8] [--hidden 256] [--layers 4]
 """
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from multimeditron.data.packing import block_causal_mask, pack, packed_position_ids
+from multimeditron.data.packing import pack, row_sample_ids
 from multimeditron.model.configuration import MultiMeditronConfig
 from multimeditron.model.modeling import MultiMeditronForCausalLM
 
@@ -79,7 +79,7 @@ def padded_batch(lengths: list[int], n_image: int, image_size: int, device: str)
 
 
 def packed_batch(lengths: list[int], n_image: int, image_size: int, max_len: int, device: str):
-    """The samples packed with the package's own packer, position ids and block-diagonal causal mask."""
+    """The samples packed with the package's own packer; the model derives the block mask from the sample ids."""
     sizes = [n + n_image + 2 for n in lengths]
     bins = pack(sizes, max_len)
     width = max(sum(sizes[i] for i in b) for b in bins)
@@ -91,13 +91,11 @@ def packed_batch(lengths: list[int], n_image: int, image_size: int, max_len: int
                 torch.tensor([START]), torch.full((n_image,), IMAGE_TOKEN), torch.tensor([END]),
                 torch.randint(10, VOCAB - 10, (lengths[i],))])
             start += sizes[i]
-    rows = [[sizes[i] for i in b] for b in bins]
-    positions = torch.stack([packed_position_ids(r, width) for r in rows])
-    mask = block_causal_mask(rows, width, torch.float32)
+    sample_ids = row_sample_ids([[sizes[i] for i in b] for b in bins], width)
     labels = ids.masked_fill(ids == IMAGE_TOKEN, -100).masked_fill(ids == PAD, -100)
     pixels = torch.rand(len(lengths), 3, image_size, image_size)
-    return {k: v.to(device) for k, v in dict(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                             labels=labels, pixel_values=pixels).items()}
+    return {k: v.to(device) for k, v in dict(input_ids=ids, sample_ids=sample_ids, labels=labels,
+                                             pixel_values=pixels).items()}
 
 
 def timed_step(model, optimizer, batch, device: str) -> tuple[float, float]:

@@ -6,6 +6,7 @@ Validated in one place with messages that name the offending key; unknown keys a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import types
@@ -16,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from multimeditron.errors import UserError
 from multimeditron.experts.base import ExpertSpec
 
 # What each training stage trains: "vision glue" (projectors, fusion, router and, while the LLM is frozen, the new
@@ -47,7 +49,7 @@ def _yaml_load(text: typing.IO | str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem, with the dotted path of the key at fault."""
 
 
@@ -58,13 +60,14 @@ class ModelSection:
     experts: list[ExpertSpec] = field(default_factory=list)
     fusion: Literal["none", "avg", "cat", "attn"] = "none"
     projection: Literal["shared", "per_expert"] = "shared"
-    projector_type: Literal["mlp2x_gelu", "linear"] = "mlp2x_gelu"
+    projector_type: Literal["mlp2x_gelu", "linear", "mlp3x_gelu"] = "mlp2x_gelu"  # mlp3x_gelu: the published one
     router: Literal["uniform", "learned"] = "uniform"
     router_top_k: int | None = None
-    generalist_index: int = 0
+    generalist_index: int = 0  # negative: counted from the end (-1 = the last expert)
     attn_heads: int = 8
+    router_aux_loss_coef: float = 0.01  # weight of the learned router's balance loss (0 = off); a training setting
     attachment_token: str = "<|image|>"
-    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "flex_attention", "eager"] = "auto"
     trust_remote_code: bool = False
 
     # Architecture keys: given together with base_model they must agree with the checkpoint.
@@ -88,7 +91,15 @@ class DataSection:
     max_sequence_length: int = 2048
     packing: bool = False
     on_bad_sample: Literal["error", "skip"] = "error"
-    attachment_token: str | None = None  # placeholder in the data; None = the model's
+    # Under `skip`: a dataset with a larger share of refused rows stops the run (a wrong placeholder must not quietly
+    # empty it). 1.0 = never stop.
+    max_bad_sample_share: float = 0.01
+    # Placeholder in the data: "auto" = detected per dataset from its rows (<|image|>, <|reserved_special_token_0|>,
+    # <image>); None = the model's; or the exact string.
+    attachment_token: str | None = "auto"
+    # Caption rows (`text`): "chat" = a "Describe the image" turn with the caption as the answer; "raw" = the text
+    # itself with the loss on all of it, as the published MultiMeditron trained them.
+    caption_format: Literal["chat", "raw"] = "chat"
     image_base_dir: str | None = None  # base folder for relative image paths (paths escaping it are refused)
     num_proc: int = 1  # processes for tokenisation (datasets.map)
     seed: int | None = None  # mixture sampling seed; None = the run seed
@@ -157,18 +168,55 @@ def substitute_env(value: Any, where: str = "", environ: typing.Mapping[str, str
     return _VARIABLE.sub(replace, value)
 
 
+_KEY_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)$")
+
+
+def _key_path(key: str) -> list[str | int]:
+    """`data.train[0].max_samples` -> ["data", "train", 0, "max_samples"]."""
+    steps: list[str | int] = []
+    for part in key.split("."):
+        match = _KEY_PART.match(part)
+        if match is None:
+            raise ConfigError(f"--set {key}: {part!r} is not a key (write keys as a.b[0].c)")
+        steps.append(match.group(1))
+        steps += [int(i) for i in re.findall(r"\d+", match.group(2))]
+    return steps
+
+
 def set_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one `--set a.b.c=value` (value parsed as YAML) to the raw config mapping."""
+    """Apply one `--set a.b.c=value` or `--set data.train[0].max_samples=8` (value parsed as YAML) to the raw
+    config mapping. A missing section is created; a list item must already exist."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected key=value")
     key, raw = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
+    key = key.strip()
+    steps = _key_path(key)
+    node: Any = data
+    where = ""
+    for step, following in itertools.pairwise(steps):
+        if isinstance(step, int):
+            if not isinstance(node, list):
+                raise ConfigError(f"--set {key}: {where} is not a list")
+            if not 0 <= step < len(node):
+                raise ConfigError(f"--set {key}: {where} has {len(node)} item(s), no [{step}]")
+            where = f"{where}[{step}]"
+            node = node[step]
+            continue
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {part} is not a section")
-    node[parts[-1]] = _yaml_load(raw)
+            raise ConfigError(f"--set {key}: {where or 'the config'} is not a section")
+        where = _join(where, step)
+        if node.get(step) is None:
+            if isinstance(following, int):
+                raise ConfigError(f"--set {key}: {where} is not a list in the config")
+            node[step] = {}
+        node = node[step]
+    last = steps[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or not 0 <= last < len(node):
+            raise ConfigError(f"--set {key}: {where} has no item [{last}]")
+    elif not isinstance(node, dict):
+        raise ConfigError(f"--set {key}: {where} is not a section")
+    node[last] = _yaml_load(raw)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None,
@@ -205,6 +253,8 @@ def _check_semantics(config: RunConfig) -> None:
         raise ConfigError("model.llm: required unless model.base_model names an earlier stage's output")
     if model.base_model is None and not model.experts:
         raise ConfigError("model.experts: at least one expert is needed to build a new model")
+    if model.experts and -len(model.experts) <= model.generalist_index < 0:
+        model.generalist_index += len(model.experts)  # the published `generalist_idx: -1` = the last expert
     if not config.data.train:
         raise ConfigError("data.train: at least one dataset is needed")
     for section, entries in (("train", config.data.train), ("eval", config.data.eval)):
@@ -213,16 +263,39 @@ def _check_semantics(config: RunConfig) -> None:
                 raise ConfigError(f"data.{section}[{i}].weight: must be positive, got {entry.weight}")
             if entry.max_samples is not None and entry.max_samples <= 0:
                 raise ConfigError(f"data.{section}[{i}].max_samples: must be positive, got {entry.max_samples}")
+    if not 0.0 <= config.data.max_bad_sample_share <= 1.0:
+        raise ConfigError(f"data.max_bad_sample_share: must lie between 0 and 1, "
+                          f"got {config.data.max_bad_sample_share}")
     if config.data.max_sequence_length < 16:
         raise ConfigError(f"data.max_sequence_length: {config.data.max_sequence_length} is too small")
     if config.lora is not None and "llm" not in STAGE_PARTS[config.stage]:
         llm_stages = ", ".join(name for name, parts in STAGE_PARTS.items() if "llm" in parts)
         raise ConfigError(f"lora: stage {config.stage!r} does not train the LLM; LoRA needs one of {llm_stages}")
     _check_training_args(config.training_args)
+    _check_packing(config)
     if config.deepspeed is not None and not Path(config.deepspeed).is_file():
         raise ConfigError(f"deepspeed: file {config.deepspeed} does not exist")
     if config.part_learning_rates is not None:
         _check_part_learning_rates(config)
+
+
+def _check_packing(config: RunConfig) -> None:
+    """Refuse packing where packed samples could see each other. Every `attn_implementation` above has a path that
+    keeps them apart (model.packed_attention: block mask for sdpa/eager, varlen lengths for flash-attn, a BlockMask
+    for flex), but only through transformers' own attention code."""
+    if not config.data.packing:
+        return
+    if config.model.trust_remote_code:
+        raise ConfigError("data.packing: model.trust_remote_code runs the LLM's own modeling code, which may ignore "
+                          "the block mask or varlen lengths that keep packed samples apart; set data.packing: false")
+    if config.model.attn_implementation == "flex_attention":
+        from importlib.metadata import version
+
+        from packaging.version import Version
+
+        if Version(version("torch")).release < (2, 5):
+            raise ConfigError(f"data.packing: flex_attention keeps packed samples apart with a BlockMask, which "
+                              f"needs torch >= 2.5 (installed: {version('torch')}); use flash_attention_2 or sdpa")
 
 
 def _check_part_learning_rates(config: RunConfig) -> None:
@@ -244,7 +317,29 @@ def _check_part_learning_rates(config: RunConfig) -> None:
                               "`optimizer`, which would ignore per-part learning rates; remove one of the two")
 
 
+def _validating_training_arguments() -> type:
+    """TrainingArguments that validate without setting up devices: the real `__post_init__` reads `self.device`,
+    which initialises accelerate's process-wide state (and the process group under torchrun) with these
+    arguments; the run's own TrainingArguments must be the first to do that."""
+    import torch
+    from transformers import TrainingArguments
+
+    class ValidatingTrainingArguments(TrainingArguments):
+        @property
+        def device(self) -> torch.device:
+            return torch.device("cpu")
+
+        @property
+        def n_gpu(self) -> int:
+            return 0
+
+    return ValidatingTrainingArguments
+
+
 def _check_training_args(args: dict[str, Any]) -> None:
+    """Unknown keys, then each value's type, then `TrainingArguments` itself, built key by key so that its own
+    errors (an unknown scheduler or optimizer, incompatible options) name the key that introduced them."""
+    import torch
     from transformers import TrainingArguments
 
     valid = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
@@ -256,6 +351,22 @@ def _check_training_args(args: dict[str, Any]) -> None:
         raise ConfigError("training_args.output_dir: required (where checkpoints and the final model go)")
     if "deepspeed" in args:
         raise ConfigError("training_args.deepspeed: give the DeepSpeed JSON as the top-level `deepspeed` key")
+    hints = typing.get_type_hints(TrainingArguments)
+    for key, value in args.items():
+        if key == "resume_from_checkpoint" and isinstance(value, bool):
+            continue  # true = the last checkpoint in output_dir, as Trainer.train(resume_from_checkpoint=True)
+        _coerce(hints[key], value, f"training_args.{key}")
+    # As the run builds them (training.run.build_training_arguments): no half precision without a GPU.
+    built: dict[str, Any] = {"report_to": "none", "use_cpu": not torch.cuda.is_available()}
+    validating = _validating_training_arguments()
+    for key, value in args.items():
+        if built["use_cpu"] and key in ("bf16", "fp16", "tf32"):
+            continue
+        built[key] = value
+        try:
+            validating(**built)
+        except Exception as error:  # TrainingArguments raises ValueError, TypeError, ImportError...
+            raise ConfigError(f"training_args.{key}: {error}") from error
 
 
 # ---- typed construction -------------------------------------------------------------------------------------------
@@ -278,9 +389,17 @@ def _build(cls: type, data: Any, where: str) -> Any:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{_join(where, name)}: required key is missing")
     try:
-        return cls(**values)
+        built = cls(**values)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{where or 'config'}: {error}") from error
+    # Which keys the user wrote (a default value cannot tell "not given" from "given the default"); see written_keys.
+    object.__setattr__(built, "_written_keys", frozenset(data))
+    return built
+
+
+def written_keys(section: Any) -> frozenset[str]:
+    """The keys of a parsed config section that the YAML (or a --set) wrote, whatever their values."""
+    return getattr(section, "_written_keys", frozenset())
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:

@@ -6,7 +6,6 @@ placeholder (`processor.attachment_token`, `<|image|>` by default) per image, or
 """
 from __future__ import annotations
 
-import io
 import os
 from typing import Any, Iterable, Sequence
 
@@ -14,8 +13,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from multimeditron.data.images import ImageResolver
 from multimeditron.model.modeling import MultiMeditronForCausalLM
-from multimeditron.model.processing import MultiMeditronProcessor
+from multimeditron.model.processing import MultiMeditronProcessor, split_content
 
 Chat = list[dict[str, Any]]
 Request = tuple[Chat | str, Sequence[Image.Image]]
@@ -53,40 +53,15 @@ def load_pretrained(
     return model.to(resolve_device(device)).eval(), processor
 
 
-def messages_to_chat(messages: Iterable[dict[str, Any]], attachment_token: str) -> tuple[Chat, list[Image.Image]]:
-    """OpenAI/lmms-eval style messages (content = str or parts `{"type": "image", "url"|"image": PIL or path}` /
-    `{"type": "text", "text": ...}`) -> our chat (one placeholder per image, parts joined by newlines) + images."""
-    chat, images = [], []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str) or content is None:
-            chat.append({"role": message["role"], "content": content or ""})
-            continue
-        parts = []
-        for part in content:
-            kind = part.get("type")
-            if kind == "text":
-                parts.append(part.get("text") or "")
-            elif kind == "image":
-                images.append(to_pil(part.get("url", part.get("image"))))
-                parts.append(attachment_token)
-            else:
-                raise ValueError(f"MultiMeditron reads images and text only; got a {kind!r} part")
-        chat.append({"role": message["role"], "content": "\n".join(parts)})
-    return chat, images
-
-
-def to_pil(value: Any) -> Image.Image:
-    """A PIL image from a PIL image, a path, raw bytes or a datasets `{bytes, path}` dict, converted to RGB."""
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
-    if isinstance(value, (bytes, bytearray)):
-        return Image.open(io.BytesIO(value)).convert("RGB")
-    if isinstance(value, (str, os.PathLike)):
-        return Image.open(value).convert("RGB")
-    raise TypeError(f"cannot read an image from {type(value).__name__}")
+def messages_to_chat(messages: Iterable[dict[str, Any]], attachment_token: str,
+                     image_dir: str | os.PathLike | None = None) -> tuple[Chat, list[Image.Image]]:
+    """OpenAI/lmms-eval/HF style messages (content = str or parts `{"type": "image", "url"|"image"|"path": PIL,
+    bytes, {bytes, path} or path}` / `{"type": "text", "text": ...}`) -> our chat (one placeholder per image, parts
+    joined by newlines) + the images, decoded by the one decoder training uses (`multimeditron.data.images`);
+    relative paths resolve against `image_dir` (default: the current folder)."""
+    chat, values = split_content(list(messages), attachment_token)
+    resolver = ImageResolver(default_dir=image_dir or os.getcwd())
+    return chat, [resolver.load(value) for value in values]
 
 
 def render_prompt(processor: MultiMeditronProcessor, chat: Chat | str, system_prompt: str | None = None) -> str:
@@ -205,4 +180,4 @@ def continuation_logprob(
 
 
 __all__ = ["load_pretrained", "generate_answers", "continuation_logprob", "messages_to_chat", "render_prompt",
-           "cut_at_stop", "to_pil", "resolve_device"]
+           "cut_at_stop", "resolve_device"]

@@ -65,7 +65,7 @@ def run_quickstart(out: str | Path, num_train: int = 6000, num_test: int = 400, 
                    epochs: tuple[int, int] = (STAGE1_EPOCHS, STAGE2_EPOCHS)) -> dict[str, Any]:
     from multimeditron.config import load_config
     from multimeditron.data.synthetic import generate_synthetic_vqa
-    from multimeditron.evaluation.evaluator import evaluate_synthetic
+    from multimeditron.evaluation.evaluator import ablation_table, evaluate_synthetic
     from multimeditron.inference import generate_answers, load_pretrained
     from multimeditron.training.run import run_training
 
@@ -86,10 +86,13 @@ def run_quickstart(out: str | Path, num_train: int = 6000, num_test: int = 400, 
     shutil.copytree(out / "stage2" / "final", final)
     print(f"[4/4] evaluating {final} on the held-out split")
     model, processor = load_pretrained(final)
-    metrics = evaluate_synthetic(model, processor, dataset["test"], batch_size=32)
+    metrics = evaluate_synthetic(model, processor, dataset["test"], batch_size=32, image_ablation=True)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print("\n" + format_metrics_table(metrics))
+    # how much the answers rely on the image: the same questions with every image replaced
+    print("\nimage ablation (accuracy %):\n" + ablation_table([{"task": "synthetic_vqa", "metrics": metrics,
+                                                              "ablation": metrics["ablation"]}]))
     example = dataset["test"][0]
     from multimeditron.data.images import decode_image
 

@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every model here is tiny: with several intra-op threads on a shared 2-core machine, thread hand-offs cost up to 20x
+# the arithmetic (measured on the router, probe and packing tests). Subprocesses (torchrun, the CLI) inherit the env.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+threadpool_limits(1)
 
 LLM_FAMILIES = ["tiny-qwen3", "tiny-llama", "tiny-apertus"]
 GENERALIST = {"id": "timm:vit_small_patch16_224", "tiny": True}

@@ -65,3 +65,25 @@ def test_expert_keys_are_checked():
             "data": {"train": [{"path": "x"}]}, "stage": "alignment", "training_args": {"output_dir": "o"}}
     with pytest.raises(ConfigError, match=r"model.experts\[0\].chekpoint: unknown key"):
         parse_config(data)
+
+
+def test_set_reaches_list_items(tmp_path):
+    text = BASE.replace("    - path: ${DATA_DIR}/train", "    - path: ${DATA_DIR}/train\n    - path: /other")
+    config = load_config(write(tmp_path, text), ["data.train[1].max_samples=8", "model.experts[0].checkpoint=/ckpt",
+                                                  "model.experts[0].options.depth=2"],
+                         environ={"DATA_DIR": "/d", "OUT_DIR": "/o"})
+    assert config.data.train[1].max_samples == 8 and config.data.train[0].max_samples is None
+    assert config.model.experts[0].checkpoint == "/ckpt"
+    assert config.model.experts[0].options == {"depth": 2}
+
+
+@pytest.mark.parametrize("assignment,message", [
+    ("data.train[3].weight=2", r"data.train has 1 item\(s\), no \[3\]"),
+    ("data.eval[0].weight=2", r"data.eval is not a list"),
+    ("model.llm[0]=x", r"model.llm has no item \[0\]"),
+    ("model.llm.kind=x", r"model.llm is not a section"),
+    ("data.train[x].weight=2", r"'train\[x\]' is not a key"),
+])
+def test_set_errors_name_the_key(tmp_path, assignment, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, BASE), [assignment], environ={"DATA_DIR": "/d", "OUT_DIR": "/o"})

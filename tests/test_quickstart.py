@@ -20,3 +20,5 @@ def test_quickstart_small_budget(tmp_path, capsys):
     assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "tokenizer.json").is_file()
     assert (out / "stage1_alignment.yaml").is_file() and (out / "stage2_full.yaml").is_file()
     assert "| question type | accuracy % | chance % | n |" in printed and "model answer:" in printed
+    assert set(metrics["ablation"]) == {"blank", "noise", "other"}
+    assert "| synthetic_vqa / side |" in printed.split("image ablation")[1]

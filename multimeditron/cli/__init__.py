@@ -5,6 +5,8 @@ import argparse
 import importlib
 import sys
 
+from multimeditron.errors import UserError
+
 # subcommand -> module in multimeditron.cli exposing `HELP`, `add_arguments(parser)` and `run(args) -> int`.
 # Modules are imported only when their subcommand runs, so `--help` stays fast.
 SUBCOMMANDS = {
@@ -14,6 +16,10 @@ SUBCOMMANDS = {
     "eval": "evaluate",
     "check-dataset": "check_dataset",
     "convert": "convert",
+    "probe": "probe",
+    "adapt": "adapt",
+    "finetune": "finetune",
+    "segment": "segment",
 }
 
 SUMMARIES = {
@@ -22,7 +28,11 @@ SUMMARIES = {
     "generate": "answer a prompt about an image with a trained model",
     "eval": "score a model on a benchmark task without lmms-eval (or list the tasks)",
     "check-dataset": "validate a dataset and name every bad row",
-    "convert": "convert LLaVA-style JSON or an image-classification folder into an Arrow dataset",
+    "convert": "convert LLaVA JSON or an image-classification folder into an Arrow dataset, or a published config",
+    "probe": "evaluate vision experts on labelled images (kNN, linear, logistic regression, few-shot)",
+    "adapt": "adapt a vision expert to unlabelled images by token reconstruction (RETFound-Green)",
+    "finetune": "fine-tune a vision expert on labelled images (finetune, lp, lora, bitfit)",
+    "segment": "train a segmentation decoder on a frozen vision expert (linear or U-Net), Dice/Jaccard on test",
 }
 
 
@@ -49,4 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"multimeditron.cli.{SUBCOMMANDS[argv[0]]}")
     command_parser = argparse.ArgumentParser(prog=f"multimeditron {argv[0]}", description=SUMMARIES[argv[0]])
     module.add_arguments(command_parser)
-    return int(module.run(command_parser.parse_args(argv[1:])) or 0)
+    command_parser.add_argument("--debug", action="store_true",
+                                help="show the full traceback of an error instead of one `error: ...` line")
+    args = command_parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except UserError as error:
+        # Something the user can fix (a config key, a path, a dataset, a task name): one line, no traceback.
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,5 +1,6 @@
 """`multimeditron convert llava|image-folder`: LLaVA-style JSON/JSONL or a RETFound-style `train|val|test/<class>/`
-folder -> a MultiMediset Arrow dataset (`save_to_disk`), images embedded as bytes.
+folder -> a MultiMediset Arrow dataset (`save_to_disk`), images embedded as bytes. `convert config`: a published
+MultiMeditron YAML -> ours (convert_config.py).
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     image_folder.add_argument("--question", default=None,
                               help="question text; '{classes}' is replaced by the class list, which is appended "
                                    "when the text does not contain it")
+    from multimeditron.cli.convert_config import add_config_parser
+
+    add_config_parser(layouts)  # `convert config`: a published YAML -> ours (not a dataset)
     for sub in (llava, image_folder):
         sub.add_argument("--out", required=True, help="output folder (datasets.save_to_disk)")
         sub.add_argument("--attachment-token", default=None, help="image placeholder in the text (default <|image|>)")
@@ -47,6 +51,10 @@ def _report_bad(bad: Sequence[object], stream: TextIO | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.layout == "config":
+        from multimeditron.cli import convert_config
+
+        return convert_config.run(args)
     # Imported on use: building the parser (`convert --help`) needs neither datasets nor PIL.
     from multimeditron.data.convert import (
         DEFAULT_ATTACHMENT_TOKEN,

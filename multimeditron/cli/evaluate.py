@@ -13,6 +13,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, metavar="PATH",
                         help="local copy of the task's data: .parquet/.arrow file, parquet folder or save_to_disk "
                              "folder (default: $MMD_<TASK>_DATA, else the hub); one task at a time")
+    parser.add_argument("--split", default=None,
+                        help="the split to score (default: the task's own; for multimediset: test, else validation, "
+                             "val, train, else the only one)")
+    parser.add_argument("--question-type-column", default=None, metavar="COL",
+                        help="multimediset: also report accuracy per value of this column")
+    parser.add_argument("--attachment-token", default=None,
+                        help="multimediset/synthetic_vqa: the image placeholder in the data (default <|image|>)")
+    parser.add_argument("--image-base-dir", default=None, metavar="DIR",
+                        help="folder relative image paths resolve against (training's data.image_base_dir; "
+                             "default: the data's own folder)")
+    parser.add_argument("--image-ablation", action="store_true",
+                        help="run each task again with every image replaced by a blank image, by noise and by "
+                             "another sample's image, and print those accuracies beside the real one")
+    parser.add_argument("--scoring", choices=("ours", "published"), default="ours",
+                        help="published: the published evaluation fork's prompts, token budgets and verdicts (the "
+                             "published table's), with ours on the same replies beside them")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N rows")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's own")
@@ -40,12 +56,29 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("multimeditron eval: --model and --task are required (or --list-tasks)")
     if args.data and len(tasks) > 1:
         raise SystemExit("multimeditron eval: --data names one task's data; give one --task with it")
+    from multimeditron.evaluation.benchmarks import get_benchmark
+    from multimeditron.evaluation.published_tasks import published_table, with_scoring
+
+    try:  # refuse a wrong option or task name before loading the model
+        for task in tasks:
+            with_scoring(get_benchmark(task, args.split, args.question_type_column, args.attachment_token),
+                         args.scoring)
+    except (KeyError, ValueError) as error:
+        raise SystemExit(f"multimeditron eval: {error.args[0]}") from error
     from multimeditron.inference import load_pretrained
 
     model, processor = load_pretrained(args.model, dtype=args.dtype, device=args.device)
     results = [evaluate_task(model, processor, task, data=args.data, limit=args.limit, batch_size=args.batch_size,
-                             max_new_tokens=args.max_new_tokens) for task in tasks]
+                             max_new_tokens=args.max_new_tokens, split=args.split,
+                             question_type_column=args.question_type_column, attachment_token=args.attachment_token,
+                             image_ablation=args.image_ablation, scoring=args.scoring,
+                             image_base_dir=args.image_base_dir) for task in tasks]
     if args.out:
         save_results(results, args.out, model=args.model)
-    print(markdown_table(results))
+    print(markdown_table(results) if args.scoring == "ours" else published_table(results))
+    ablated = [result for result in results if result.get("ablation")]
+    if ablated and args.scoring != "ours":  # markdown_table already ends with it
+        from multimeditron.evaluation.evaluator import ablation_table
+
+        print("\n" + ablation_table(ablated))
     return 0

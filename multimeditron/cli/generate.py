@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 HELP = "answer a prompt about an image with a trained model"
 
@@ -21,10 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from multimeditron.inference import generate_answers, load_pretrained, to_pil
+    from multimeditron.data.images import load_image
+    from multimeditron.data.report import BadSample
+    from multimeditron.inference import generate_answers, load_pretrained
 
+    try:  # the decoder training uses (EXIF, 16-bit, alpha, DICOM); a file named here is taken as written
+        images = [load_image(os.path.abspath(path)) for path in args.image]
+    except BadSample as bad:
+        raise SystemExit(f"multimeditron generate: --image: {bad}") from bad
     model, processor = load_pretrained(args.model, dtype=args.dtype, device=args.device)
-    images = [to_pil(path) for path in args.image]
     prompt = args.prompt
     placeholders = processor.count_placeholders(prompt)
     if placeholders == 0 and images:

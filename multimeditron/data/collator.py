@@ -1,4 +1,4 @@
-"""`SFTCollator`: dataset items -> a right-padded training batch (2D mask, or 4D block mask when packing).
+"""`SFTCollator`: dataset items -> a right-padded training batch (2D mask, or per-token sample ids when packing).
 
 The batch also carries `skipped_samples`: a list of (reason, dataset, row) for rows skipped while decoding images in
 the DataLoader workers (usually empty). The trainer pops it before the forward and adds it to the run's report.
@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from multimeditron.data.chat import IGNORE_INDEX
-from multimeditron.data.packing import block_causal_mask, packed_position_ids
+from multimeditron.data.packing import row_sample_ids
 from multimeditron.model.processing import MultiMeditronProcessor
 
 REPORT_KEY = "skipped_samples"
@@ -25,17 +25,17 @@ class SFTCollator:
     """Pads on the right; the attention mask comes from each item's real length, never from pad == eos.
 
     Items: `input_ids`, `labels`, optional `pixel_values` (k, 3, S, S), optional `seq_lengths` (one entry per
-    packed sample), optional `skipped_samples`. With `packing=True` the batch gets `position_ids` restarting per sample
-    and a [B, 1, L, L] additive mask in `dtype` (the dtype the model runs in: sdpa wants the mask in it).
+    packed sample), optional `skipped_samples`. With `packing=True` the batch carries `sample_ids` (B, L) instead of
+    an attention mask: the sample index of each token in its row, -1 on padding. The model derives from it what its
+    attention implementation needs (a block mask, varlen lengths, restarting position ids), on its own device: no
+    [B, 1, L, L] mask is built here.
     """
 
     report_key = REPORT_KEY
 
-    def __init__(self, processor: MultiMeditronProcessor, packing: bool, dtype: torch.dtype = torch.float32,
-                 pad_to_multiple_of: int | None = None) -> None:
+    def __init__(self, processor: MultiMeditronProcessor, packing: bool, pad_to_multiple_of: int | None = None) -> None:
         self.processor = processor
         self.packing = packing
-        self.dtype = dtype
         self.pad_to_multiple_of = pad_to_multiple_of
         pad = processor.tokenizer.pad_token_id
         # the pad id is never attended to nor trained on, so any id is correct; 0 when the tokenizer has none
@@ -63,8 +63,7 @@ class SFTCollator:
             label_tensor[row, :len(target)] = torch.tensor(target, dtype=torch.long)
         batch: dict[str, Any] = {"input_ids": input_ids, "labels": label_tensor}
         if self.packing:
-            batch["attention_mask"] = block_causal_mask(seq_lengths, total, self.dtype)
-            batch["position_ids"] = torch.stack([packed_position_ids(lengths, total) for lengths in seq_lengths])
+            batch["sample_ids"] = row_sample_ids(seq_lengths, total)
         else:
             lengths = torch.tensor([len(i) for i in ids])
             batch["attention_mask"] = (torch.arange(total)[None, :] < lengths[:, None]).long()

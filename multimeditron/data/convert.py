@@ -16,9 +16,10 @@ from typing import Any
 
 import datasets
 from datasets import Dataset, DatasetDict, Features, Value
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from multimeditron.data.images import DICOM_SUFFIXES, ImageResolver
+from multimeditron.data.report import MISSING_IMAGE, PATH_ESCAPE, BadSample
 from multimeditron.data.schema import conversation_features, image_modality, make_row
 
 DEFAULT_ATTACHMENT_TOKEN = "<|image|>"
@@ -26,7 +27,7 @@ LLAVA_PLACEHOLDER = "<image>"
 # LLaVA writes human/gpt; ShareGPT-style exports sometimes already use the chat roles.
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 SPLIT_DIRS = ("train", "val", "validation", "test")
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", *DICOM_SUFFIXES})
 DEFAULT_FOLDER_QUESTION = "Which class does this image show? Options: {classes}. Answer with the class name."
 # Marker files of a `save_to_disk` directory: only such a directory is ever deleted by `overwrite`.
 _SAVED_MARKERS = ("state.json", "dataset_dict.json", "dataset_info.json")
@@ -81,15 +82,18 @@ class RowError(ValueError):
 
 
 # ---- shared helpers -----------------------------------------------------------------------------------------------
-def _check_image(path: Path) -> None:
-    """Raise `RowError` unless `path` is a file PIL recognises (reads the header only: cheap on large sets)."""
-    if not path.is_file():
-        raise RowError(f"missing image '{path}'")
+def _check_image(name: str | Path, resolver: ImageResolver) -> Path:
+    """The image's path inside the resolver's folder; raises `RowError` unless training could read it: decoded by
+    the decoder training uses (every format it reads: PNG/JPEG/TIFF/GIF/WebP/BMP, DICOM), and a path that stays
+    inside the folder (`../` or an absolute path elsewhere is refused, as training refuses it)."""
     try:
-        with Image.open(path) as image:
-            image.size  # noqa: B018 - forces the header parse
-    except (UnidentifiedImageError, OSError) as error:
-        raise RowError(f"unreadable image '{path}': {error}") from None
+        _, path = resolver.locate(str(name))
+        resolver.load(path)
+    except BadSample as bad:
+        what = {MISSING_IMAGE: "missing image", PATH_ESCAPE: "image outside the image folder"}.get(
+            bad.reason, "unreadable image")
+        raise RowError(f"{what} '{name}': {bad.detail or bad.reason}") from None
+    return path
 
 
 def _check_out(out_dir: str | Path, overwrite: bool) -> bool:
@@ -218,13 +222,13 @@ def llava_row(record: Any, images_dir: Path, attachment_token: str = DEFAULT_ATT
     if placeholders != len(names):
         raise RowError(f"{placeholders} image placeholder(s) for {len(names)} image(s)")
     modalities = []
+    resolver = ImageResolver(base_dir=images_dir)
     for name in names:
-        path = images_dir / name
         if read_images:
+            _, path = resolver.locate(name)  # checked in the validation pass
             modalities.append(image_modality(path.read_bytes()))
         else:
-            _check_image(path)
-            modalities.append(image_modality(path=str(path)))
+            modalities.append(image_modality(path=str(_check_image(name, resolver))))
     return make_row(modalities, conversation)
 
 
@@ -255,6 +259,8 @@ def convert_llava(json_path: str | Path, images_dir: str | Path | None, out_dir:
             bad.append(BadRow(index, str(reason), None if row_id is None else str(row_id)))
     if bad and not skip_bad:
         raise BadRowsError(bad, len(records))
+    if not good:
+        raise ConversionError(f"no convertible rows in {json_path} ({len(bad)} bad); nothing was written")
     out = _prepare_out(out_dir, remove)
 
     def rows() -> Iterator[dict[str, Any]]:
@@ -269,9 +275,10 @@ def convert_llava(json_path: str | Path, images_dir: str | Path | None, out_dir:
 
 
 # ---- image folders ---------------------------------------------------------------------------------------------
-def scan_image_folder(root: str | Path) -> tuple[list[str], dict[str, list[tuple[Path, str]]], list[str]]:
+def scan_image_folder(root: str | Path, extensions: frozenset[str] = IMAGE_EXTENSIONS,
+                      ) -> tuple[list[str], dict[str, list[tuple[Path, str]]], list[str]]:
     """The classes (sorted union over splits), each split's `(image, class)` pairs in a stable order, and notes
-    about files that were ignored. Hidden files and non-image extensions are skipped."""
+    about files that were ignored. Hidden files and files whose suffix is not in `extensions` are skipped."""
     base = Path(root)
     if not base.is_dir():
         raise ConversionError(f"no such folder: {base}")
@@ -291,7 +298,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], dict[str, list[tuple
         for class_dir in (e for e in entries if e.is_dir() and not e.name.startswith(".")):
             classes.add(class_dir.name)
             for path in sorted(class_dir.rglob("*")):
-                if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS:
+                if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in extensions:
                     items[split].append((path, class_dir.name))
     return sorted(classes), items, notes
 
@@ -332,17 +339,20 @@ def convert_image_folder(root: str | Path, out_dir: str | Path, question: str | 
     total = sum(len(pairs) for pairs in items.values())
     bad: list[BadRow] = []
     good: dict[str, list[tuple[Path, str]]] = {split: [] for split in items}
+    resolver = ImageResolver(base_dir=root)
     with tqdm(total=total, desc="image-folder: checking", unit="image", disable=not progress) as bar:
         for split, pairs in items.items():
             for path, label in pairs:
                 try:
-                    _check_image(path)
+                    _check_image(path, resolver)
                     good[split].append((path, label))
                 except RowError as reason:
                     bad.append(BadRow(str(path.relative_to(Path(root))), str(reason)))
                 bar.update()
     if bad and not skip_bad:
         raise BadRowsError(bad, total)
+    if not any(good.values()):
+        raise ConversionError(f"no readable images under {root} ({len(bad)} bad); nothing was written")
     out = _prepare_out(out_dir, remove)
 
     def rows(pairs: list[tuple[Path, str]], bar: tqdm) -> Callable[[], Iterator[dict[str, Any]]]:

@@ -20,7 +20,9 @@ from multimeditron.data.collator import REPORT_KEY
 from multimeditron.data.encode import ENCODED_FEATURES, RowEncoder
 from multimeditron.data.images import ImageResolver
 from multimeditron.data.packing import pack
-from multimeditron.data.report import TRUNCATED, BadSample, BadSampleReport, DataError
+from multimeditron.data.placeholders import resolve_attachment_token
+from multimeditron.data.refused_share import check_refused_share
+from multimeditron.data.report import THIN_IMAGE, TRUNCATED, BadSample, BadSampleReport, DataError
 from multimeditron.data.sources import cap_rows, load_source, mixture
 from multimeditron.model.processing import MultiMeditronProcessor
 
@@ -124,7 +126,6 @@ def build_sft_datasets(data: DataSection, processor: MultiMeditronProcessor, see
 
 def _build_split(data: DataSection, entries: list[DatasetEntry], default_split: str,
                  processor: MultiMeditronProcessor, seed: int, report: BadSampleReport) -> datasets.Dataset:
-    attachment = data.attachment_token or processor.attachment_token
     encoded, images, names, resolvers, good = [], [], [], [], []
     offset = 0
     for index, entry in enumerate(entries):
@@ -134,7 +135,9 @@ def _build_split(data: DataSection, entries: list[DatasetEntry], default_split: 
         if row_ids is not None:
             dataset = dataset.select(row_ids)
         resolver = ImageResolver(data.image_base_dir, source.folder)
-        encoder = RowEncoder(processor, attachment, data.max_sequence_length, resolver, index, row_ids)
+        attachment = resolve_attachment_token(data.attachment_token, dataset, processor.attachment_token, source.name)
+        encoder = RowEncoder(processor, attachment, data.max_sequence_length, resolver, index, row_ids,
+                             caption_format=data.caption_format)
         tokens = dataset.map(
             encoder, batched=True, batch_size=64, with_indices=True, remove_columns=dataset.column_names,
             features=ENCODED_FEATURES, num_proc=data.num_proc if data.num_proc > 1 else None,
@@ -147,10 +150,12 @@ def _build_split(data: DataSection, entries: list[DatasetEntry], default_split: 
             more = f" (and {len(bad) - 1} more bad row(s) in this dataset; `multimeditron check-dataset` lists " \
                    "them, or set data.on_bad_sample: skip)" if len(bad) > 1 else ""
             raise DataError.for_row(source.name, first["row"], first["bad_reason"], first["bad_detail"], more)
+        check_refused_share(reasons[bad].tolist(), len(tokens), data.max_bad_sample_share, source.name, attachment)
         rows = np.asarray(tokens["row"])
         for position in bad.tolist():
             report.add(reasons[position], source.name, int(rows[position]))
         report.note(TRUNCATED, int(np.sum(np.asarray(tokens["truncated"]))))
+        report.note(THIN_IMAGE, int(np.sum(np.asarray(tokens["thin_images"])[reasons == ""])))
         good.append(np.flatnonzero(reasons == "") + offset)
         encoded.append(tokens)
         images.append(dataset.select_columns(["modalities"]) if "modalities" in dataset.column_names else None)

@@ -14,10 +14,11 @@ from datasets import Features, Sequence, Value
 from multimeditron.data.chat import ChatEncoder
 from multimeditron.data.conversation import parse_row
 from multimeditron.data.images import ImageResolver
+from multimeditron.data.raw_caption import encode_raw_caption
 from multimeditron.data.report import BadSample
 from multimeditron.model.processing import MultiMeditronProcessor
 
-ENCODING_VERSION = 1  # bump when the output of RowEncoder changes, to invalidate cached map results
+ENCODING_VERSION = 2  # bump when the output of RowEncoder changes, to invalidate cached map results
 
 ENCODED_FEATURES = Features({
     "input_ids": Sequence(Value("int32")),
@@ -30,6 +31,7 @@ ENCODED_FEATURES = Features({
     "bad_reason": Value("string"),  # "" for a good row
     "bad_detail": Value("string"),
     "truncated": Value("bool"),
+    "thin_images": Value("int32"),  # images thinner than a patch once on the canvas (kept, counted in the report)
 })
 
 
@@ -37,13 +39,16 @@ class RowEncoder:
     """The map function (batched, with indices). Picklable, so `num_proc > 1` works."""
 
     def __init__(self, processor: MultiMeditronProcessor, attachment_token: str, max_length: int,
-                 resolver: ImageResolver, source: int, row_ids: np.ndarray | None = None) -> None:
+                 resolver: ImageResolver, source: int, row_ids: np.ndarray | None = None,
+                 caption_format: str = "chat") -> None:
         self.chat = ChatEncoder(processor, attachment_token)
+        self.caption_format = caption_format  # "raw": caption rows without the chat template (raw_caption.py)
         self.attachment_token = attachment_token
         self.max_length = max_length
         self.resolver = resolver
         self.source = source
         self.row_ids = row_ids
+        self.image_processor = processor.image_processor
 
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {name: [] for name in ENCODED_FEATURES}
@@ -53,13 +58,17 @@ class RowEncoder:
             labels: list[int] = []
             reason = detail = ""
             truncated = False
-            n_images = 0
+            n_images = thin = 0
             try:
                 messages, images = parse_row(row, self.attachment_token)
                 n_images = len(images)
                 for image in images:
-                    self.resolver.check(image)
-                encoded = self.chat.encode(messages, self.max_length)
+                    thin += self.image_processor.is_thin(*self.resolver.check(image))
+                if self.caption_format == "raw" and row.get("conversations") is None:
+                    encoded = encode_raw_caption(self.chat.processor, row["text"], n_images, self.attachment_token,
+                                                 self.max_length)
+                else:
+                    encoded = self.chat.encode(messages, self.max_length)
                 ids, labels, truncated = encoded.input_ids, encoded.labels, encoded.truncated
             except BadSample as bad:
                 reason, detail = bad.reason, bad.detail
@@ -73,6 +82,7 @@ class RowEncoder:
             out["bad_reason"].append(reason)
             out["bad_detail"].append(detail)
             out["truncated"].append(truncated)
+            out["thin_images"].append(int(thin))
         return out
 
     def signature(self) -> str:
@@ -82,7 +92,7 @@ class RowEncoder:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         vocabulary = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
         parts = [ENCODING_VERSION, vocabulary, tokenizer.chat_template, processor.chat_template_kwargs,
-                 processor.image_span, self.attachment_token, self.max_length, str(self.resolver.base_dir),
-                 str(self.resolver.default_dir), self.resolver.max_pixels, self.source,
+                 processor.image_span, processor.image_processor.to_dict(), self.attachment_token, self.max_length, str(self.resolver.base_dir),
+                 str(self.resolver.default_dir), self.resolver.max_pixels, self.source, self.caption_format,
                  None if self.row_ids is None else hashlib.sha256(self.row_ids.tobytes()).hexdigest()]
         return hashlib.sha256(repr(parts).encode()).hexdigest()

@@ -1,6 +1,8 @@
-"""Reading dataset images (bytes, paths under a base folder, PIL values, DICOM) into correct RGB PIL images.
+"""Reading stored images (bytes, paths under a base folder, PIL values, DICOM) into correct RGB PIL images: the one
+decoder used by training, `generate`, `eval`, the lmms-eval model, the benchmark readers and the converters.
 
-Pillow and numpy only. Problems raise `BadSample` with a stable reason (see `multimeditron.data.report`).
+Pillow and numpy only. Problems raise `BadSample` with a stable reason (see `multimeditron.data.report`). The pixel
+normalisation itself (`to_rgb`) is the image processor's, so a PIL image given to the processor gets the same.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from multimeditron.data.report import (
     CORRUPT_IMAGE,
@@ -21,10 +23,10 @@ from multimeditron.data.report import (
     UNSUPPORTED_IMAGE,
     BadSample,
 )
+from multimeditron.model.image_processing import normalize_image, scale_to_uint8
 
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own threshold, but as a hard error
 DICOM_SUFFIXES = (".dcm", ".dicom")
-_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 class ImageResolver:
@@ -58,16 +60,17 @@ class ImageResolver:
     def load(self, value: Any) -> Image.Image:
         """A modality value ({bytes, path} mapping, the whole modality dict, bytes, path or PIL) -> RGB image."""
         if isinstance(value, Image.Image):
-            return to_rgb(ImageOps.exif_transpose(value))
+            return normalize_image(value)
         data, path = self.locate(value)
         return decode_image(data if data is not None else path, self.max_pixels)
 
-    def check(self, value: Any) -> None:
-        """Cheap validation without decoding pixels: present, readable header, not a bomb, chunks intact."""
+    def check(self, value: Any) -> tuple[int, int]:
+        """Cheap validation without decoding pixels: present, readable header, not a bomb, chunks intact.
+        Returns the stored (width, height)."""
         if isinstance(value, Image.Image):
-            return
+            return value.size
         data, path = self.locate(value)
-        verify_image(data if data is not None else path, self.max_pixels)
+        return verify_image(data if data is not None else path, self.max_pixels)
 
     def locate(self, value: Any) -> tuple[bytes | None, Path | None]:
         """(bytes, None) or (None, an existing file inside the allowed folder); no decoding."""
@@ -118,16 +121,16 @@ def _open(source: bytes | Path, max_pixels: int) -> Image.Image:
     return image
 
 
-def verify_image(source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Header and integrity check (PNG chunk CRCs, truncation) without a full decode."""
+def verify_image(source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Header and integrity check (PNG chunk CRCs, truncation) without a full decode; the stored (width, height)."""
     if _is_dicom(source):
-        _read_dicom(source, max_pixels, pixels=False)
-        return
+        return _read_dicom(source, max_pixels, pixels=False)
     image = _open(source, max_pixels)
     try:
         image.verify()
     except Exception as error:  # Pillow raises many types here (SyntaxError, OSError, struct.error, ...)
         raise BadSample(CORRUPT_IMAGE, f"image data is damaged: {error}") from error
+    return image.size
 
 
 def decode_image(source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -139,40 +142,15 @@ def decode_image(source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         image.load()  # with Pillow's default LOAD_TRUNCATED_IMAGES=False a truncated file raises here
     except Exception as error:
         raise BadSample(CORRUPT_IMAGE, f"cannot decode the image: {error}") from error
-    return to_rgb(ImageOps.exif_transpose(image))
+    return normalize_image(image)
 
 
-def _scale_to_uint8(array: np.ndarray) -> np.ndarray:
-    """Linear map of the image's actual value range onto 0..255 (a 12-bit scan stored in 16 bits stays visible)."""
-    array = array.astype(np.float64)
-    low, high = float(np.nanmin(array)), float(np.nanmax(array))
-    if high <= low:
-        return np.zeros(array.shape, dtype=np.uint8)
-    return np.round((array - low) * (255.0 / (high - low))).astype(np.uint8)
-
-
-def _composite_on_black(image: Image.Image) -> Image.Image:
-    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
-    rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
-    return Image.fromarray(np.round(rgb).astype(np.uint8), "RGB")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB. Pillow's own convert() clips 16-bit values and drops alpha onto garbage colour."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in _HIGH_DEPTH_MODES:
-        grey = _scale_to_uint8(np.asarray(image))
-        return Image.fromarray(grey, "L").convert("RGB")
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        return image if image.mode == "RGB" else _composite_on_black(image)
-    if mode in ("RGBA", "LA", "PA"):
-        return _composite_on_black(image)
-    if mode in ("RGBa", "La"):  # premultiplied: compositing on black is just dropping alpha
-        return image.convert("RGB")
-    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV: Pillow converts these correctly
+def load_image(value: Any, base_dir: str | os.PathLike | None = None,
+               default_dir: str | os.PathLike | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Any stored image (see `ImageResolver.load`) -> RGB PIL image; relative paths resolve against `base_dir`
+    (and must stay inside it), else against `default_dir` (the dataset's folder, or the current one for files named
+    on a command line)."""
+    return ImageResolver(base_dir, default_dir, max_pixels).load(value)
 
 
 # ---- DICOM ------------------------------------------------------------------------------------------------------
@@ -186,7 +164,8 @@ def _first(value: Any) -> float:
         return float("nan")
 
 
-def _read_dicom(source: bytes | Path, max_pixels: int, pixels: bool) -> Image.Image | None:
+def _read_dicom(source: bytes | Path, max_pixels: int, pixels: bool) -> Image.Image | tuple[int, int]:
+    """The image, or with `pixels=False` only the checks and its (width, height)."""
     try:
         import pydicom
     except ImportError as error:
@@ -203,7 +182,7 @@ def _read_dicom(source: bytes | Path, max_pixels: int, pixels: bool) -> Image.Im
     if "PixelData" not in ds:
         raise BadSample(CORRUPT_IMAGE, "DICOM without pixel data")
     if not pixels:
-        return None
+        return columns, rows
     try:
         array = ds.pixel_array
     except Exception as error:  # compressed transfer syntaxes need optional decoders
@@ -219,7 +198,7 @@ def _read_dicom(source: bytes | Path, max_pixels: int, pixels: bool) -> Image.Im
 
             array = convert_color_space(array, photometric, "RGB")
         if array.dtype != np.uint8:
-            array = _scale_to_uint8(array)
+            array = scale_to_uint8(array)
         return Image.fromarray(np.ascontiguousarray(array), "RGB")
     return Image.fromarray(_dicom_grey(ds, array), "L").convert("RGB")
 
@@ -232,7 +211,7 @@ def _dicom_grey(ds: Any, array: np.ndarray) -> np.ndarray:
     values = array.astype(np.float64) * slope + intercept
     centre, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if np.isnan(centre) or np.isnan(width) or width < 1:
-        grey = _scale_to_uint8(values).astype(np.float64) / 255.0
+        grey = scale_to_uint8(values).astype(np.float64) / 255.0
     elif width == 1:
         grey = (values > centre - 0.5).astype(np.float64)
     else:

@@ -1,6 +1,7 @@
-"""Packing several samples per row: a best-fit-decreasing bin packer and the block-diagonal causal mask.
+"""Packing several samples per row: a best-fit-decreasing bin packer and the per-token sample ids of a batch.
 
-Restarting position ids alone does not keep packed samples apart under sdpa/eager; the 4D mask does.
+What keeps packed samples apart under each attention implementation is derived from the sample ids by the model
+(`multimeditron.model.packed_attention`): restarting position ids alone do not under sdpa/eager.
 """
 from __future__ import annotations
 
@@ -35,31 +36,15 @@ def pack(lengths: Sequence[int], capacity: int, seed: int = 0) -> list[list[int]
     return [bins[i] for i in permutation]
 
 
-def packed_position_ids(seq_lengths: Sequence[int], total: int) -> torch.Tensor:
-    """Positions restarting at 0 for each sample. Right padding continues the last sample's count, so that
-    `position_ids == 0` still counts the real samples (as varlen attention and throughput logging assume)."""
-    parts = [torch.arange(n) for n in seq_lengths]
-    pad = total - sum(seq_lengths)
-    if pad > 0:
-        last = seq_lengths[-1] if seq_lengths else 0
-        parts.append(torch.arange(last, last + pad))
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+def row_sample_ids(rows: Sequence[Sequence[int]], total: int) -> torch.Tensor:
+    """(B, total) per-token sample ids from each row's sample lengths: 0, 1, ... per sample, -1 on the right padding.
 
-
-def block_causal_mask(rows: Sequence[Sequence[int]], total: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """[B, 1, L, L] additive mask: 0 where a token may attend (same sample, not in the future), -inf elsewhere.
-
-    Padding forms one more block, so no query row is fully masked (that would give NaN under sdpa).
+    The one packing signal a batch carries; the model derives each attention implementation's inputs from it
+    (`multimeditron.model.packed_attention`).
     """
-    segments = torch.zeros(len(rows), total, dtype=torch.long)
+    ids = torch.full((len(rows), total), -1, dtype=torch.long)
     for b, lengths in enumerate(rows):
-        ids = [torch.full((n,), i, dtype=torch.long) for i, n in enumerate(lengths)]
-        pad = total - sum(lengths)
-        if pad < 0:
+        if sum(lengths) > total:
             raise ValueError(f"row {b} holds {sum(lengths)} tokens, more than the batch length {total}")
-        ids.append(torch.full((pad,), len(lengths), dtype=torch.long))
-        segments[b] = torch.cat(ids)
-    causal = torch.ones(total, total, dtype=torch.bool).tril()
-    allowed = (segments[:, :, None] == segments[:, None, :]) & causal
-    mask = torch.zeros(len(rows), 1, total, total, dtype=dtype)
-    return mask.masked_fill_(~allowed[:, None], float("-inf"))
+        ids[b, :sum(lengths)] = torch.repeat_interleave(torch.arange(len(lengths)), torch.as_tensor(lengths))
+    return ids

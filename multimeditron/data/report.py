@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from multimeditron.errors import UserError
+
 # Stable reason keys (they appear in logs, reports and `check-dataset` output).
 BAD_SCHEMA = "bad_schema"
 UNKNOWN_ROLE = "unknown_role"
@@ -27,6 +29,7 @@ TEMPLATE_ERROR = "chat_template_error"
 
 # Kept rows that were changed (counted apart: they still train).
 TRUNCATED = "truncated_tail_turns"
+THIN_IMAGE = "image_thinner_than_a_patch"  # so elongated that on the canvas its short side is under one patch
 
 EXAMPLES_PER_REASON = 10  # rows remembered per reason, enough to go and look without keeping millions
 
@@ -40,7 +43,7 @@ class BadSample(Exception):
         self.detail = detail
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A bad row under `on_bad_sample: error` (or unusable data as a whole), naming dataset, row and reason."""
 
     def __init__(self, message: str, dataset: str | None = None, row: int | None = None,

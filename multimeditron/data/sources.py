@@ -6,6 +6,7 @@ once; 2: every row twice; 0.5: a seeded random half). `max_samples` caps N first
 from __future__ import annotations
 
 import glob
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,25 +32,41 @@ def _from_files(files: list[str], name: str) -> datasets.Dataset:
     if len(suffixes) != 1 or next(iter(suffixes)) not in _FILE_BUILDERS:
         raise DataError(f"dataset {name!r}: expected only .parquet or only .arrow files, got {sorted(suffixes)}")
     builder = _FILE_BUILDERS[suffixes.pop()]
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        # `datasets` fails on 0-row parquet files with "corresponds to no data"; name the dataset instead.
+        if sum(pq.ParquetFile(f).metadata.num_rows for f in files) == 0:
+            raise DataError(f"dataset {name!r} has no rows")
     if builder == "arrow" and len(files) == 1:
         return datasets.Dataset.from_file(files[0])  # memory-maps the file, no copy into the datasets cache
     return datasets.load_dataset(builder, data_files=sorted(files), split="train")
 
 
 def load_source(entry: DatasetEntry, default_split: str) -> Source:
-    """One configured dataset as a `datasets.Dataset`."""
+    """One configured dataset as a `datasets.Dataset`; an empty one is an error naming it (a mixture of nothing
+    would otherwise fail deep inside `datasets`)."""
+    source = _load_source(entry, default_split)
+    if len(source.dataset) == 0:
+        raise DataError(f"dataset {source.name!r} has no rows")
+    return source
+
+
+def _load_source(entry: DatasetEntry, default_split: str) -> Source:
     path = os.path.expandvars(entry.path)
     local = Path(path).expanduser()
     if local.is_dir():
         if (local / "dataset_dict.json").is_file():
             split = entry.split or default_split
-            loaded = datasets.load_from_disk(str(local))
-            if split not in loaded:
-                raise DataError(f"dataset {entry.path!r} has no split {split!r}; its splits: {sorted(loaded)}")
-            return Source(loaded[split], f"{entry.path}[{split}]", local)
+            splits = json.loads((local / "dataset_dict.json").read_text()).get("splits", [])
+            if split not in splits:
+                raise DataError(f"dataset {entry.path!r} has no split {split!r}; its splits: {sorted(splits)}")
+            _refuse_saved_without_rows(local / split, f"{entry.path}[{split}]")
+            return Source(datasets.load_from_disk(str(local / split)), f"{entry.path}[{split}]", local)
         if (local / "state.json").is_file():
             if entry.split is not None:
                 raise DataError(f"dataset {entry.path!r} is a single Dataset without splits; remove `split`")
+            _refuse_saved_without_rows(local, entry.path)
             return Source(datasets.load_from_disk(str(local)), entry.path, local)
         files = [str(f) for f in sorted(local.rglob("*")) if f.suffix.lower() in _FILE_BUILDERS]
         if not files:
@@ -67,6 +84,16 @@ def load_source(entry: DatasetEntry, default_split: str) -> Source:
     except Exception as error:  # the hub raises many types; the message must name the configured entry
         raise DataError(f"dataset {entry.path!r}: not a local dataset and could not be loaded from the hub "
                         f"(split {split!r}): {error}") from error
+
+
+def _refuse_saved_without_rows(folder: Path, name: str) -> None:
+    # A 0-row save_to_disk folder has no data file, and `datasets.load_from_disk` fails on it with an IndexError.
+    try:
+        data_files = json.loads((folder / "state.json").read_text()).get("_data_files")
+    except (OSError, ValueError) as error:
+        raise DataError(f"dataset {name!r}: {folder / 'state.json'} cannot be read: {error}") from error
+    if not data_files:
+        raise DataError(f"dataset {name!r} has no rows")
 
 
 def cap_rows(n_rows: int, max_samples: int | None, seed: int, index: int) -> np.ndarray | None:

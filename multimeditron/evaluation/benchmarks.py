@@ -3,9 +3,11 @@ becomes a prompt and how a reply is scored. Shared by the lmms-eval task files a
 ask the same questions and compute the same numbers."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import string
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from datasets import Dataset
@@ -14,6 +16,7 @@ from multimeditron.evaluation.data import decode_image, load_hub, load_table, sl
 from multimeditron.evaluation.scoring import (
     choice_correct, exact_match, extract_choice, is_closed, percent, vqa_summary,
 )
+from multimeditron.model.configuration import DEFAULT_ATTACHMENT_TOKEN
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
@@ -51,18 +54,30 @@ class Benchmark:
                                f"local copy with --data PATH or ${self.env_var}") from error
         return self.prepare(table)
 
+    def source(self, data: str | os.PathLike | None = None) -> str | None:
+        """Where the rows come from: `data`, else $<env_var>, else the hub id."""
+        return str(data) if data else os.environ.get(self.env_var) or self.hub_path
+
+    def image_dir(self, data: str | os.PathLike | None = None) -> str | None:
+        """The folder relative image paths of a local copy resolve against (its folder, as in training)."""
+        source = data or os.environ.get(self.env_var)
+        if not source:
+            return None
+        path = Path(source).expanduser().resolve()
+        return str(path if path.is_dir() else path.parent)
+
     def prepare(self, table: Dataset) -> Dataset:
         return table
 
     def question(self, doc: dict[str, Any]) -> str:
         raise NotImplementedError
 
-    def images(self, doc: dict[str, Any]) -> list:
-        return [decode_image(doc["image"])]
+    def images(self, doc: dict[str, Any], image_dir: str | None = None) -> list:
+        return [decode_image(doc["image"], image_dir)]
 
-    def messages(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    def messages(self, doc: dict[str, Any], image_dir: str | None = None) -> list[dict[str, Any]]:
         """lmms-eval chat messages: the images, then the question."""
-        parts = [{"type": "image", "url": image} for image in self.images(doc)]
+        parts = [{"type": "image", "url": image} for image in self.images(doc, image_dir)]
         return [{"role": "user", "content": parts + [{"type": "text", "text": self.question(doc)}]}]
 
     def score(self, doc: dict[str, Any], reply: str) -> dict[str, Any]:
@@ -111,34 +126,88 @@ class SlakeBenchmark(VQABenchmark):
             table = table.filter(lambda lang: str(lang).strip().lower() == "en", input_columns="q_lang")
         return table
 
-    def images(self, doc: dict[str, Any]) -> list:
+    def images(self, doc: dict[str, Any], image_dir: str | None = None) -> list:
         if doc.get("image") is not None:
-            return [decode_image(doc["image"])]
+            return [decode_image(doc["image"], image_dir)]
         return [slake_image(doc["img_name"], self.hub_path)]
 
 
-class SyntheticBenchmark(Benchmark):
-    """The package's synthetic VQA set (multimeditron.data.synthetic): MultiMediset rows plus `question_type`,
-    `answer` and `choices`; accuracy per question type beside its chance level."""
+@dataclass(frozen=True)
+class ConversationBenchmark(Benchmark):
+    """MultiMediset rows (`modalities` + `conversations`): the turns before the last assistant turn are the prompt
+    (each `attachment_token` in them is the next image), the last assistant turn is the reference answer."""
 
-    def messages(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
-        from multimeditron.model.configuration import DEFAULT_ATTACHMENT_TOKEN
+    attachment_token: str = DEFAULT_ATTACHMENT_TOKEN
 
-        images = iter(decode_image(m["value"]) for m in doc["modalities"] if m["type"] == "image")
-        turns = list(doc["conversations"])
-        while turns and turns[-1]["role"] == "assistant":  # the answer is what the model must produce
-            turns.pop()
+    def images(self, doc: dict[str, Any], image_dir: str | None = None) -> list:
+        return [decode_image(m["value"], image_dir) for m in doc["modalities"] or () if m["type"] == "image"]
+
+    def context_and_reference(self, doc: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+        turns = list(doc.get("conversations") or ())
+        last = max((i for i, turn in enumerate(turns) if turn["role"] == "assistant"), default=None)
+        if last is None or not any(turn["role"] == "user" for turn in turns[:last]):
+            raise ValueError(f"{self.name}: a row without a user turn followed by an assistant turn has nothing to "
+                             f"score: {turns!r:.120}")
+        return turns[:last], str(turns[last]["content"])
+
+    def reference(self, doc: dict[str, Any]) -> str:
+        return self.context_and_reference(doc)[1]
+
+    def question(self, doc: dict[str, Any]) -> str:
+        """The last user turn before the reference, placeholders removed (lmms-eval's `doc_to_text`)."""
+        turns, _ = self.context_and_reference(doc)
+        last = next(turn for turn in reversed(turns) if turn["role"] == "user")
+        return last["content"].replace(self.attachment_token, "").strip()
+
+    def messages(self, doc: dict[str, Any], image_dir: str | None = None) -> list[dict[str, Any]]:
+        images = self.images(doc, image_dir)
+        turns, _ = self.context_and_reference(doc)
+        wanted = sum(turn["content"].count(self.attachment_token) for turn in turns)
+        if wanted != len(images):
+            raise ValueError(f"{self.name}: the prompt holds {wanted} {self.attachment_token} placeholder(s) but the "
+                             f"row has {len(images)} image(s) (set the data's attachment token if it differs)")
+        remaining = iter(images)
         messages = []
         for turn in turns:
-            pieces = turn["content"].split(DEFAULT_ATTACHMENT_TOKEN)
+            pieces = turn["content"].split(self.attachment_token)
             parts: list[dict[str, Any]] = []
             for index, piece in enumerate(pieces):
                 if index:
-                    parts.append({"type": "image", "url": next(images)})
+                    parts.append({"type": "image", "url": next(remaining)})
                 if piece.strip():
                     parts.append({"type": "text", "text": piece.strip()})
             messages.append({"role": turn["role"], "content": parts})
         return messages
+
+
+@dataclass(frozen=True)
+class MultiMedisetBenchmark(ConversationBenchmark, VQABenchmark):
+    """Any MultiMediset dataset: the model's answer against the last assistant turn by normalised exact match;
+    closed (yes/no reference) vs open, and the same per question type when `question_type_column` names one."""
+
+    question_type_column: str | None = None
+
+    def score(self, doc: dict[str, Any], reply: str) -> dict[str, Any]:
+        record = super().score({"answer": self.reference(doc)}, reply)
+        if self.question_type_column:
+            if self.question_type_column not in doc:
+                raise KeyError(f"{self.name}: no column {self.question_type_column!r} (--question-type-column); "
+                               f"columns: {sorted(doc)}")
+            record["question_type"] = str(doc[self.question_type_column])
+        return record
+
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        summary = vqa_summary(records)
+        if self.question_type_column:
+            kinds = sorted({r["question_type"] for r in records})
+            summary["per_type"] = {kind: vqa_summary([r for r in records if r["question_type"] == kind])
+                                   for kind in kinds}
+        return summary
+
+
+class SyntheticBenchmark(ConversationBenchmark):
+    """The package's synthetic VQA set (multimeditron.data.synthetic): MultiMediset rows plus `question_type`,
+    `answer` and `choices`; accuracy per question type beside its chance level."""
 
     def score(self, doc: dict[str, Any], reply: str) -> dict[str, Any]:
         choices = list(doc.get("choices") or [])
@@ -187,10 +256,24 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     VQABenchmark("mmd_pathvqa", "PathVQA (test)", "flaviagiammarino/path-vqa", "test"),
     SyntheticBenchmark("synthetic_vqa", "Synthetic medical VQA (test)", None, "test", max_new_tokens=16,
                        stop=("\n",)),
+    MultiMedisetBenchmark("multimediset", "Your own MultiMediset data (last assistant turn)", None, "test"),
 )}
 
 
-def get_benchmark(name: str) -> Benchmark:
+def get_benchmark(name: str, split: str | None = None, question_type_column: str | None = None,
+                  attachment_token: str | None = None) -> Benchmark:
+    """A task by name; `split`, `question_type_column` and `attachment_token` adjust it for this run (the last two
+    only for tasks that read MultiMediset rows)."""
     if name not in BENCHMARKS:
         raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(BENCHMARKS)}")
-    return BENCHMARKS[name]
+    bench = BENCHMARKS[name]
+    changes: dict[str, Any] = {"split": split} if split else {}
+    if attachment_token:
+        if not isinstance(bench, ConversationBenchmark):
+            raise ValueError(f"{name} does not read MultiMediset rows: --attachment-token does not apply")
+        changes["attachment_token"] = attachment_token
+    if question_type_column:
+        if not isinstance(bench, MultiMedisetBenchmark):
+            raise ValueError(f"--question-type-column applies to the multimediset task, not {name}")
+        changes["question_type_column"] = question_type_column
+    return dataclasses.replace(bench, **changes) if changes else bench

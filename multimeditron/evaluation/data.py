@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import os
 import zipfile
 from functools import lru_cache
@@ -14,7 +13,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 from PIL import Image
 
-from multimeditron.inference import to_pil
+from multimeditron.data.images import load_image
 
 SPLIT_PREFERENCE = ("test", "validation", "val", "train")
 
@@ -57,14 +56,23 @@ def load_hub(repo_id: str, split: str | None) -> Dataset:
     return pick_split(load_dataset(repo_id), None)
 
 
-def decode_image(value: Any) -> Image.Image:
-    """An RGB PIL image from any of the ways a dataset stores one."""
-    if isinstance(value, str) and not os.path.isfile(value):
+def decode_image(value: Any, image_dir: str | os.PathLike | None = None) -> Image.Image:
+    """An RGB PIL image from any of the ways a dataset stores one, through the decoder training uses; relative
+    paths resolve against `image_dir` (the dataset's folder)."""
+    if isinstance(value, str) and not _is_file(value, image_dir):
         try:  # GMAI-MMBench ships base64 text (sometimes as a data URL)
             value = base64.b64decode(value.split(",", 1)[-1], validate=False)
         except (binascii.Error, ValueError) as error:
             raise ValueError(f"not an image file nor base64 image data: {value[:60]!r}") from error
-    return to_pil(value)
+    return load_image(value, default_dir=image_dir or os.getcwd())
+
+
+def _is_file(value: str, image_dir: str | os.PathLike | None) -> bool:
+    path = Path(value).expanduser()
+    try:
+        return (path if path.is_absolute() else Path(image_dir or os.getcwd()) / path).is_file()
+    except (OSError, ValueError):  # too long a name, a NUL byte: base64 text, not a path
+        return False
 
 
 def slake_image(name: str, repo_id: str) -> Image.Image:
@@ -72,14 +80,14 @@ def slake_image(name: str, repo_id: str) -> Image.Image:
     root = os.environ.get("MMD_SLAKE_IMAGES") or _hub_zip(repo_id)
     name = str(name).lstrip("/")
     if os.path.isdir(root):
-        for candidate in (Path(root) / name, Path(root) / "imgs" / name):
-            if candidate.is_file():
-                return Image.open(candidate).convert("RGB")
+        for candidate in (name, f"imgs/{name}"):
+            if (Path(root) / candidate).is_file():
+                return load_image(candidate, base_dir=root)  # base_dir: a name with '..' cannot leave the folder
         raise FileNotFoundError(f"{name} is not under {root}")
     archive = _open_zip(root)
     for member in (name, f"imgs/{name}"):
         if member in archive.NameToInfo:
-            return Image.open(io.BytesIO(archive.read(member))).convert("RGB")
+            return load_image(archive.read(member))
     raise FileNotFoundError(f"{name} is not in {root}")
 
 

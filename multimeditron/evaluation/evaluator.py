@@ -7,11 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from datasets import Dataset, DatasetDict
+from PIL import Image
 from tqdm.auto import tqdm
 
 from multimeditron.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark
 from multimeditron.evaluation.data import pick_split
+from multimeditron.evaluation.published_tasks import with_scoring
 from multimeditron.inference import generate_answers, messages_to_chat
 from multimeditron.model.modeling import MultiMeditronForCausalLM
 from multimeditron.model.processing import MultiMeditronProcessor
@@ -22,14 +25,25 @@ CHUNK_BATCHES = 16
 
 def evaluate_rows(model: MultiMeditronForCausalLM, processor: MultiMeditronProcessor, bench: Benchmark,
                   rows: Dataset, batch_size: int = 8, max_new_tokens: int | None = None,
-                  progress: bool = True) -> dict[str, Any]:
-    """Answer and score every row; returns {"task", "metrics", "samples"} (one sample per row: reply + score)."""
+                  progress: bool = True, image_dir: str | None = None,
+                  ablation: str | None = None) -> dict[str, Any]:
+    """Answer and score every row; returns {"task", "metrics", "samples"} (one sample per row: reply + score).
+    `image_dir`: the folder relative image paths resolve against (the data's folder). `ablation`: replace every
+    image by a blank one, by noise, or by another row's image (see `ABLATIONS`)."""
+    if ablation is not None and ablation not in ABLATIONS:
+        raise ValueError(f"unknown image ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
     samples: list[dict[str, Any]] = []
-    bar = tqdm(total=len(rows), desc=bench.name, disable=not progress, dynamic_ncols=True)
+    desc = bench.name if ablation is None else f"{bench.name} ({ABLATIONS[ablation]})"
+    bar = tqdm(total=len(rows), desc=desc, disable=not progress, dynamic_ncols=True)
+    partners = _partners(len(rows)) if ablation == "other" else None
     chunk = max(1, batch_size) * CHUNK_BATCHES
     for start in range(0, len(rows), chunk):
-        docs = [rows[i] for i in range(start, min(start + chunk, len(rows)))]
-        requests = [messages_to_chat(bench.messages(doc), processor.attachment_token) for doc in docs]
+        indices = range(start, min(start + chunk, len(rows)))
+        docs = [rows[i] for i in indices]
+        requests = [messages_to_chat(bench.messages(doc, image_dir), processor.attachment_token) for doc in docs]
+        if ablation is not None:
+            requests = [(chat, _ablate(ablation, images, index, bench, rows, partners, image_dir))
+                        for index, (chat, images) in zip(indices, requests)]
         replies = generate_answers(model, processor, requests, batch_size=batch_size, stop=bench.stop,
                                    max_new_tokens=max_new_tokens or bench.max_new_tokens, progress=bar)
         for offset, (doc, reply) in enumerate(zip(docs, replies)):
@@ -38,30 +52,77 @@ def evaluate_rows(model: MultiMeditronForCausalLM, processor: MultiMeditronProce
     return {"task": bench.name, "metrics": bench.summarize(samples), "samples": samples}
 
 
+# What each image becomes in an ablation run: the accuracy left shows how much the answers depend on the image.
+ABLATIONS = {"blank": "blank image", "noise": "noise image", "other": "another sample's image"}
+
+
+def _partners(n_rows: int, seed: int = 0) -> list[int]:
+    """For each row, another row (a seeded cycle through all rows, so no row is paired with itself when n > 1)."""
+    order = np.random.default_rng(seed).permutation(n_rows)
+    partners = [0] * n_rows
+    for position, row in enumerate(order):
+        partners[int(row)] = int(order[(position + 1) % n_rows])
+    return partners
+
+
+def _ablate(kind: str, images: list[Image.Image], index: int, bench: Benchmark, rows: Dataset,
+            partners: list[int] | None, image_dir: str | None) -> list[Image.Image]:
+    """The row's images replaced, each at its own size (so the padding on the canvas stays the same)."""
+    if not images:
+        return images
+    if kind == "blank":
+        return [Image.new("RGB", image.size) for image in images]
+    if kind == "noise":
+        rng = np.random.default_rng([index, 1])
+        return [Image.fromarray(rng.integers(0, 256, (image.height, image.width, 3), dtype=np.uint8))
+                for image in images]
+    others = bench.images(rows[partners[index]], image_dir) if partners and len(rows) > 1 else []
+    if not others:  # a single row, or a partner without images: nothing else to show, so a blank one
+        return _ablate("blank", images, index, bench, rows, partners, image_dir)
+    return [others[i % len(others)] for i in range(len(images))]
+
+
 def evaluate_task(model: MultiMeditronForCausalLM, processor: MultiMeditronProcessor, task: str,
                   data: str | os.PathLike | None = None, limit: int | None = None, batch_size: int = 8,
-                  max_new_tokens: int | None = None, progress: bool = True) -> dict[str, Any]:
+                  max_new_tokens: int | None = None, progress: bool = True, split: str | None = None,
+                  question_type_column: str | None = None, attachment_token: str | None = None,
+                  image_ablation: bool = False, scoring: str = "ours",
+                  image_base_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Score a model on one task; `data`: a local copy (else $MMD_<TASK>_DATA, else the hub); `limit`: the first
-    N rows (lmms-eval's --limit takes the same ones)."""
-    bench = get_benchmark(task)
+    N rows (lmms-eval's --limit takes the same ones); `split`, `question_type_column`, `attachment_token`: see
+    `get_benchmark`. Relative image paths resolve against `image_base_dir` (training's `data.image_base_dir`), else
+    the data's folder. With `image_ablation` the task runs again per kind of `ABLATIONS`, whose metrics go to
+    `result["ablation"][kind]`. `scoring="published"`: the published fork's prompts, budgets and verdicts, with ours
+    on the same replies as "ours_*" metrics (published_tasks.py)."""
+    bench = with_scoring(get_benchmark(task, split, question_type_column, attachment_token), scoring)
     rows = bench.load(data)
     if limit is not None:
         rows = rows.select(range(min(int(limit), len(rows))))
-    result = evaluate_rows(model, processor, bench, rows, batch_size, max_new_tokens, progress)
-    result["data"] = str(data or os.environ.get(bench.env_var) or bench.hub_path)
+    image_dir = str(image_base_dir) if image_base_dir else bench.image_dir(data)
+    result = evaluate_rows(model, processor, bench, rows, batch_size, max_new_tokens, progress, image_dir=image_dir)
+    result["data"], result["scoring"] = bench.source(data), scoring
+    if image_ablation:
+        result["ablation"] = {kind: evaluate_rows(model, processor, bench, rows, batch_size, max_new_tokens, progress,
+                                                  image_dir=image_dir, ablation=kind)["metrics"]
+                              for kind in ABLATIONS}
     return result
 
 
 def evaluate_synthetic(model: MultiMeditronForCausalLM, processor: MultiMeditronProcessor,
                        dataset: Dataset | DatasetDict, batch_size: int = 8, limit: int | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, image_ablation: bool = False) -> dict[str, Any]:
     """Accuracy on the synthetic VQA set (its test split when given the DatasetDict), per question type beside the
-    type's chance level, plus overall: {"accuracy", "chance", "n", "per_type": {type: {accuracy, chance, n}}}."""
+    type's chance level, plus overall: {"accuracy", "chance", "n", "per_type": {type: {accuracy, chance, n}}}; with
+    `image_ablation`, also "ablation": {kind: the same metrics with every image replaced}."""
     rows = pick_split(dataset, "test") if isinstance(dataset, DatasetDict) else dataset
     if limit is not None:
         rows = rows.select(range(min(int(limit), len(rows))))
-    return evaluate_rows(model, processor, get_benchmark("synthetic_vqa"), rows, batch_size,
-                         progress=progress)["metrics"]
+    bench = get_benchmark("synthetic_vqa")
+    metrics = evaluate_rows(model, processor, bench, rows, batch_size, progress=progress)["metrics"]
+    if image_ablation:
+        metrics["ablation"] = {kind: evaluate_rows(model, processor, bench, rows, batch_size, progress=progress,
+                                                   ablation=kind)["metrics"] for kind in ABLATIONS}
+    return metrics
 
 
 def save_results(results: list[dict[str, Any]], path: str | os.PathLike, model: str | None = None) -> None:
@@ -71,14 +132,39 @@ def save_results(results: list[dict[str, Any]], path: str | os.PathLike, model: 
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
-    """One row per task (and per question type for the synthetic set): n, accuracy, yes/no, open, chance."""
+    """One row per task (and per question type when the task reports them): n, accuracy, yes/no, open, chance;
+    then, for results with an image ablation, the accuracy with each kind of replaced image beside the real one."""
     lines = ["| task | n | accuracy | yes/no | open | chance |", "|---|---|---|---|---|---|"]
     for result in results:
         metrics = result["metrics"]
         lines.append(_row(result["task"], metrics))
         for kind, sub in metrics.get("per_type", {}).items():
             lines.append(_row(f"{result['task']} / {kind}", sub))
+    ablated = [result for result in results if result.get("ablation")]
+    if ablated:
+        lines += ["", ablation_table(ablated)]
     return "\n".join(lines)
+
+
+def ablation_table(results: list[dict[str, Any]]) -> str:
+    """Accuracy with the real images beside blank, noise and another sample's images (and chance when known)."""
+    lines = ["| task | real images | " + " | ".join(ABLATIONS.values()) + " | chance |",
+             "|---|---|" + "---|" * len(ABLATIONS) + "---|"]
+    for result in results:
+        metrics, ablation = result["metrics"], result["ablation"]
+        lines.append(_ablation_row(result["task"], metrics, [ablation[kind] for kind in ABLATIONS]))
+        for kind, sub in metrics.get("per_type", {}).items():
+            lines.append(_ablation_row(f"{result['task']} / {kind}", sub,
+                                       [ablation[k].get("per_type", {}).get(kind, {}) for k in ABLATIONS]))
+    return "\n".join(lines)
+
+
+def _ablation_row(name: str, real: dict[str, Any], ablated: list[dict[str, Any]]) -> str:
+    def cell(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.1f}"
+
+    cells = [cell(real.get("accuracy"))] + [cell(metrics.get("accuracy")) for metrics in ablated]
+    return f"| {name} | " + " | ".join(cells) + f" | {cell(real.get('chance'))} |"
 
 
 def _row(name: str, metrics: dict[str, Any]) -> str:
@@ -98,4 +184,6 @@ def describe_tasks() -> str:
         source = f"hub {bench.hub_path}" if bench.hub_path else "local only"
         lines.append(f"{bench.name:18s} {bench.title} ({source}; local copy: --data PATH or ${bench.env_var})")
     lines.append(f"\nlmms-eval task files (all but synthetic_vqa): --include_path {TASKS_DIR}")
+    lines.append("published evaluation fork's prompts and scoring (the published table's): --scoring published, or "
+                 "the lmms-eval tasks mmd_gmai_mmbench_published, mmd_slake_published, mmd_pathvqa_published")
     return "\n".join(lines)

@@ -28,6 +28,18 @@ class MultiMeditronLMMS(lmms):
 
     is_simple = False
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "MultiMeditronLMMS":
+        """`--model_args` plus lmms-eval's own `batch_size` / `max_batch_size` / `device` (always passed; its
+        `--batch_size` defaults to 1). A key given in `--model_args` wins, so `pretrained=DIR,batch_size=8` works
+        instead of failing with "got multiple values for keyword argument 'batch_size'"."""
+        from lmms_eval import utils
+
+        args = utils.simple_parse_args_string(arg_string or "")
+        extra = {key: value for key, value in (additional_config or {}).items()
+                 if value is not None and key not in args}
+        return cls(**args, **extra)
+
     def __init__(self, pretrained: str, batch_size: int | str | None = DEFAULT_BATCH_SIZE, dtype: str = "auto",
                  max_new_tokens: int | str | None = None, device: str | None = None,
                  attn_implementation: str | None = None, system_prompt: str | None = None, **kwargs: Any) -> None:

@@ -3,14 +3,15 @@ that lmms-eval and `multimeditron eval` build the same prompts and compute the s
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable
 
-from multimeditron.evaluation.benchmarks import get_benchmark
+from multimeditron.evaluation.benchmarks import Benchmark, get_benchmark
 from multimeditron.evaluation.scoring import percent, vqa_summary
 
 
-def _bind(task: str) -> tuple[Callable[..., Any], ...]:
-    bench = get_benchmark(task)
+def _bind(task: str | Benchmark, **options: Any) -> tuple[Callable[..., Any], ...]:
+    bench = task if isinstance(task, Benchmark) else get_benchmark(task, **options)
 
     def docs(_placeholder: Any) -> Any:
         # lmms-eval first opens the task file's one-row placeholder; the real rows come from here (local copy
@@ -18,13 +19,13 @@ def _bind(task: str) -> tuple[Callable[..., Any], ...]:
         return bench.load()
 
     def doc_to_visual(doc: dict[str, Any]) -> list:
-        return bench.images(doc)
+        return bench.images(doc, bench.image_dir())
 
     def doc_to_text(doc: dict[str, Any], lmms_eval_specific_kwargs: dict | None = None) -> str:
         return bench.question(doc)
 
     def doc_to_messages(doc: dict[str, Any], lmms_eval_specific_kwargs: dict | None = None) -> list[dict]:
-        return bench.messages(doc)
+        return bench.messages(doc, bench.image_dir())
 
     def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, dict[str, Any]]:
         record = bench.score(doc, results[0] if results else "")
@@ -53,3 +54,12 @@ gmai_docs, gmai_doc_to_visual, gmai_doc_to_text, gmai_doc_to_messages, gmai_proc
 slake_docs, slake_doc_to_visual, slake_doc_to_text, slake_doc_to_messages, slake_process_results = _bind("mmd_slake")
 (pathvqa_docs, pathvqa_doc_to_visual, pathvqa_doc_to_text, pathvqa_doc_to_messages,
  pathvqa_process_results) = _bind("mmd_pathvqa")
+# Your own MultiMediset data: $MMD_MULTIMEDISET_DATA, optional $MMD_MULTIMEDISET_SPLIT (default test, else the first
+# of validation/val/train) and $MMD_MULTIMEDISET_ATTACHMENT_TOKEN (the data's image placeholder).
+(multimediset_docs, multimediset_doc_to_visual, multimediset_doc_to_text, multimediset_doc_to_messages,
+ multimediset_process_results) = _bind("multimediset", split=os.environ.get("MMD_MULTIMEDISET_SPLIT") or None,
+                                       attachment_token=os.environ.get("MMD_MULTIMEDISET_ATTACHMENT_TOKEN") or None)
+
+
+def multimediset_doc_to_target(doc: dict[str, Any]) -> str:
+    return get_benchmark("multimediset").reference(doc)

@@ -92,7 +92,7 @@ class LoadReport:
 class VisionExpert(nn.Module):
     """A vision encoder that turns a batch of images into `num_tokens` feature vectors of width `feature_dim`.
 
-    Subclasses set the attributes in `__init__` and implement `encode` and `load_checkpoint`.
+    Subclasses set the attributes in `__init__` and implement `encode` and `load_published_checkpoint`.
     """
 
     expert_id: str
@@ -130,7 +130,33 @@ class VisionExpert(nn.Module):
     def forward(self, canvas: torch.Tensor) -> torch.Tensor:
         return self.encode(self.preprocess(canvas))
 
+    # Evaluation of frozen features (linear probes on the last n layers, as DINOv2's) needs intermediate layers;
+    # families that cannot give them leave `encode_layers` unimplemented and `supports_layers` False.
+    supports_layers: bool = False
+
+    def encode_layers(self, pixel_values: torch.Tensor, n: int) -> list[torch.Tensor]:
+        """Normalised images -> the token sequences (B, num_prefix_tokens + patches, D) of the last `n` blocks
+        (fewer when the model has fewer), oldest first, each through the final norm; the last one is the tokens
+        `encode` selects from."""
+        raise NotImplementedError(f"{type(self).__name__} does not give intermediate layers")
+
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A full token sequence (B, T, D) -> the expert's one global vector (B, D), pooled as its `cls` output."""
+        return tokens[:, 0]
+
     def load_checkpoint(self, source: str) -> LoadReport:
+        """Load weights from `source`: a folder written by `multimeditron finetune` / `adapt` (the expert's own
+        layout, `multimeditron.experts.adapted`), else a local path or hub id in the family's published layout."""
+        from multimeditron.experts.adapted import (
+            is_adapted_checkpoint,
+            load_adapted_weights,
+        )
+
+        if is_adapted_checkpoint(source):
+            return load_adapted_weights(self, source)
+        return self.load_published_checkpoint(source)
+
+    def load_published_checkpoint(self, source: str) -> LoadReport:
         """Load weights from a local path or hub id in the expert's original published layout."""
         raise NotImplementedError(f"{type(self).__name__} cannot load checkpoints")
 

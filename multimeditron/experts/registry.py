@@ -5,6 +5,7 @@ import dataclasses
 import json
 from typing import Any, Callable
 
+from multimeditron.experts.adapted import adapted_spec
 from multimeditron.experts.base import ExpertSpec, VisionExpert
 
 ExpertBuilder = Callable[[ExpertSpec], VisionExpert]
@@ -39,7 +40,7 @@ def available_experts() -> list[str]:
 def build_expert(spec: ExpertSpec | dict[str, Any], load_checkpoint: bool = True) -> VisionExpert:
     """Build the expert a spec names; load its checkpoint when it has one and `load_checkpoint` is set."""
     _ensure_families_loaded()
-    spec = ExpertSpec.from_dict(spec)
+    spec = adapted_spec(spec)  # a folder written by finetune/adapt brings its architecture
     builder = _BUILDERS.get(spec.id)
     if builder is None:
         builder = next((b for p, b in _PREFIX_BUILDERS.items() if spec.id.startswith(p)), None)
@@ -58,7 +59,7 @@ def resolved_spec(spec: ExpertSpec | dict[str, Any], expert: VisionExpert) -> Ex
     `checkpoint` field is kept as the record of where the weights came from. Values are normalised through JSON
     (tuples become lists) so that the spec compares equal after a save/load of the model config.
     """
-    spec = ExpertSpec.from_dict(spec)
+    spec = adapted_spec(spec)
     recorded = json.loads(json.dumps(expert.architecture_options()))
     return dataclasses.replace(spec, options={**spec.options, **recorded})
 
@@ -69,7 +70,7 @@ def spec_agrees(given: ExpertSpec | dict[str, Any], stored: ExpertSpec | dict[st
     A stored spec holds the user's options plus the resolved architecture (`resolved_spec`), so it agrees with a
     given spec whose fields are equal and whose options it all carries with the same values.
     """
-    given, stored = ExpertSpec.from_dict(given), ExpertSpec.from_dict(stored)
+    given, stored = adapted_spec(given), ExpertSpec.from_dict(stored)
     given_options = json.loads(json.dumps(given.options))
     if dataclasses.replace(given, options={}) != dataclasses.replace(stored, options={}):
         return False

@@ -38,6 +38,14 @@ def timm_checkpoint_filter(model: torch.nn.Module) -> Callable[[StateDict, torch
     return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
 
 
+def timm_layers(vit: torch.nn.Module, pixel_values: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """The last `n` blocks' tokens of a timm ViT ([prefix tokens..., patch tokens...], final norm applied)."""
+    n = min(int(n), len(vit.blocks))
+    out = vit.forward_intermediates(pixel_values, indices=n, norm=True, stop_early=True, output_fmt="NLC",
+                                    intermediates_only=True, return_prefix_tokens=True)
+    return [torch.cat([prefix, patches], dim=1) for patches, prefix in out]
+
+
 class TimmViTExpert(VisionExpert):
     # Weight files looked for inside a checkpoint folder or hub repository, in order.
     checkpoint_files: tuple[str, ...] = DEFAULT_WEIGHT_FILES
@@ -94,20 +102,27 @@ class TimmViTExpert(VisionExpert):
         with torch.no_grad():
             pos_embed[0, pos_embed.shape[1] - table.shape[0]:].copy_(table)
 
+    supports_layers = True
+
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         tokens = self.vit.forward_features(pixel_values)
-        pooled = None
-        if self.output == "cls" and self.cls_pool != "token":
-            if self.cls_pool == "avg":
-                pooled = tokens[:, self.num_prefix_tokens:].mean(dim=1)
-            elif self.cls_pool == "avg_all":
-                pooled = tokens.mean(dim=1)
-            else:
-                pooled = self.vit.forward_head(tokens, pre_logits=True)
+        pooled = self.pool_tokens(tokens) if self.output == "cls" else None
         return select_tokens(tokens, self.num_prefix_tokens, self.output, pooled)
 
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.cls_pool == "avg":
+            return tokens[:, self.num_prefix_tokens:].mean(dim=1)
+        if self.cls_pool == "avg_all":
+            return tokens.mean(dim=1)
+        if self.cls_pool == "head":
+            return self.vit.forward_head(tokens, pre_logits=True)
+        return tokens[:, 0]
+
+    def encode_layers(self, pixel_values: torch.Tensor, n: int) -> list[torch.Tensor]:
+        return timm_layers(self.vit, pixel_values, n)
+
     # Checkpoint loading: families override `convert_checkpoint`, the rest is shared.
-    def load_checkpoint(self, source: str) -> LoadReport:
+    def load_published_checkpoint(self, source: str) -> LoadReport:
         raw = read_checkpoint(source, self.checkpoint_files)
         state_dict, dropped, entry = self.convert_checkpoint(raw, source)
         return load_state_dict_checked(self.vit, state_dict, source, dropped=dropped,

@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from multimeditron.experts.registry import build_expert
 from multimeditron.model.configuration import DEFAULT_ATTACHMENT_TOKEN, MultiMeditronConfig
+from multimeditron.model.image_processing import MultiMeditronImageProcessor
 from multimeditron.model.modeling import MultiMeditronForCausalLM
 from multimeditron.model.processing import MultiMeditronProcessor
 from multimeditron.model.tokens import add_image_tokens
@@ -60,4 +61,8 @@ def build_model(
 
 def build_processor(model: MultiMeditronForCausalLM, tokenizer: PreTrainedTokenizerBase) -> MultiMeditronProcessor:
     canvas = max(expert.image_size for expert in model.vision.experts)
-    return MultiMeditronProcessor(tokenizer, model.num_image_tokens, canvas, model.config.attachment_token)
+    # the coarsest expert's patch, in canvas pixels: an image thinner than that is all but invisible to it
+    grids = [expert.patch_grid for expert in model.vision.experts if expert.patch_grid]
+    patch = canvas // min(grids) if grids else 1
+    image_processor = MultiMeditronImageProcessor(image_size=canvas, patch_size=patch)
+    return MultiMeditronProcessor(image_processor, tokenizer, model.num_image_tokens, model.config.attachment_token)

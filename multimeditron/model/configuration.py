@@ -13,7 +13,7 @@ from multimeditron.experts.base import ExpertSpec
 FUSIONS = ("none", "avg", "cat", "attn")
 PROJECTIONS = ("shared", "per_expert")
 ROUTERS = ("uniform", "learned")
-PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
+PROJECTOR_TYPES = ("mlp2x_gelu", "linear", "mlp3x_gelu")
 
 IMAGE_TOKEN = "<|image_pad|>"
 IMAGE_START_TOKEN = "<|image_start|>"
@@ -30,12 +30,14 @@ class MultiMeditronConfig(PretrainedConfig):
         fusion: `none` (one expert), `avg`, `cat` or `attn` (generalist tokens cross-attend to the others).
         projection: `shared` (one projector after fusion) or `per_expert` (one projector per expert, fusion in
             LLM space).
-        projector_type: `mlp2x_gelu` (LLaVA-1.5) or `linear`.
+        projector_type: `mlp2x_gelu` (LLaVA-1.5), `linear`, or `mlp3x_gelu` (the published MultiMeditron projector:
+            3 linear layers with GELU, N(0, 0.02) init).
         router: `uniform` (every expert, equal weights) or `learned` (a gate on the generalist's pooled feature).
         router_top_k: experts run per image with the learned router (default: all).
         generalist_index: which expert is the generalist (query of `attn`, input of the learned gate; its token
             grid is the one every other expert is resampled to).
         attn_heads: heads of the `attn` fusion.
+        router_aux_loss_coef: weight of the learned router's load-balancing loss in the training loss (0 = off).
         image_token_id / image_start_token_id / image_end_token_id: ids of the special tokens in the tokenizer.
         attachment_token: the placeholder users write in text where an image goes.
         base_llm: the LLM (hub id, folder or preset) the model was built from, for the record.
@@ -55,6 +57,7 @@ class MultiMeditronConfig(PretrainedConfig):
         router_top_k: int | None = None,
         generalist_index: int = 0,
         attn_heads: int = 8,
+        router_aux_loss_coef: float = 0.01,
         image_token_id: int | None = None,
         image_start_token_id: int | None = None,
         image_end_token_id: int | None = None,
@@ -75,6 +78,7 @@ class MultiMeditronConfig(PretrainedConfig):
         self.router_top_k = router_top_k
         self.generalist_index = generalist_index
         self.attn_heads = attn_heads
+        self.router_aux_loss_coef = router_aux_loss_coef
         self.image_token_id = image_token_id
         self.image_start_token_id = image_start_token_id
         self.image_end_token_id = image_end_token_id
@@ -95,6 +99,8 @@ class MultiMeditronConfig(PretrainedConfig):
             raise ValueError(f"fusion: `none` takes exactly one expert, got {n}; choose avg, cat or attn")
         if self.fusion != "none" and n < 2:
             raise ValueError(f"fusion: {self.fusion!r} mixes several experts, got {n}; use fusion `none`")
+        if n and -n <= self.generalist_index < 0:
+            self.generalist_index += n  # counted from the end, as the published `generalist_idx: -1`
         if n and not 0 <= self.generalist_index < n:
             raise ValueError(f"generalist_index: {self.generalist_index} is outside the {n} experts")
         if self.router_top_k is not None:

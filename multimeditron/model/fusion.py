@@ -6,7 +6,8 @@ from torch import nn
 
 
 class CrossAttentionFusion(nn.Module):
-    """Generalist tokens attend to the router-weighted tokens of the selected experts, with a residual connection."""
+    """Generalist tokens attend to the tokens of the selected experts, whose values the router weights scale, with a
+    residual connection."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -18,12 +19,16 @@ class CrossAttentionFusion(nn.Module):
         nn.init.zeros_(self.attn.out_proj.weight)
         nn.init.zeros_(self.attn.out_proj.bias)
 
-    def forward(self, query: torch.Tensor, stacked: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, stacked: torch.Tensor, weights: torch.Tensor, top_k: int) -> torch.Tensor:
         # stacked: (B, E, T, D); weights: (B, E). Unselected experts are masked out of the keys entirely.
         b, e, t, d = stacked.shape
-        kv = self.norm_kv(stacked * weights[:, :, None, None]).reshape(b, e * t, d)
+        normed = self.norm_kv(stacked)
+        # The router weights scale the values after the LayerNorm (before it, the norm would cancel them), times
+        # top_k so that equal weights leave the values unchanged (as in `cat`).
+        values = normed * (weights * top_k)[:, :, None, None]
         ignore = (weights == 0)[:, :, None].expand(b, e, t).reshape(b, e * t)
-        attended, _ = self.attn(self.norm_q(query), kv, kv, key_padding_mask=ignore, need_weights=False)
+        attended, _ = self.attn(self.norm_q(query), normed.reshape(b, e * t, d), values.reshape(b, e * t, d),
+                                key_padding_mask=ignore, need_weights=False)
         return query + attended
 
 
@@ -41,5 +46,5 @@ def fuse(fusion: str, stacked: torch.Tensor, weights: torch.Tensor, top_k: int,
         picked = picked * torch.gather(weights, 1, order)[:, :, None, None] * top_k
         return picked.flatten(1, 2)
     if fusion == "attn":
-        return cross_attention(stacked[:, generalist_index], stacked, weights)
+        return cross_attention(stacked[:, generalist_index], stacked, weights, top_k)
     raise ValueError(f"fusion: unknown {fusion!r}")

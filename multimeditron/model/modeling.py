@@ -1,13 +1,16 @@
 """`MultiMeditronForCausalLM`: a causal LM whose image-token positions receive the vision stack's projected features."""
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import CausalLMOutputWithPast, MoeCausalLMOutputWithPast
 
 from multimeditron.model.configuration import MultiMeditronConfig
+from multimeditron.model.packed_attention import packed_attention_inputs
 from multimeditron.model.vision_stack import VisionStack
 
 
@@ -88,7 +91,15 @@ class MultiMeditronForCausalLM(MultiMeditronPreTrainedModel, GenerationMixin):
                 "image placeholder with MultiMeditronProcessor"
             )
         if n_images == 0:
-            return inputs_embeds
+            # A batch without images still runs the vision stack, on one blank canvas weighted zero: under ZeRO-3
+            # every rank must join the vision parameters' gathers, also when other ranks' batches hold images.
+            blank = self.get_image_features(pixel_values.new_zeros(1, *pixel_values.shape[1:]))
+            routing = self.vision.last_routing
+            if routing is not None:
+                # No image, no routing decision: zero weights make the balance term 0, yet it keeps its graph, so
+                # the output holds the same tensors (aux_loss) as on ranks with images (ZeRO-3 hooks count them).
+                self.vision.last_routing = dataclasses.replace(routing, weights=torch.zeros_like(routing.weights))
+            return inputs_embeds + blank.sum().to(inputs_embeds.dtype) * 0
         features = self.get_image_features(pixel_values).to(inputs_embeds.device, inputs_embeds.dtype)
         mask = image_mask.unsqueeze(-1).expand_as(inputs_embeds)
         return inputs_embeds.masked_scatter(mask, features)
@@ -104,10 +115,17 @@ class MultiMeditronForCausalLM(MultiMeditronPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        sample_ids: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        self.vision.last_routing = None  # the routing of this forward only (a batch may hold no image)
+        # transformers renamed past_key_values -> cache (generate passes `cache`); take either, hand on the LLM's name
+        cache = kwargs.pop("cache", None)
+        past_key_values = cache if cache is not None else past_key_values
+        if past_key_values is not None:
+            kwargs[self._cache_argument()] = past_key_values
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
             if pixel_values is not None:
@@ -117,19 +135,44 @@ class MultiMeditronForCausalLM(MultiMeditronPreTrainedModel, GenerationMixin):
                 raise ValueError("the input holds image tokens but no pixel_values were given")
         elif pixel_values is not None:
             raise ValueError("pixel_values need input_ids (to find the image tokens), not inputs_embeds")
+        if sample_ids is not None:  # packed rows (SFTCollator(packing=True)): see model.packed_attention
+            if attention_mask is not None or position_ids is not None:
+                raise ValueError("packed rows: pass sample_ids alone; attention_mask and position_ids are derived "
+                                 "from it for the attention implementation in use")
+            packed = packed_attention_inputs(sample_ids.to(inputs_embeds.device),
+                                             self.language_model.config._attn_implementation, inputs_embeds.dtype)
+            attention_mask, position_ids = packed.pop("attention_mask"), packed.pop("position_ids")
+            kwargs.update(packed)
         if labels is not None and self.training and isinstance(logits_to_keep, int) and logits_to_keep == 0 \
                 and self._logits_are_plain_projection():
-            return self._forward_labelled_positions(inputs_embeds, attention_mask, position_ids, labels, **kwargs)
-        return self.language_model(
+            return self._with_balance_loss(
+                self._forward_labelled_positions(inputs_embeds, attention_mask, position_ids, labels, **kwargs))
+        return self._with_balance_loss(self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
             **kwargs,
-        )
+        ))
+
+    def _cache_argument(self) -> str:
+        """The name the wrapped LLM's forward takes the KV cache under (`cache` in newer transformers)."""
+        parameters = inspect.signature(self.language_model.forward).parameters
+        return "cache" if "cache" in parameters else "past_key_values"
+
+    def _with_balance_loss(self, output: CausalLMOutputWithPast) -> CausalLMOutputWithPast:
+        """With a learned router: the load-balancing term as `aux_loss`, added to a training loss times
+        `router_aux_loss_coef` (Mixtral's convention; 0 disables it)."""
+        routing = self.vision.last_routing
+        balance = routing.balance_loss() if routing is not None else None
+        if balance is None:
+            return output
+        coef = getattr(self.config, "router_aux_loss_coef", 0.0)
+        if output.loss is not None and self.training and coef:
+            output.loss = output.loss + coef * balance.to(output.loss.device)
+        return MoeCausalLMOutputWithPast(**output, aux_loss=balance)
 
     # Logit post-processing some HF causal LMs apply after the LM head; the labelled-positions path below only
     # reproduces a plain projection, so models with any of these keep the LLM's own forward.

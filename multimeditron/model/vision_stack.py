@@ -12,7 +12,7 @@ from multimeditron.experts.registry import build_expert, resolved_spec
 from multimeditron.model.configuration import MultiMeditronConfig
 from multimeditron.model.fusion import CrossAttentionFusion, fuse
 from multimeditron.model.projector import build_projector
-from multimeditron.model.router import Router
+from multimeditron.model.router import Router, Routing
 
 
 def resample_tokens(tokens: torch.Tensor, source_grid: int | None, target_grid: int | None) -> torch.Tensor:
@@ -66,6 +66,7 @@ class VisionStack(nn.Module):
         self.router = Router(config.router, len(self.experts), self.top_k, generalist.feature_dim)
         self.cross_attention = CrossAttentionFusion(fused_width, config.attn_heads) if self.fusion == "attn" else None
         self.num_image_tokens = self.tokens_per_expert * (self.top_k if self.fusion == "cat" else 1)
+        self.last_routing: Routing | None = None
 
     def restore_non_persistent_buffers(self, specs: list[dict]) -> None:
         """Recompute the experts' non-persistent buffers (RoPE periods, position ids, ...).
@@ -109,9 +110,11 @@ class VisionStack(nn.Module):
         batch = canvas.shape[0]
         needs_generalist = self.router.needs_generalist or self.fusion == "attn"
         generalist_raw = self.experts[self.generalist_index](canvas) if needs_generalist else None
-        weights = self.router(generalist_raw, batch, canvas.device)
+        routing = self.router(generalist_raw, batch, canvas.device)
+        # Kept for the loss (balance term) and the training logs (usage); replaced by every forward.
+        self.last_routing, weights = routing, routing.weights
 
-        per_expert = []
+        per_expert, idle = [], []
         for index, expert in enumerate(self.experts):
             if index == self.generalist_index and generalist_raw is not None:
                 rows = torch.arange(batch, device=canvas.device)
@@ -120,6 +123,9 @@ class VisionStack(nn.Module):
                 # Experts outside an image's top-k are not run for that image.
                 rows = weights[:, index].nonzero().squeeze(1)
                 if rows.numel() == 0:
+                    # No image here routes to this expert, yet it runs on one blank canvas weighted zero: under
+                    # ZeRO-3 every rank must join each expert's parameter gathers (forward and backward).
+                    idle.append(self.to_common_tokens(index, expert(torch.zeros_like(canvas[:1]))).sum() * 0)
                     per_expert.append(None)
                     continue
                 tokens = self.to_common_tokens(index, expert(canvas[rows]))
@@ -131,4 +137,4 @@ class VisionStack(nn.Module):
                      self.cross_attention)
         if self.projection == "shared":
             fused = self.projectors[0](fused)
-        return fused
+        return fused + sum(idle).to(fused.dtype) if idle else fused

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from multimeditron.config import ConfigError, ModelSection, RunConfig
+from multimeditron.config import ConfigError, ModelSection, RunConfig, written_keys
 from multimeditron.experts.registry import spec_agrees
 from multimeditron.model.builder import build_model
 from multimeditron.model.modeling import MultiMeditronForCausalLM
@@ -32,23 +32,24 @@ def training_dtype(training_args: dict) -> torch.dtype:
 
 
 def check_base_model_agrees(section: ModelSection, stored: dict) -> None:
-    """A `model:` key given beside `base_model` must match the checkpoint; the stored architecture wins."""
-    defaults = ModelSection()
+    """Every architecture key written beside `base_model` must match the checkpoint, whatever its value (a key
+    equal to its default counts too); the stored architecture wins."""
     for key in ModelSection.ARCHITECTURE_KEYS:
+        if key not in written_keys(section):
+            continue
         given = getattr(section, key)
         if key == "experts":
             stored_value = stored.get("experts") or []
-            if not given or (len(given) == len(stored_value)
-                             and all(spec_agrees(g, s) for g, s in zip(given, stored_value))):
+            if len(given) == len(stored_value) and all(spec_agrees(g, s) for g, s in zip(given, stored_value)):
                 continue
             given = [e.to_dict() for e in given]
         elif key == "llm":
             stored_value = stored.get("base_llm")
+            if stored_value is None:  # a model saved without the record of its LLM: nothing to compare with
+                continue
         else:
             stored_value = stored.get(key)
-        if given is None or given == getattr(defaults, key) or given == stored_value:
-            continue
-        if key == "llm" and stored_value is None:
+        if given == stored_value:
             continue
         raise ConfigError(
             f"model.{key}: {given!r} contradicts the architecture stored in model.base_model "
@@ -66,6 +67,7 @@ def load_run_model(config: RunConfig) -> tuple[MultiMeditronForCausalLM, MultiMe
         stored = AutoConfig.from_pretrained(section.base_model)
         check_base_model_agrees(section, stored.to_dict())
         model = MultiMeditronForCausalLM.from_pretrained(section.base_model, dtype=dtype, attn_implementation=attn)
+        model.config.router_aux_loss_coef = section.router_aux_loss_coef  # a training setting, not architecture
         processor = MultiMeditronProcessor.from_pretrained(section.base_model)
         logger.info("continuing from %s", section.base_model)
         return model, processor
@@ -74,5 +76,5 @@ def load_run_model(config: RunConfig) -> tuple[MultiMeditronForCausalLM, MultiMe
         router=section.router, router_top_k=section.router_top_k, attachment_token=section.attachment_token,
         dtype=dtype, attn_implementation=attn, trust_remote_code=section.trust_remote_code,
         projector_type=section.projector_type, generalist_index=section.generalist_index,
-        attn_heads=section.attn_heads,
+        attn_heads=section.attn_heads, router_aux_loss_coef=section.router_aux_loss_coef,
     )

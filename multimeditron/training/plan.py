@@ -29,6 +29,7 @@ def _meta_model(config: RunConfig):
     """The run's architecture on the meta device (no memory, no weights), or None when the LLM config is unknown."""
     from multimeditron.model.configuration import MultiMeditronConfig
     from multimeditron.model.modeling import MultiMeditronForCausalLM
+    from multimeditron.training.model_setup import check_base_model_agrees
 
     section = config.model
     if section.base_model is not None:
@@ -37,6 +38,7 @@ def _meta_model(config: RunConfig):
         from transformers import AutoConfig
 
         model_config = AutoConfig.from_pretrained(section.base_model)
+        check_base_model_agrees(section, model_config.to_dict())  # the same check as the real run
     else:
         text_config = _llm_config(section.llm)
         if text_config is None:
@@ -76,10 +78,14 @@ def format_plan(config: RunConfig) -> str:
     else:
         lines.append(f"model: LLM {section.llm}; fusion {section.fusion}; projection {section.projection} "
                      f"({section.projector_type}); router {section.router}"
-                     + (f" top-{section.router_top_k}" if section.router_top_k else ""))
+                     + (f" top-{section.router_top_k}" if section.router_top_k else "")
+                     + (f"; generalist expert[{section.generalist_index}]" if len(section.experts) > 1 else "")
+                     + (f"; router balance loss x {section.router_aux_loss_coef}" if section.router == "learned"
+                        else ""))
         for i, expert in enumerate(section.experts):
             lines.append(f"  expert[{i}] {expert.id}" + (" (tiny)" if expert.tiny else "")
-                         + f" checkpoint={expert.checkpoint or 'random init'}")
+                         + f" checkpoint={expert.checkpoint or 'random init'}"
+                         + (f" options={expert.options}" if expert.options else ""))
     if config.part_learning_rates is not None:
         from transformers import TrainingArguments
 
@@ -99,7 +105,8 @@ def format_plan(config: RunConfig) -> str:
             lines.append(format_table(apply_stage(model, config.stage), config.stage))
         lines.append(f"image tokens per image: {model.num_image_tokens}")
     lines.append(f"data: max_sequence_length {data.max_sequence_length}; packing {data.packing}; "
-                 f"on_bad_sample {data.on_bad_sample}")
+                 f"on_bad_sample {data.on_bad_sample} (max refused share {data.max_bad_sample_share:g}); "
+                 f"placeholder {data.attachment_token}; captions {data.caption_format}")
     lines.append(" train:")
     lines += [_dataset_line(e) for e in data.train]
     if data.eval:
@@ -110,5 +117,26 @@ def format_plan(config: RunConfig) -> str:
     world = world_size()
     lines.append(f"effective batch: {per_device} per device x {accumulation} accumulation x {world} process(es) "
                  f"= {per_device * accumulation * world}")
+    lines.append(_optimisation_line(args))
     lines.append(f"deepspeed: {config.deepspeed or 'off'}; output: {args['output_dir']}")
+    from multimeditron.training.preflight import path_problems
+
+    problems = path_problems(config)
+    lines.append("paths: all found" if not problems else "paths the real run will refuse unless they exist by then:")
+    lines += [f"  - {problem}" for problem in problems]
     return "\n".join(lines)
+
+
+def _optimisation_line(args: dict) -> str:
+    """Learning rate, schedule, warmup, epochs, weight decay, clipping: with the batch, what a recipe is."""
+    from transformers import TrainingArguments
+
+    def get(key: str) -> object:
+        return args.get(key, getattr(TrainingArguments, key))
+
+    schedule = f"{get('lr_scheduler_type')}" + (f" {args['lr_scheduler_kwargs']}" if args.get("lr_scheduler_kwargs")
+                                                  else "")
+    length = f"max_steps {args['max_steps']}" if args.get("max_steps", -1) > 0 else f"epochs {get('num_train_epochs')}"
+    return (f"optimisation: learning rate {get('learning_rate')}; schedule {schedule}; warmup "
+            f"{args.get('warmup_steps', args.get('warmup_ratio', 0))}; {length}; weight decay {get('weight_decay')}; "
+            f"max grad norm {get('max_grad_norm')}")

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 import yaml
 
-from multimeditron.config import RunConfig
-from multimeditron.training.model_setup import load_run_model, training_dtype
+from multimeditron.config import ConfigError, RunConfig
+from multimeditron.training.model_setup import load_run_model
+from multimeditron.training.preflight import check_run
 from multimeditron.training.stages import apply_stage, format_table
 
 logger = logging.getLogger("multimeditron.train")
@@ -67,9 +68,12 @@ def prepare_model(config: RunConfig):
         from peft import LoraConfig, get_peft_model
 
         lora = config.lora
-        model.language_model = get_peft_model(model.language_model, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-            task_type="CAUSAL_LM"))
+        try:
+            model.language_model = get_peft_model(model.language_model, LoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                task_type="CAUSAL_LM"))
+        except ValueError as error:  # PEFT: target modules not found in the model, ...
+            raise ConfigError(f"lora.target_modules: {error}") from error
     table = apply_stage(model, config.stage, lora=config.lora is not None)
     return model, processor, table
 
@@ -97,14 +101,17 @@ def run_training(config: RunConfig, callbacks: list | None = None,
     from multimeditron.data import SFTCollator, build_sft_datasets
     from multimeditron.training.trainer import MultiMeditronTrainer
 
+    check_run(config)  # every check that needs no model, before anything heavy is built
     logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_training_arguments(config)
-    output_dir = Path(args.output_dir)
     from transformers import set_seed
 
     set_seed(config.seed)  # before the model is built: new parts (projectors, router, ...) initialise reproducibly
+    # The model is built before the TrainingArguments: once DeepSpeed ZeRO-3 arguments exist, transformers builds
+    # models under zero.Init, whose partitioned (empty) parameters the image-token set-up cannot edit.
     model, processor, table = prepare_model(config)
+    args = build_training_arguments(config)
+    output_dir = Path(args.output_dir)
     if is_main_process():
         logger.info("\n%s", format_table(table, config.stage))
         if config.part_learning_rates is not None:
@@ -112,8 +119,7 @@ def run_training(config: RunConfig, callbacks: list | None = None,
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "run_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     data = build_sft_datasets(config.data, processor, seed=config.seed)
-    collator = SFTCollator(processor, packing=config.data.packing, dtype=training_dtype(config.training_args)
-                           if torch.cuda.is_available() else torch.float32)
+    collator = SFTCollator(processor, packing=config.data.packing)
     trainer = MultiMeditronTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, data_collator=collator,
         processing_class=processor, callbacks=callbacks, bad_sample_report=data.report,

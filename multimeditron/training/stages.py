@@ -2,7 +2,7 @@
 
 - alignment: projector(s), fusion, router and the rows of the new special-token embeddings;
 - vision_alignment: alignment + the vision experts (the LLM stays frozen);
-- end2end: alignment + the LLM (or its LoRA adapters);
+- end2end: alignment + the LLM (or its LoRA adapters, and then still the new special-token rows);
 - full: end2end + the vision experts;
 - lm_only: the LLM alone.
 (The table itself is `multimeditron.config.STAGE_PARTS`.)
@@ -78,10 +78,11 @@ def apply_stage(model: MultiMeditronForCausalLM, stage: str, lora: bool = False)
                     param.requires_grad_("lora_" in name)
             else:
                 module.requires_grad_(True)
-    # With the LLM frozen, the image start/end tokens' embedding rows still have to learn (they are new).
-    frozen_llm_with_vision = "vision_glue" in parts and "llm" not in parts
+    # With the LLM frozen, or trained through LoRA adapters (which leave the embeddings frozen), the image
+    # start/end tokens' embedding rows still have to learn (they are new).
+    frozen_embeddings_with_vision = "vision_glue" in parts and ("llm" not in parts or lora)
     _limit_embedding_rows(model.get_input_embeddings().weight,
-                          new_token_ids(model) if frozen_llm_with_vision else None)
+                          new_token_ids(model) if frozen_embeddings_with_vision else None)
     return trainable_table(model)
 
 

@@ -1,5 +1,5 @@
-"""`MultiMeditronTrainer`: HF Trainer plus per-part learning rates, throughput logging (samples/s, tokens/s) and the
-bad-sample report."""
+"""`MultiMeditronTrainer`: HF Trainer plus per-part learning rates, throughput logging (samples/s, tokens/s), the
+learned router's usage and balance loss in the logs, and the bad-sample report."""
 from __future__ import annotations
 
 import time
@@ -21,6 +21,8 @@ class MultiMeditronTrainer(Trainer):
         self._window_start = time.perf_counter()
         self._window_samples = 0
         self._window_tokens = 0
+        self._router_images: torch.Tensor | None = None  # images per expert since the last log
+        self._router_balance: list[float] = []
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         # Decoupled weight decay would shrink every embedding row, also the rows the alignment stage keeps frozen
@@ -53,16 +55,54 @@ class MultiMeditronTrainer(Trainer):
         if skipped and self.bad_sample_report is not None:
             for reason, dataset, row in skipped:
                 self.bad_sample_report.add(reason, dataset, row)
-        mask = inputs.get("attention_mask")
-        if mask is not None and mask.dim() == 2:
+        sample_ids = inputs.get("sample_ids")  # packed rows: sample index per token, -1 on padding
+        if sample_ids is not None:
+            real = sample_ids >= 0
+            self._window_tokens += int(real.sum())
+            starts = real.clone()
+            starts[:, 1:] &= sample_ids[:, 1:] != sample_ids[:, :-1]
+            self._window_samples += int(starts.sum())
+        else:
+            mask = inputs["attention_mask"]
             self._window_tokens += int(mask.sum())
             self._window_samples += int(mask.shape[0])
-        else:
-            position_ids = inputs["position_ids"]
-            self._window_tokens += int(inputs["input_ids"].numel())
-            self._window_samples += int((position_ids == 0).sum())
-        return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
+        aux = outputs.get("aux_loss") if isinstance(outputs, dict) else None
+        if aux is not None and model.training:
+            loss = self._rescale_balance_loss(loss, aux, num_items_in_batch)
+            self._record_routing(aux)
+        return (loss, outputs) if return_outputs else loss
+
+    def _rescale_balance_loss(self, loss: torch.Tensor, aux: torch.Tensor, num_items_in_batch: Any) -> torch.Tensor:
+        """The model adds coef * balance to its loss. When the language-model loss is a sum over the whole
+        accumulated batch divided by its token count, HF Trainer neither averages micro-batches nor ranks (it
+        multiplies by the world size); the balance term, a per-micro-batch mean, is brought back to a mean here."""
+        coef = getattr(self.model.config, "router_aux_loss_coef", 0.0)
+        if not coef or not (self.model_accepts_loss_kwargs and num_items_in_batch is not None):
+            return loss
+        scale = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
+        accumulation = max(getattr(self, "current_gradient_accumulation_steps", 1), 1)
+        return loss - (scale - 1.0 / accumulation) * coef * aux.to(loss.device, loss.dtype)
+
+    def _record_routing(self, aux: torch.Tensor) -> None:
+        routing = self.model.vision.last_routing
+        if routing is None:
+            return
+        counts = routing.selected.float().sum(dim=0).detach().cpu()
+        self._router_images = counts if self._router_images is None else self._router_images + counts
+        self._router_balance.append(float(aux.detach()))
+
+    def _routing_logs(self) -> dict[str, float]:
+        """Fraction of images that ran each expert (sums to top_k) and the mean balance loss since the last log."""
+        if self._router_images is None:
+            return {}
+        experts = self.model.vision.experts
+        images = self._router_images / max(float(self._router_images.sum()) / self.model.vision.top_k, 1e-9)
+        logs = {f"router_usage/{i}_{e.expert_id}": round(float(v), 4) for i, (e, v) in enumerate(zip(experts, images))}
+        logs["router_balance_loss"] = round(sum(self._router_balance) / len(self._router_balance), 5)
+        self._router_images, self._router_balance = None, []
+        return logs
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs:
@@ -72,4 +112,5 @@ class MultiMeditronTrainer(Trainer):
             logs["samples_per_second"] = round(self._window_samples * world / elapsed, 3)
             logs["tokens_per_second"] = round(self._window_tokens * world / elapsed, 1)
             self._window_start, self._window_samples, self._window_tokens = time.perf_counter(), 0, 0
+            logs.update(self._routing_logs())
         super().log(logs, *args, **kwargs)

@@ -23,3 +23,23 @@ def test_unknown_subcommand_exits_with_usage(capsys):
     with pytest.raises(SystemExit):
         main(["trian"])
     assert "invalid choice: 'trian'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval", "generate", "check-dataset", "convert", "train"])
+def test_a_user_error_is_one_line_without_traceback(command, monkeypatch, capsys):
+    import importlib
+
+    from multimeditron.cli import SUBCOMMANDS
+    from multimeditron.data import DataError
+
+    module = importlib.import_module(f"multimeditron.cli.{SUBCOMMANDS[command]}")
+
+    def failing_run(args):
+        raise DataError("dataset 'x' has no rows")
+
+    monkeypatch.setattr(module, "run", failing_run)
+    monkeypatch.setattr(module, "add_arguments", lambda parser: None)
+    assert main([command]) == 2
+    assert capsys.readouterr().err == "error: dataset 'x' has no rows\n"
+    with pytest.raises(DataError):  # --debug: the traceback
+        main([command, "--debug"])

@@ -188,3 +188,45 @@ def test_image_folder_bad_image_and_layout(folder: dict, capsys: pytest.CaptureF
     write_image(flat / "AMD" / "1.png", (1, 2, 3))
     assert main(["convert", "image-folder", "--root", str(flat), "--out", str(folder["tmp"] / "o2")]) == 1
     assert "none of the split folders" in capsys.readouterr().err
+
+
+def test_converters_read_what_training_reads_and_refuse_what_it_refuses(llava: dict, capsys) -> None:
+    import numpy as np
+
+    from tests.data.test_images import dicom_bytes
+
+    images = llava["dir"]
+    Image.new("P", (6, 5), 1).save(images / "clip.gif", transparency=0)
+    (images / "scan.dcm").write_bytes(dicom_bytes(np.arange(30, dtype=np.uint16).reshape(5, 6)))
+    (llava["tmp"] / "outside.png").write_bytes(llava["a"])
+    rows = [{"id": "gif", "image": "clip.gif", "conversations": [turn("human", "<image>\nx"), turn("gpt", "y")]},
+            {"id": "dicom", "image": "scan.dcm", "conversations": [turn("human", "<image>\nx"), turn("gpt", "y")]},
+            {"id": "up", "image": "../outside.png", "conversations": [turn("human", "<image>\nx"), turn("gpt", "y")]},
+            {"id": "abs", "image": str(llava["tmp"] / "outside.png"),
+             "conversations": [turn("human", "<image>\nx"), turn("gpt", "y")]}]
+    source = write_json(llava["tmp"] / "rows.json", rows)
+    with pytest.raises(BadRowsError) as caught:
+        convert_llava(source, images, llava["tmp"] / "out", progress=False)
+    assert [(bad.row_id, bad.reason.split(" '")[0]) for bad in caught.value.bad] == \
+        [("up", "image outside the image folder"), ("abs", "image outside the image folder")]
+    report = convert_llava(source, images, llava["tmp"] / "out", skip_bad=True, progress=False)
+    assert report.total == 2
+    saved = load_from_disk(str(llava["tmp"] / "out"))
+    assert saved[1]["modalities"][0]["value"]["bytes"] == (images / "scan.dcm").read_bytes()
+
+    # nothing convertible: a non-zero exit and no 0-row dataset
+    only_bad = write_json(llava["tmp"] / "bad.json", rows[2:])
+    out = llava["tmp"] / "empty_out"
+    assert main(["convert", "llava", "--json", str(only_bad), "--images", str(images), "--out", str(out),
+                 "--skip-bad", "--no-progress"]) == 1
+    assert not out.exists() and "no convertible rows" in capsys.readouterr().err
+    folder = llava["tmp"] / "folder"
+    (folder / "train" / "cls").mkdir(parents=True)
+    (folder / "train" / "cls" / "broken.png").write_bytes(b"not an image")
+    assert main(["convert", "image-folder", "--root", str(folder), "--out", str(out), "--skip-bad",
+                 "--no-progress"]) == 1
+    assert not out.exists() and "no readable images" in capsys.readouterr().err
+    (folder / "train" / "cls" / "scan.dcm").write_bytes((images / "scan.dcm").read_bytes())
+    (folder / "train" / "cls" / "clip.gif").write_bytes((images / "clip.gif").read_bytes())
+    report = convert_image_folder(folder, out, skip_bad=True, progress=False)
+    assert report.rows == {"train": 2} and len(report.bad) == 1

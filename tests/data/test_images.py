@@ -153,3 +153,22 @@ def test_dicom_without_window_uses_its_range_and_monochrome1_is_inverted():
     stored = np.array([[100, 200], [300, 100]], dtype=np.uint16)
     grey = np.asarray(decode_image(dicom_bytes(stored, photometric="MONOCHROME1")))[..., 0]
     assert grey.tolist() == [[255, 128], [0, 255]]
+
+
+def test_images_thinner_than_a_patch_are_kept_and_counted_in_the_data_report(tmp_path, qwen):
+    from datasets import Dataset
+
+    from multimeditron.config import DataSection, DatasetEntry
+    from multimeditron.data.dataset import build_sft_datasets
+    from multimeditron.data.report import THIN_IMAGE
+    from tests.data.conftest import vqa_row
+
+    _, processor = qwen
+    strip = vqa_row(seed=1)
+    strip["modalities"][0]["value"]["bytes"] = png_bytes(size=(400, 2))
+    Dataset.from_list([vqa_row(seed=0), strip]).save_to_disk(str(tmp_path / "set"))
+    data = build_sft_datasets(DataSection(train=[DatasetEntry(str(tmp_path / "set"))], max_sequence_length=256),
+                              processor, seed=0)
+    assert len(data.train) == 2 and data.report.total == 0
+    assert data.report.modified == {THIN_IMAGE: 1}
+    assert f"kept but changed, {THIN_IMAGE}: 1" in data.report.summary()

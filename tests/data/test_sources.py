@@ -142,3 +142,18 @@ def encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+@pytest.mark.parametrize("layout", ["save_to_disk", "dict_split", "parquet"])
+def test_an_empty_dataset_is_an_error_naming_it(tmp_path, layout):
+    empty = datasets.Dataset.from_dict({k: [] for k in conversation_features()}, features=conversation_features())
+    path = tmp_path / layout
+    if layout == "save_to_disk":
+        empty.save_to_disk(str(path))
+    elif layout == "dict_split":
+        datasets.DatasetDict({"train": empty}).save_to_disk(str(path))
+    else:
+        path.mkdir()
+        empty.to_parquet(str(path / "part-0.parquet"))
+    with pytest.raises(DataError, match=rf"dataset '{path}(\[train\])?' has no rows"):
+        load_source(DatasetEntry(path=str(path)), "train")

@@ -58,7 +58,7 @@ def test_truncated_and_dropped_rows_are_counted(tmp_path):
     datasets.Dataset.from_list(rows, features=conversation_features()).save_to_disk(tmp_path / "d")
     limit = len(ChatEncoder(processor).encode(chat()).input_ids) - 5
     section = DataSection(train=[DatasetEntry(str(tmp_path / "d"))], max_sequence_length=limit,
-                          on_bad_sample="skip")
+                          on_bad_sample="skip", max_bad_sample_share=1.0)  # 1 of 3 rows refused on purpose
     data = build_sft_datasets(section, processor, seed=0)
     assert len(data.train) == 2
     assert data.report.counts == {TOO_LONG: 1} and data.report.examples[TOO_LONG] == [(str(tmp_path / "d"), 1)]

@@ -101,6 +101,16 @@ def test_each_rank_takes_its_rank_and_device_from_the_environment(checkpoint, mo
     assert str(model.device) == ("cuda:1" if torch.cuda.is_available() else "cpu")
 
 
+def test_batch_size_in_model_args_wins_over_the_harness_default(checkpoint):
+    from multimeditron.evaluation.lmms_model import MultiMeditronLMMS
+
+    # what lmms-eval's CLI does with `--model_args pretrained=DIR,batch_size=3` (its --batch_size defaults to 1)
+    model = MultiMeditronLMMS.create_from_arg_string(f"pretrained={checkpoint},batch_size=3",
+                                                     {"batch_size": 1, "max_batch_size": None, "device": None})
+    assert model.batch_size == 3
+    assert MultiMeditronLMMS.create_from_arg_string(f"pretrained={checkpoint}", {"batch_size": "4"}).batch_size == 4
+
+
 def _function_tag(loader, node):
     return loader.construct_scalar(node)
 
@@ -109,7 +119,7 @@ def test_task_files_agree_with_the_built_in_tasks():
     loader = type("Loader", (yaml.SafeLoader,), {})
     loader.add_constructor("!function", _function_tag)
     files = sorted(TASKS_DIR.glob("*.yaml"))
-    assert [f.stem for f in files] == sorted(LMMS_TASKS)
+    assert [f.stem for f in files] == sorted(LMMS_TASKS + ["multimediset"])
     for path in files:
         config = yaml.load(path.read_text(), Loader=loader)
         bench = BENCHMARKS[config["task"]]
@@ -120,16 +130,19 @@ def test_task_files_agree_with_the_built_in_tasks():
 
 
 def _rig_answers(checkpoint: str, task_data: dict[str, str], directory: Path) -> dict[str, str]:
-    """Copies of the task data where some reference answers are what the tiny model replies, so that the scores
-    compared below are not all zero: PathVQA's and SLAKE's first open question, GMAI's picked letters."""
-    model, processor = load_pretrained(checkpoint)
+    """Copies of the task data where some reference answers are what the tiny model replies (as the README command
+    runs it: bfloat16, batches of 8), so that the scores compared below are not all zero: PathVQA's and SLAKE's first
+    open question, GMAI's picked letters."""
+    model, processor = load_pretrained(checkpoint, dtype="bfloat16")
     rigged = {}
     for task, path in task_data.items():
         bench = get_benchmark(task)
         raw = load_table(path, None)
-        samples = evaluate_rows(model, processor, bench, bench.prepare(raw).select(range(3)), progress=False)["samples"]
-        questions = bench.prepare(raw).select(range(3))["question"]
+        samples = evaluate_rows(model, processor, bench, bench.prepare(raw), progress=False)["samples"]
+        questions = bench.prepare(raw)["question"]
         if task == "mmd_gmai_mmbench":
+            if not any(s["picked"] for s in samples):
+                raw, samples = _gmai_option_the_model_picks(model, processor, bench, raw, samples)
             new = {q: s["picked"] for q, s in zip(questions, samples) if s["picked"]}
         else:
             new = dict([next((q, s["reply"]) for q, s in zip(questions, samples) if not s["closed"])])
@@ -138,17 +151,53 @@ def _rig_answers(checkpoint: str, task_data: dict[str, str], directory: Path) ->
     return rigged
 
 
+def _gmai_option_the_model_picks(model, processor, bench, raw, samples):
+    """When the tiny model's replies pick no letter, a copy where one row's empty option E is a word of that row's
+    reply and the (re-generated) reply still names it, so GMAI's accuracy can be above zero."""
+    from multimeditron.evaluation.scoring import normalize_answer
+
+    for row, sample in enumerate(samples):
+        if raw[row]["E"] is not None:
+            continue
+        for word in dict.fromkeys(normalize_answer(sample["reply"]).split()):
+            if len(word) < 3 or not word.isalpha():
+                continue
+            trial = raw.map(lambda e, i: {"E": word if i == row else e}, input_columns=["E"], with_indices=True)
+            again = evaluate_rows(model, processor, bench, trial, progress=False)["samples"]
+            if again[row]["picked"] == "E":
+                return trial, again
+    raise AssertionError("no GMAI option the tiny model picks could be found; the test cannot check accuracy")
+
+
+def readme_lmms_eval_command() -> str:
+    """The first command of the README's lmms-eval block, continuation lines included, exactly as written."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("With lmms-eval", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = []
+    for line in block.splitlines():
+        lines.append(line)
+        if not line.endswith("\\"):
+            break
+    return "\n".join(lines)
+
+
 @pytest.mark.slow
-def test_lmms_eval_command_line_matches_the_built_in_evaluator(checkpoint, task_data, tmp_path, monkeypatch):
+def test_the_readme_lmms_eval_command_runs_and_matches_the_built_in_evaluator(checkpoint, task_data, tmp_path,
+                                                                               monkeypatch):
+    """The README's lmms-eval command line, run as written (only the data paths replaced by tiny copies; its
+    `batch_size=8` in model_args beside lmms-eval's own), gives the scores and replies of `multimeditron eval`."""
     data = _rig_answers(checkpoint, task_data, tmp_path)
+    command = readme_lmms_eval_command()
+    assert "batch_size=8" in command and "dtype=bfloat16" in command and "--log_samples" in command
+    for placeholder, task in (("/data/gmai_val.parquet", "mmd_gmai_mmbench"), ("/data/SLAKE/test.parquet", "mmd_slake"),
+                              ("/data/path-vqa", "mmd_pathvqa")):
+        assert placeholder in command, placeholder
+        command = command.replace(placeholder, data[task])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_DATASETS_CACHE": str(tmp_path / "hf_datasets"),
-           **{get_benchmark(task).env_var: path for task, path in data.items()}}
-    command = [sys.executable, "-m", "lmms_eval", "--model", "multimeditron", "--model_args",
-               f"pretrained={checkpoint}", "--tasks", ",".join(LMMS_TASKS), "--include_path", str(TASKS_DIR),
-               "--output_path", str(tmp_path / "lmms"), "--batch_size", "2", "--limit", "3", "--log_samples"]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    found = glob.glob(str(tmp_path / "lmms" / "**" / "*_results.json"), recursive=True)
+           "HF_DATASETS_CACHE": str(tmp_path / "hf_datasets"), "CHECKPOINT": checkpoint,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    found = glob.glob(str(tmp_path / "results" / "**" / "*_results.json"), recursive=True)
     assert found, f"no results file; lmms-eval said:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     harness = json.loads(Path(found[0]).read_text())["results"]
 
@@ -157,8 +206,8 @@ def test_lmms_eval_command_line_matches_the_built_in_evaluator(checkpoint, task_
     for task, path in data.items():
         monkeypatch.setenv(get_benchmark(task).env_var, path)
     out = tmp_path / "builtin.json"
-    assert main(["eval", "--model", checkpoint, "--task", ",".join(LMMS_TASKS), "--limit", "3", "--batch-size", "2",
-                 "--out", str(out)]) == 0
+    assert main(["eval", "--model", checkpoint, "--task", ",".join(LMMS_TASKS), "--batch-size", "8", "--dtype",
+                 "bfloat16", "--out", str(out)]) == 0
     builtin = {r["task"]: r for r in json.loads(out.read_text())["results"]}
 
     for task in LMMS_TASKS:
@@ -166,14 +215,14 @@ def test_lmms_eval_command_line_matches_the_built_in_evaluator(checkpoint, task_
             ours, theirs = builtin[task]["metrics"][metric], harness[task][f"{metric},none"]
             assert isinstance(theirs, (int, float)), (task, metric, theirs)
             assert (ours is None and math.isnan(theirs)) or theirs == pytest.approx(ours), (task, metric)
-        [samples_file] = glob.glob(str(tmp_path / "lmms" / "**" / f"*_samples_{task}.jsonl"), recursive=True)
+        [samples_file] = glob.glob(str(tmp_path / "results" / "**" / f"*_samples_{task}.jsonl"), recursive=True)
         replies = {}
         for line in Path(samples_file).read_text().splitlines():
             sample = json.loads(line)
             reply = sample["filtered_resps"]
             replies[sample["doc_id"]] = reply[0] if isinstance(reply, list) else reply
-        assert [replies[i] for i in range(3)] == [s["reply"] for s in builtin[task]["samples"]]
+        assert [replies[i] for i in range(len(replies))] == [s["reply"] for s in builtin[task]["samples"]]
     assert builtin["mmd_gmai_mmbench"]["metrics"]["accuracy"] > 0
-    assert builtin["mmd_pathvqa"]["metrics"]["open_accuracy"] == 100.0
+    assert builtin["mmd_pathvqa"]["metrics"]["open_accuracy"] == 50.0  # one of its two open questions rigged
     assert builtin["mmd_slake"]["metrics"]["open_accuracy"] == 50.0
-    assert builtin["mmd_slake"]["metrics"]["n"] == 3  # English rows only
+    assert builtin["mmd_slake"]["metrics"]["n"] == 4  # English rows only

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,17 +23,69 @@ def test_cookbook_layout():
             assert (ROOT / "cookbook" / "sft" / experiment / stage).is_file(), (experiment, stage)
     for name in ("deepspeed_zero1.json", "deepspeed_zero2.json", "deepspeed_zero3.json", "training_template.sh"):
         assert (ROOT / "cookbook" / name).is_file()
-    assert (ROOT / "edf.toml").read_text() == (ROOT / "cookbook" / "assets" / "edf.toml").read_text()
+    # One EDF: the top-level file, and the published location as a link to it (never a second copy).
+    published = ROOT / "cookbook" / "assets" / "edf.toml"
+    assert published.is_symlink() and published.resolve() == (ROOT / "edf.toml").resolve()
+
+
+def test_edf_has_the_published_environment():
+    import tomllib
+    edf = tomllib.loads((ROOT / "cookbook" / "assets" / "edf.toml").read_text())
+    assert edf["env"] == {
+        "NCCL_NET": "AWS Libfabric", "NCCL_CROSS_NIC": "1", "NCCL_NET_GDR_LEVEL": "0",
+        "FI_CXI_DISABLE_HOST_REGISTER": "1", "FI_MR_CACHE_MONITOR": "userfaultfd", "FI_CXI_DEFAULT_CQ_SIZE": "131072",
+        "FI_CXI_DEFAULT_TX_SIZE": "32768", "FI_CXI_RX_MATCH_MODE": "software",
+        "FI_CXI_SAFE_DEVMEM_COPY_THRESHOLD": "16777216", "FI_CXI_COMPAT": "0"}
+    assert edf["annotations"]["com"]["hooks"]["aws_ofi_nccl"]["variant"] == "cuda12" and edf["writable"] is True
+
+
+# The published cookbook's values (EPFLiGHT/MultiMeditron, cookbook/sft/**): LLM, stage-1 datasets, then per stage
+# (learning rate, min_lr, per-device batch, accumulation). Stage-2 datasets are the same for every experiment.
+S1_DATA = ["llava_pretrain_cleaned", "pixmo_anything", "pixmo_cap", "medtrinity_conversations_1_formatted_alignment"]
+S2_DATA = {"BUSI", "COVID_US", "ct2", "iu_xray", "PMC_VQA_FULL", "medtrinity_conversations_1_formatted",
+           "medtrinity_conversations_2_formatted", "image_mammoth", "llava_instruct"}
+LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
+SINGLE = {1: ("0.0001", "3e-05", 4, 8), 2: ("1e-05", "3e-06", 4, 8)}
+PUBLISHED = {
+    "single_clip/qwen_biomedclip": ("Qwen/Qwen3-4B-Instruct-2507", S1_DATA, SINGLE),
+    "single_clip/apertus_biomedclip": ("swiss-ai/Apertus-8B-Instruct-2509", S1_DATA, SINGLE),
+    "single_clip/llama_biomedclip": (LLAMA, S1_DATA, SINGLE),
+    "single_clip/llama_clip": (LLAMA, ["llava_instruct", "llava_pretrain_cleaned", "medtrinity_conversations_1",
+                                       "medtrinity_conversations_2", "pixmo_anything"],
+                               {1: ("0.0001", "3e-05", 4, 8), 2: ("1e-05", "1e-06", 2, 8)}),
+    **{f"moe/attn/{p}": (LLAMA, S1_DATA, {1: ("1e-05", "1e-06", 2, 8), 2: ("1e-05", "1e-06", 2, 8)})
+       for p in ("pep", "shared")},
+    **{f"moe/{f}/{p}": (LLAMA, S1_DATA, {1: ("1e-05", "1e-06", 4, 4), 2: ("1e-05", "1e-06", 2, 8)})
+       for f in ("avg", "cat") for p in ("pep", "shared")},
+}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT / "cookbook")) for c in CONFIGS])
-def test_dry_run(config, tmp_path, monkeypatch, capsys):
+def test_dry_run_prints_the_published_settings(config, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STORAGE_ROOT", str(tmp_path / "storage"))
     monkeypatch.setenv("MODEL_ROOT", str(tmp_path / "models"))
     assert cli_main(["train", "--config", str(config), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "stage:" in out and "effective batch:" in out
     assert str(tmp_path / "models") in out  # $MODEL_ROOT was substituted
+    experiment = str(config.parent.relative_to(ROOT / "cookbook" / "sft"))
+    if experiment not in PUBLISHED:
+        return  # an improved recipe beside the published ones
+    llm, stage1_data, hyper = PUBLISHED[experiment]
+    stage = 1 if config.name.startswith("stage1") else 2
+    rate, min_lr, batch, accumulation = hyper[stage]
+    assert f"learning rate {rate}; schedule cosine_with_min_lr {{'min_lr': {min_lr}}}; warmup 0; epochs 1" in out
+    assert f"effective batch: {batch} per device x {accumulation} accumulation" in out
+    assert "placeholder <|reserved_special_token_0|>; captions raw" in out and "max_sequence_length 4096" in out
+    datasets = {line.split(" (weight")[0].rsplit("/", 1)[1] for line in out.splitlines() if "(weight" in line}
+    assert datasets == (set(stage1_data) if stage == 1 else S2_DATA)
+    if stage == 1:
+        assert f"LLM {llm};" in out and "(mlp3x_gelu)" in out
+        if experiment.startswith("moe/"):
+            assert "router learned top-5; generalist expert[4]" in out
+            assert out.count("'post_norm': False") == 5
+        elif experiment.endswith("llama_clip"):
+            assert "checkpoint=openai/clip-vit-large-patch14 options={'backend': 'hf', 'post_norm': False}" in out
 
 
 def test_dry_run_shows_trainable_table_for_a_tiny_model(tmp_path, capsys):
@@ -60,13 +113,71 @@ def test_sbatch_template_is_valid_bash_and_renders(tmp_path):
     env = {**os.environ, "BASH_FUNC_scontrol%%": "() {  echo node-a; for i in $(seq 1 20000); do echo node-$i; done; }",
            "BASH_FUNC_srun%%": "() {  echo SRUN \"$@\"; }", "SLURM_JOB_NODELIST": "node-[a-b]",
            "SLURM_NNODES": "2", "SLURM_JOB_ID": "77", "STORAGE_ROOT": "/s", "MODEL_ROOT": "/m",
-           "WORKING_DIR": str(tmp_path)}
+           "WORKING_DIR": str(tmp_path), "NNODES": "2"}
     proc = subprocess.run(["bash", str(template), "cookbook/sft/moe/avg/pep/stage1_alignment.yaml"], env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "--rdzv-backend c10d" in out and "--rdzv-endpoint node-a:29500" in out
     assert "--nnodes 2" in out and "-m multimeditron train --config cookbook/sft/moe/avg/pep/stage1_alignment.yaml" in out
+
+
+TEMPLATE = ROOT / "cookbook" / "training_template.sh"
+
+
+def _outside_slurm_env(tmp_path, **extra):
+    """The environment of a login node: no job yet; `sbatch` is an exported function that prints its arguments."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ("NNODES", "ACCOUNT")}
+    return {**env, "BASH_FUNC_sbatch%%": "() {  echo SBATCH \"$@\"; }", "WORKING_DIR": str(tmp_path), **extra}
+
+
+def test_sbatch_template_submits_itself_with_nnodes_and_creates_the_log_folder(tmp_path):
+    proc = subprocess.run(["bash", str(TEMPLATE), "stage1.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                          env=_outside_slurm_env(tmp_path, NNODES="3", ACCOUNT="a123"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "logs").is_dir()
+    assert proc.stdout.split() == ["SBATCH", "--nodes", "3", "--output", "logs/%x-%j.out", "--account", "a123",
+                                   str(TEMPLATE), "stage1.yaml"]
+    # NNODES from .env (the published cookbook's place for it); default 4 (the published README) without it.
+    (tmp_path / ".env").write_text("export NNODES=5\n")
+    proc = subprocess.run(["bash", str(TEMPLATE), "c.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                          env=_outside_slurm_env(tmp_path))
+    assert proc.stdout.split()[:3] == ["SBATCH", "--nodes", "5"]
+    (tmp_path / ".env").unlink()
+    proc = subprocess.run(["bash", str(TEMPLATE), "c.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                          env=_outside_slurm_env(tmp_path))
+    assert proc.stdout.split()[:3] == ["SBATCH", "--nodes", "4"]
+    assert "#SBATCH --nodes=4" in TEMPLATE.read_text()
+
+
+def test_sbatch_template_refuses_a_job_whose_node_count_is_not_nnodes(tmp_path):
+    env = _outside_slurm_env(tmp_path, NNODES="4", SLURM_JOB_ID="7", SLURM_NNODES="2", STORAGE_ROOT="/s",
+                             MODEL_ROOT="/m", **{"BASH_FUNC_srun%%": "() {  echo SRUN; }"})
+    proc = subprocess.run(["bash", str(TEMPLATE), "c.yaml"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "NNODES=4 but the job has 2 nodes" in proc.stderr
+    assert "SRUN" not in proc.stdout
+
+
+def _envsubst(text: str, env: dict) -> str:
+    """GNU envsubst's substitution ($VAR and ${VAR}; unset -> empty), for machines without gettext."""
+    import re
+    return re.sub(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))",
+                  lambda m: env.get(m.group(1) or m.group(2), ""), text)
+
+
+def test_sbatch_template_refuses_to_run_after_envsubst(tmp_path):
+    env = _outside_slurm_env(tmp_path, STORAGE_ROOT="/s", MODEL_ROOT="/m", NNODES="4", HOME=str(tmp_path))
+    text = TEMPLATE.read_text()
+    if shutil.which("envsubst"):
+        rendered = subprocess.run(["envsubst"], input=text, capture_output=True, text=True, env=env, check=True).stdout
+        assert rendered == _envsubst(text, env)  # the emulation is what the real tool does
+    else:
+        rendered = _envsubst(text, env)
+    (tmp_path / "training.sh").write_text(rendered)
+    proc = subprocess.run(["bash", str(tmp_path / "training.sh"), "c.yaml"], cwd=tmp_path, capture_output=True,
+                          text=True, env=env)
+    assert proc.returncode == 2 and "went through envsubst" in proc.stderr
+    assert "SBATCH" not in proc.stdout and not (tmp_path / "logs").exists()
 
 
 def test_cli_help_runs():

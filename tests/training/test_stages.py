@@ -44,10 +44,7 @@ def test_unknown_stage_is_refused():
         apply_stage(model, "aligment")
 
 
-@pytest.mark.parametrize("stage", ["alignment", "vision_alignment"])
-def test_frozen_llm_stages_update_only_new_token_rows(stage):
-    model, processor = tiny_model("tiny-llama")
-    apply_stage(model, stage)
+def _embedding_rows_moved_by_one_step(model, processor) -> list[int]:
     model.train()
     batch = prompt_batch(processor, [1, 1])
     before = model.get_input_embeddings().weight.detach().clone()
@@ -56,5 +53,25 @@ def test_frozen_llm_stages_update_only_new_token_rows(stage):
     model(**batch, labels=labels).loss.backward()
     optimizer.step()
     after = model.get_input_embeddings().weight.detach()
-    changed = (after != before).any(dim=1).nonzero().flatten().tolist()
-    assert changed == sorted([model.config.image_start_token_id, model.config.image_end_token_id])
+    return (after != before).any(dim=1).nonzero().flatten().tolist()
+
+
+@pytest.mark.parametrize("stage", ["alignment", "vision_alignment"])
+def test_frozen_llm_stages_update_only_new_token_rows(stage):
+    model, processor = tiny_model("tiny-llama")
+    apply_stage(model, stage)
+    assert _embedding_rows_moved_by_one_step(model, processor) == sorted(
+        [model.config.image_start_token_id, model.config.image_end_token_id])
+
+
+@pytest.mark.parametrize("stage", ["end2end", "full"])
+def test_lora_stages_update_the_new_token_rows(stage):
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = tiny_model("tiny-llama")
+    model.language_model = get_peft_model(model.language_model, LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    table = {row.name: row.state for row in apply_stage(model, stage, lora=True)}
+    assert table["llm input embeddings"] == "partly trainable"
+    assert _embedding_rows_moved_by_one_step(model, processor) == sorted(
+        [model.config.image_start_token_id, model.config.image_end_token_id])

@@ -27,7 +27,7 @@ from multimeditron.experts.checkpoints import (
     unwrap_state_dict,
 )
 from multimeditron.experts.registry import register_expert
-from multimeditron.experts.timm_vit import TINY_VIT
+from multimeditron.experts.timm_vit import TINY_VIT, timm_layers
 
 BIOMEDCLIP_HUB_ID = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -118,9 +118,14 @@ class OpenCLIPTimmExpert(VisionExpert):
         self.num_tokens = {"patch": patches, "cls": 1, "all": patches + self.num_prefix_tokens}[output]
         self._set_normalization(mean, std)
 
+    supports_layers = True
+
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         tokens = self.visual.trunk.forward_features(pixel_values)
         return select_tokens(tokens, self.num_prefix_tokens, self.output)
+
+    def encode_layers(self, pixel_values: torch.Tensor, n: int) -> list[torch.Tensor]:
+        return timm_layers(self.visual.trunk, pixel_values, n)
 
     def image_embedding(self, canvas: torch.Tensor) -> torch.Tensor:
         """OpenCLIP `encode_image` (unnormalised): canvas (B, 3, S, S) -> (B, embed_dim)."""
@@ -130,7 +135,7 @@ class OpenCLIPTimmExpert(VisionExpert):
         # The normalisation may come from the checkpoint's open_clip_config.json too.
         return {OPEN_CLIP_MODEL_CFG: copy.deepcopy(self.model_cfg), "mean": list(self.mean), "std": list(self.std)}
 
-    def load_checkpoint(self, source: str) -> LoadReport:
+    def load_published_checkpoint(self, source: str) -> LoadReport:
         raw = read_checkpoint(source, self.checkpoint_files)
         # OpenCLIP training checkpoints keep the weights under `state_dict`.
         state_dict, entry = unwrap_state_dict(raw, entries=("state_dict",), source=source)

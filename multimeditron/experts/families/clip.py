@@ -55,11 +55,13 @@ def _token_counts(output: str, grid: int) -> tuple[int, int | None]:
 
 class OpenCLIPVisionExpert(VisionExpert):
     """OpenCLIP's own VisionTransformer. Tokens of the last layer go through `ln_post` (as OpenCLIP's
-    `output_tokens`); earlier layers are the raw block outputs."""
+    `output_tokens`) unless `post_norm` is false; earlier layers are the raw block outputs."""
 
     def __init__(self, expert_id: str, embed_dim: int, vision_cfg: dict[str, Any], output: str, layer: int,
-                 mean: tuple[float, ...], std: tuple[float, ...], quick_gelu: bool = False) -> None:
+                 mean: tuple[float, ...], std: tuple[float, ...], quick_gelu: bool = False,
+                 post_norm: bool = True) -> None:
         super().__init__()
+        self.post_norm = bool(post_norm)
         from open_clip.model import _build_vision_tower
         from open_clip.transformer import VisionTransformer
 
@@ -79,7 +81,8 @@ class OpenCLIPVisionExpert(VisionExpert):
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         depth = len(self.visual.transformer.resblocks)
         out = self.visual.forward_intermediates(
-            pixel_values, indices=[depth + self.layer], stop_early=True, normalize_intermediates=self.layer == -1,
+            pixel_values, indices=[depth + self.layer], stop_early=True,
+            normalize_intermediates=self.layer == -1 and self.post_norm,
             intermediates_only=True, output_fmt="NLC", output_extra_tokens=True,
         )
         tokens = torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
@@ -89,7 +92,7 @@ class OpenCLIPVisionExpert(VisionExpert):
         return {"backend": "open_clip", OPEN_CLIP_MODEL_CFG: copy.deepcopy(self.model_cfg),
                 "quick_gelu": self.quick_gelu}
 
-    def load_checkpoint(self, source: str) -> LoadReport:
+    def load_published_checkpoint(self, source: str) -> LoadReport:
         raw = read_checkpoint(source, OPEN_CLIP_WEIGHTS)
         state_dict, entry = unwrap_state_dict(raw, entries=("state_dict",), source=source)
         state_dict, dropped = split_open_clip_state_dict(state_dict)
@@ -99,13 +102,15 @@ class OpenCLIPVisionExpert(VisionExpert):
 
 class HFCLIPVisionExpert(VisionExpert):
     """transformers' CLIPVisionModel. Layer -1 applies `post_layernorm` to every token (like OpenCLIP's `ln_post`);
-    other layers are raw `hidden_states[layer]`."""
+    other layers, and layer -1 with `post_norm` false (the published `last_hidden_state`), are raw
+    `hidden_states[layer]`."""
 
     def __init__(self, expert_id: str, config: Any, output: str, layer: int,
-                 mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+                 mean: tuple[float, ...], std: tuple[float, ...], post_norm: bool = True) -> None:
         super().__init__()
         from transformers import CLIPVisionModel
 
+        self.post_norm = bool(post_norm)
         self.model = CLIPVisionModel(config)
         self.expert_id, self.output = expert_id, output
         self.layer = _check_layer(expert_id, layer, config.num_hidden_layers)
@@ -124,11 +129,11 @@ class HFCLIPVisionExpert(VisionExpert):
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[self.layer]
-        if self.layer == -1:
+        if self.layer == -1 and self.post_norm:
             hidden = self.vision.post_layernorm(hidden)
         return select_tokens(hidden, 1, self.output)
 
-    def load_checkpoint(self, source: str) -> LoadReport:
+    def load_published_checkpoint(self, source: str) -> LoadReport:
         raw = read_checkpoint(source, HF_WEIGHTS)
         state_dict, entry = unwrap_state_dict(raw, source=source)
         # A CLIPModel checkpoint carries the text tower and both projections; the vision tower is `vision_model.*`.
@@ -202,14 +207,18 @@ def _open_clip_model_cfg(name: str | None, checkpoint: str | None) -> dict[str, 
 @register_expert("clip")
 def build_clip(spec: ExpertSpec) -> VisionExpert:
     """Options: `model` (OpenCLIP model name, default ViT-L-14), `layer` (-1 last, -2 penultimate, ...),
-    `backend` ("open_clip" or "hf"; default: "hf" when the checkpoint folder has a transformers config.json),
-    `quick_gelu`, `mean`, `std`.
+    `post_norm` (default true: the last layer goes through the post-LayerNorm; false: the raw last block, as the
+    published MultiMeditron's `last_hidden_state`), `backend` ("open_clip" or "hf"; default: "hf" when the checkpoint
+    folder has a transformers config.json), `quick_gelu`, `mean`, `std`.
 
     Recorded architectures (written by `architecture_options` into a built model's config; when present nothing
     beside the checkpoint is read): `hf_vision_config` (a transformers CLIPVisionConfig dict) or
     `open_clip_model_cfg` (an OpenCLIP model_cfg: `embed_dim`, `vision_cfg`)."""
     options = dict(spec.options)
     layer = options.pop("layer", -1)
+    post_norm = options.pop("post_norm", True)
+    if not isinstance(post_norm, bool):
+        raise ValueError(f"clip: option post_norm must be true or false, got {post_norm!r}")
     backend = options.pop("backend", None)
     model_name = options.pop("model", None)
     quick_gelu = options.pop("quick_gelu", None)
@@ -219,7 +228,7 @@ def build_clip(spec: ExpertSpec) -> VisionExpert:
     recorded_open_clip = options.pop(OPEN_CLIP_MODEL_CFG, None)
     if options:
         raise ValueError(f"clip: unknown option(s) {sorted(options)}; valid: backend, layer, mean, model, "
-                         f"quick_gelu, std, {HF_VISION_CONFIG}, {OPEN_CLIP_MODEL_CFG}")
+                         f"post_norm, quick_gelu, std, {HF_VISION_CONFIG}, {OPEN_CLIP_MODEL_CFG}")
     output = spec.output or "patch"
     checkpoint = spec.checkpoint
     if backend not in (None, "open_clip", "hf"):
@@ -233,10 +242,10 @@ def build_clip(spec: ExpertSpec) -> VisionExpert:
     # A recorded architecture wins: no config file is read and the hub is not touched.
     if recorded_hf is not None:
         config = _clip_vision_config(recorded_hf, spec.image_size, f"options.{HF_VISION_CONFIG}")
-        return HFCLIPVisionExpert(spec.id, config, output, layer, mean, std)
+        return HFCLIPVisionExpert(spec.id, config, output, layer, mean, std, post_norm)
     if recorded_open_clip is not None:
         return _build_open_clip(spec, _recorded_open_clip_cfg(recorded_open_clip, "clip"), output, layer, mean,
-                                std, quick_gelu)
+                                std, quick_gelu, post_norm)
 
     hf_config = None
     if checkpoint and backend == "hf":
@@ -252,14 +261,15 @@ def build_clip(spec: ExpertSpec) -> VisionExpert:
     if hf_config is not None:
         # The folder's config defines the architecture, so `tiny` has nothing to shrink here.
         config = _hf_vision_config(hf_config, spec.image_size)
-        return HFCLIPVisionExpert(spec.id, config, output, layer, mean, std)
+        return HFCLIPVisionExpert(spec.id, config, output, layer, mean, std, post_norm)
 
     return _build_open_clip(spec, _open_clip_model_cfg(model_name, checkpoint), output, layer, mean, std,
-                            quick_gelu)
+                            quick_gelu, post_norm)
 
 
 def _build_open_clip(spec: ExpertSpec, model_cfg: dict[str, Any], output: str, layer: int,
-                     mean: tuple[float, ...], std: tuple[float, ...], quick_gelu: bool | None) -> VisionExpert:
+                     mean: tuple[float, ...], std: tuple[float, ...], quick_gelu: bool | None,
+                     post_norm: bool = True) -> VisionExpert:
     # `tiny` and `image_size` are re-applied to a recorded (already resolved) config: both are idempotent.
     vision_cfg = dict(model_cfg["vision_cfg"])
     embed_dim = model_cfg["embed_dim"]
@@ -271,4 +281,5 @@ def _build_open_clip(spec: ExpertSpec, model_cfg: dict[str, Any], output: str, l
         vision_cfg["image_size"] = spec.image_size
     if quick_gelu is None:
         quick_gelu = bool(model_cfg.get("quick_gelu", False))
-    return OpenCLIPVisionExpert(spec.id, embed_dim, vision_cfg, output, layer, mean, std, quick_gelu=quick_gelu)
+    return OpenCLIPVisionExpert(spec.id, embed_dim, vision_cfg, output, layer, mean, std, quick_gelu=quick_gelu,
+                                post_norm=post_norm)

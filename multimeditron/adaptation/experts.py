@@ -1,0 +1,23 @@
+"""An expert to adapt, from a SPEC string of part 1's parser (`multimeditron.probing.specs`): built with its
+weights, trainable, emitting its family's global (`cls`) output, plus the spec to record beside the result."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from multimeditron.experts.base import ExpertSpec, VisionExpert
+from multimeditron.experts.registry import resolved_spec
+from multimeditron.probing.specs import build_probe_expert, parse_spec
+
+
+def load_expert(text: str, tiny: bool = False, options: dict[str, Any] | None = None,
+                ) -> tuple[VisionExpert, ExpertSpec]:
+    """(the expert with its weights, in train mode with gradients on; its resolved spec for the adapted folder).
+
+    `options` are added to the spec's (an explicit option in SPEC wins)."""
+    parsed = parse_spec(text, tiny=tiny)
+    if options:
+        parsed = dataclasses.replace(parsed, spec=dataclasses.replace(
+            parsed.spec, options={**options, **parsed.spec.options}))
+    expert = build_probe_expert(parsed).requires_grad_(True).train()
+    return expert, resolved_spec(parsed.spec, expert)

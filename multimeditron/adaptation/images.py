@@ -1,0 +1,111 @@
+"""Image sets for adaptation: unlabelled images (any folder of images, or any table of the project's formats) and
+a dataset that decodes them into canvases at the expert's input size, with the light augmentation fine-tuning uses.
+
+Decoding and the canvas are part 1's (`multimeditron.probing.embed.ImageCanvases`: the project's decoder, the
+model's canvas), so an adapted expert sees what it will see inside a VLM.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from multimeditron.adaptation.errors import AdaptDataError
+from multimeditron.data.convert import IMAGE_EXTENSIONS
+from multimeditron.probing.embed import ImageCanvases
+
+
+class _RowImages(Sequence):
+    """Image values `(row, position)` of a `datasets.Dataset` column, read one at a time (no copy of the bytes)."""
+
+    def __init__(self, dataset: Any, column: str, index: list[tuple[int, int | None]]) -> None:
+        self.dataset, self.column, self.index = dataset, column, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+        row, position = self.index[i]
+        value = self.dataset[row][self.column]
+        return value if position is None else value[position]["value"]
+
+
+def unlabelled_images(path: str | Path, image_column: str | None = None) -> tuple[Sequence[Any], Path]:
+    """Every image under `path`: image files anywhere below a folder (a `train|val|test/<class>/` layout included),
+    or the images of a parquet/arrow/save_to_disk table (its `image` column, or each row's `modalities` images in
+    the MultiMediset schema). Returns the image values and the folder relative paths resolve against."""
+    root = Path(path)
+    if not root.exists():
+        raise AdaptDataError(f"no such data: {path}")
+    if root.is_dir() and not any((root / m).is_file() for m in ("state.json", "dataset_dict.json")):
+        files = [p for p in sorted(root.rglob("*"))
+                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if files:
+            return [str(p) for p in files], root
+    return _table_images(root, image_column)
+
+
+def _table_images(root: Path, image_column: str | None) -> tuple[Sequence[Any], Path]:
+    import datasets
+    import pyarrow.compute as pc
+
+    from multimeditron.config import DatasetEntry
+    from multimeditron.data.report import DataError
+    from multimeditron.data.sources import load_source
+
+    try:
+        source = load_source(DatasetEntry(str(root)), "train")
+    except DataError as error:
+        raise AdaptDataError(f"{root}: neither a folder with images nor a readable table ({error})") from error
+    table = source.dataset
+    folder = source.folder or (root if root.is_dir() else root.parent)
+    columns = table.column_names
+    column = image_column or ("image" if "image" in columns else "modalities" if "modalities" in columns else None)
+    if column is None or column not in columns:
+        raise AdaptDataError(f"{root}: no image column {image_column or 'image'!r} and no `modalities` column; its "
+                             f"columns: {columns}")
+    if column != "modalities":
+        if isinstance(table.features.get(column), datasets.Image):
+            table = table.cast_column(column, datasets.Image(decode=False))
+        return _RowImages(table, column, [(i, None) for i in range(len(table))]), folder
+    # MultiMediset: only the lengths of the lists are read up front; image values are read when used.
+    types = table.data.column("modalities").combine_chunks().flatten().field("type").to_pylist()
+    lengths = pc.list_value_length(table.data.column("modalities")).to_pylist()
+    index, flat = [], 0
+    for row, n in enumerate(lengths):
+        for position in range(n or 0):
+            if types[flat] == "image":
+                index.append((row, position))
+            flat += 1
+    if not index:
+        raise AdaptDataError(f"{root}: the `modalities` column holds no image")
+    return _RowImages(table, column, index), folder
+
+
+class CanvasDataset(torch.utils.data.Dataset):
+    """Image values (+ optional labels) -> (canvas (3, S, S) in [0, 1], label tensor); `augment` adds a random resized
+    crop (scale 0.5-1) and a horizontal flip, drawn from torch's global generator (seeded per epoch by the loops)."""
+
+    def __init__(self, images: Sequence[Any], size: int, folder: Path | None = None, labels: Any = None,
+                 augment: bool = False) -> None:
+        self.canvases = ImageCanvases(images, size, folder)
+        self.labels, self.augment, self.size = labels, augment, size
+
+    def __len__(self) -> int:
+        return len(self.canvases)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        canvas = self.canvases[index]
+        if self.augment:
+            canvas = augment_canvas(canvas, self.size)
+        # a class id, a 0/1 vector (multi-label), or -1 for unlabelled images
+        return canvas, torch.as_tensor(self.labels[index] if self.labels is not None else -1)
+
+
+def augment_canvas(canvas: torch.Tensor, size: int) -> torch.Tensor:
+    from torchvision.transforms import v2
+
+    crop = v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True)
+    return v2.RandomHorizontalFlip()(crop(canvas)).clamp(0.0, 1.0)

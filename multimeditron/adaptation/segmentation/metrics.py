@@ -1,0 +1,46 @@
+"""Per-class Dice and Jaccard over a whole split (intersections and sizes summed over its images), their means over
+the foreground classes, and the segmentation score (the mean of mean Dice and mean Jaccard)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, 3) per class: |pred & target|, |pred|, |target| over all pixels of the batch."""
+    out = torch.zeros(num_classes, 3, dtype=torch.float64)
+    for c in range(num_classes):
+        p, t = pred == c, target == c
+        out[c] = torch.tensor([(p & t).sum().item(), p.sum().item(), t.sum().item()], dtype=torch.float64)
+    return out
+
+
+def segmentation_metrics(counts: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """Dice 2|P∩G|/(|P|+|G|) and Jaccard |P∩G|/|P∪G| per class (None when a class is absent from both);
+    means over the foreground classes (class 0 is background) where defined."""
+    per_class = {}
+    for c, name in enumerate(classes):
+        inter, p, t = counts[c].tolist()
+        union = p + t - inter
+        per_class[name] = ({"dice": 2 * inter / (p + t), "jaccard": inter / union, "pixels": int(t)}
+                           if union > 0 else {"dice": None, "jaccard": None, "pixels": 0})
+    foreground = [per_class[n] for n in classes[1:] if per_class[n]["dice"] is not None]
+    if not foreground:
+        return {"per_class": per_class, "dice": None, "jaccard": None, "score": None}
+    dice = sum(m["dice"] for m in foreground) / len(foreground)
+    jaccard = sum(m["jaccard"] for m in foreground) / len(foreground)
+    return {"per_class": per_class, "dice": dice, "jaccard": jaccard, "score": (dice + jaccard) / 2}
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - the soft Dice of the softmax over the foreground classes (the loss DINOv2-on-radiology trains with)."""
+    probs = logits.float().softmax(dim=1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    dice = (2 * inter + eps) / (probs.sum(dims) + onehot.sum(dims) + eps)
+    return 1 - dice[1:].mean() if logits.shape[1] > 1 else 1 - dice.mean()
+
+

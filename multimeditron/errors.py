@@ -1,0 +1,7 @@
+"""The base of every error a user can fix (a config key, a path, a dataset, a task name): the CLI prints it as one
+`error: ...` line and exits non-zero, without a traceback (`--debug` shows it)."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with what the user asked for or gave, with a message that names the key, path or value at fault."""

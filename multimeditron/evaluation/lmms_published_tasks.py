@@ -1,0 +1,51 @@
+"""The functions the lmms-eval task files in `tasks/published/` name with `!function`: the `published` scoring mode
+of GMAI-MMBench, SLAKE and PathVQA (published_tasks.py) bound for lmms-eval, and the aggregations of its metrics."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from multimeditron.evaluation.benchmarks import get_benchmark
+from multimeditron.evaluation.lmms_tasks import _bind
+from multimeditron.evaluation.published_tasks import published_vqa_summary, with_scoring
+from multimeditron.evaluation.scoring import percent
+
+
+def _bind_published(task: str) -> tuple[Any, ...]:
+    return _bind(with_scoring(get_benchmark(task), "published"))
+
+
+gmai_docs, gmai_doc_to_visual, gmai_doc_to_text, gmai_doc_to_messages, gmai_process_results = \
+    _bind_published("mmd_gmai_mmbench")
+slake_docs, slake_doc_to_visual, slake_doc_to_text, slake_doc_to_messages, slake_process_results = \
+    _bind_published("mmd_slake")
+pathvqa_docs, pathvqa_doc_to_visual, pathvqa_doc_to_text, pathvqa_doc_to_messages, pathvqa_process_results = \
+    _bind_published("mmd_pathvqa")
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def accuracy(records: list[dict[str, Any]]) -> float:
+    return _number(percent(r["correct"] for r in records))
+
+
+def closed_accuracy(records: list[dict[str, Any]]) -> float:
+    return _number(published_vqa_summary(records)["closed_accuracy"])
+
+
+def open_accuracy(records: list[dict[str, Any]]) -> float:
+    return _number(published_vqa_summary(records)["open_accuracy"])
+
+
+def ours_accuracy(records: list[dict[str, Any]]) -> float:
+    return _number(percent(r["ours_correct"] for r in records))
+
+
+def ours_closed_accuracy(records: list[dict[str, Any]]) -> float:
+    return _number(published_vqa_summary(records)["ours_closed_accuracy"])
+
+
+def ours_open_accuracy(records: list[dict[str, Any]]) -> float:
+    return _number(published_vqa_summary(records)["ours_open_accuracy"])

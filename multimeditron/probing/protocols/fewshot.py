@@ -1,0 +1,63 @@
+"""Few-shot: N training patients (or images) per class, a logistic regression on their frozen embeddings (C
+chosen on the full val split), several random draws per N; mean and spread of the test metrics.
+
+With a `patient`/`study` grouping the draw takes whole groups (rows are already one per group after aggregation).
+Multi-label: N positive rows per label, pooled.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from multimeditron.probing.fast_metrics import fast_metrics
+from multimeditron.probing.metrics import METRICS, classification_metrics, is_defined, selection_score
+from multimeditron.probing.protocols.common import ProbeInputs, ProbeResult
+from multimeditron.probing.protocols.logreg import fit_logreg
+
+SHOTS = (1, 2, 4, 8, 16)
+FEWSHOT_C_GRID = (1e-2, 1e-1, 1.0, 10.0)
+
+
+def draw_shots(labels: np.ndarray, n: int, rng: np.random.Generator, multilabel: bool) -> np.ndarray:
+    """Row ids: n per class (all of a class that has fewer), sorted."""
+    columns = labels.T if multilabel else [labels == c for c in np.unique(labels)]
+    picked: set[int] = set()
+    for mask in columns:
+        rows = np.flatnonzero(mask)
+        picked.update(rng.choice(rows, size=min(n, len(rows)), replace=False).tolist())
+    return np.array(sorted(picked), dtype=np.int64)
+
+
+def fewshot_probe(data: ProbeInputs, shots: tuple[int, ...] = SHOTS, draws: int = 5, seed: int = 0,
+                  c_grid: tuple[float, ...] = FEWSHOT_C_GRID, select_metric: str = "auroc") -> ProbeResult:
+    x, y = data.train.embeddings.pooled, data.train.labels
+    kwargs = data.metric_kwargs()
+    per_shot: dict[str, dict] = {}
+    notes = []
+    smallest = int(y.sum(axis=0).min()) if data.multilabel else int(np.bincount(y).min())
+    if max(shots) > smallest:
+        notes.append(f"the rarest class has {smallest} training rows: larger N take all of it")
+    last_scores = None
+    for n in shots:
+        runs = []
+        for draw in range(draws):
+            rng = np.random.default_rng([seed, n, draw])
+            rows = draw_shots(y, n, rng, data.multilabel)
+            if not data.multilabel and len(np.unique(y[rows])) < 2:
+                continue
+            fitted = {c: fit_logreg(x[rows], y[rows], c, data.n_classes, data.multilabel) for c in c_grid}
+            val = {c: fast_metrics(data.val.labels, f(data.val.embeddings.pooled), **kwargs)
+                   for c, f in fitted.items()}
+            best = max(c_grid, key=lambda c: selection_score(val[c], select_metric))
+            last_scores = fitted[best](data.test.embeddings.pooled)
+            runs.append(classification_metrics(data.test.labels, last_scores, **kwargs))
+        summary = {}
+        for m in METRICS:
+            values = [r[m] for r in runs if is_defined(r[m])]
+            summary[m] = ({"value": float(np.mean(values)), "std": float(np.std(values)), "draws": len(values)}
+                          if values else {"value": "undefined: one class" if runs else "undefined: no draw"})
+        per_shot[str(n)] = summary
+    top = str(max(shots))
+    test = {m: per_shot[top][m]["value"] for m in METRICS}
+    notes.append(f"test row: N={top} per class, mean over {draws} draws (spread in details)")
+    return ProbeResult("fewshot", {"shots": list(shots), "draws": draws, "reported_shots": int(top)}, {}, test,
+                       None, None, notes, {"per_shot": per_shot})

@@ -1,0 +1,109 @@
+"""Writing a probe result dict: JSON (everything), CSV (one row per expert x protocol x split x metric) and the
+markdown comparison table (one row per expert x protocol). Plain functions of the dict, for any caller."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from multimeditron.probing.metrics import METRICS
+
+TABLE_METRICS = ("auroc", "aupr", "accuracy", "balanced_accuracy", "f1_macro", "kappa")
+HEADERS = {"auroc": "AUROC", "aupr": "AUPR", "accuracy": "acc.", "balanced_accuracy": "bal. acc.",
+           "f1_macro": "F1 (macro)", "kappa": "kappa"}
+
+
+def format_metric(entry: Any) -> str:
+    """0.912 [0.880, 0.940] (bootstrap interval), 0.81 ± 0.05 (spread over draws), or the undefined reason."""
+    if not isinstance(entry, dict):
+        entry = {"value": entry}
+    value = entry.get("value")
+    if isinstance(value, str) or value is None:
+        return str(value)
+    text = f"{value:.3f}"
+    if "low" in entry:
+        text += f" [{entry['low']:.3f}, {entry['high']:.3f}]"
+    elif "std" in entry:
+        text += f" ± {entry['std']:.3f}"
+    return text
+
+
+def _chosen(chosen: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in chosen.items() if k not in ("epochs", "shots", "draws"))
+
+
+def markdown_table(result: dict[str, Any], metrics: tuple[str, ...] = TABLE_METRICS) -> str:
+    """One row per expert x protocol with the test metrics (and their intervals)."""
+    lines = ["| expert | protocol | chosen on val | " + " | ".join(HEADERS[m] for m in metrics) + " |",
+             "|" + "---|" * (3 + len(metrics))]
+    for run in result["runs"]:
+        test = run["test"]
+        if run["protocol"] == "fewshot":
+            per_shot = run["details"]["per_shot"][str(run["chosen"]["reported_shots"])]
+            cells = [format_metric(per_shot[m]) for m in metrics]
+        else:
+            cells = [format_metric(test[m]) for m in metrics]
+        lines.append(f"| {run['expert']} | {run['protocol']} | {_chosen(run['chosen'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_table(result: dict[str, Any]) -> str:
+    """Paired bootstrap differences (a - b) with their interval and p-value."""
+    if not result.get("comparisons"):
+        return ""
+    lines = ["| protocol | a | b | metric | a - b [95% CI] | p |", "|---|---|---|---|---|---|"]
+    for comparison in result["comparisons"]:
+        for metric, entry in comparison["metrics"].items():
+            if isinstance(entry.get("difference"), str):
+                diff, p = entry["difference"], ""
+            else:
+                diff = f"{entry['difference']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}]"
+                p = f"{entry['p_value']:.3f}"
+            lines.append(f"| {comparison['protocol']} | {comparison['a']} | {comparison['b']} | {metric} | {diff} "
+                         f"| {p} |")
+    return "\n".join(lines)
+
+
+def csv_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for run in result["runs"]:
+        for split in ("val", "test"):
+            for metric in METRICS:
+                if metric not in run[split]:
+                    continue
+                entry = run[split][metric]
+                entry = entry if isinstance(entry, dict) else {"value": entry}
+                rows.append({"expert": run["expert"], "protocol": run["protocol"], "split": split, "metric": metric,
+                             "value": entry.get("value"), "low": entry.get("low", ""), "high": entry.get("high", ""),
+                             "std": entry.get("std", ""), "chosen": json.dumps(run["chosen"], sort_keys=True)})
+    return rows
+
+
+def write_reports(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """results.json, results.csv and results.md under `out_dir`; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "markdown": out / "results.md"}
+    paths["json"].write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
+    with paths["csv"].open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["expert", "protocol", "split", "metric", "value", "low", "high",
+                                                    "std", "chosen"])
+        writer.writeheader()
+        writer.writerows(csv_rows(result))
+    text = markdown_table(result)
+    comparisons = comparison_table(result)
+    paths["markdown"].write_text(text + ("\n\n" + comparisons if comparisons else "") + "\n")
+    return paths
+
+
+def _jsonable(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

@@ -1,0 +1,144 @@
+"""Expert SPEC strings of `multimeditron probe` -> built experts with their weights.
+
+Parse rule, first match wins:
+- a mapping in YAML flow style, `{id: dinov2_vits14, tiny: true, image_size: 56}`: every `ExpertSpec` field;
+- a saved MultiMeditron model folder (its `config.json` lists experts), `DIR` or `DIR#i` for its i-th expert;
+- an adapted-expert folder written by `multimeditron finetune` / `adapt` (its `expert.json` names the expert);
+- `timm:NAME[:CHECKPOINT]`: timm model names never hold a colon, so the first colon after `timm:` starts the
+  checkpoint;
+- `ID[:CHECKPOINT]`: a registry id, and everything after the first colon is the checkpoint (which may itself hold
+  colons, e.g. `biomedclip:hf-hub:microsoft/...`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from multimeditron.errors import UserError
+from multimeditron.experts.adapted import is_adapted_checkpoint, read_adapted_record
+from multimeditron.experts.base import ExpertSpec, VisionExpert
+from multimeditron.experts.registry import build_expert
+
+
+class ExpertSpecError(UserError, ValueError):
+    """A SPEC string that names no buildable expert; the message quotes it."""
+
+
+@dataclass
+class ParsedSpec:
+    spec: ExpertSpec
+    name: str  # how tables name it
+    model_dir: Path | None = None  # a saved MultiMeditron model the weights come from
+    index: int | None = None  # the expert's position in that model
+
+
+def _saved_model(text: str) -> tuple[Path, int | None] | None:
+    folder, _, index = text.rpartition("#") if "#" in text else (text, "", "")
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        return None
+    if index and not index.isdigit():
+        raise ExpertSpecError(f"expert {text!r}: the part after '#' must be an expert index, got {index!r}")
+    return path, int(index) if index else None
+
+
+def parse_spec(text: str, tiny: bool = False) -> ParsedSpec:
+    """One SPEC string -> what to build (see the module docstring for the rule); `tiny` sets `tiny: true`."""
+    text = text.strip()
+    if not text:
+        raise ExpertSpecError("expert: an empty SPEC")
+    if text.startswith("{"):
+        data = yaml.safe_load(text)
+        spec = ExpertSpec.from_dict({"tiny": tiny, **data} if tiny else data, where=f"expert {text!r}")
+        return ParsedSpec(spec, _default_name(spec))
+    if is_adapted_checkpoint(text):  # written by finetune/adapt: its record names the expert
+        spec = ExpertSpec(id=read_adapted_record(text)["spec"].id, checkpoint=text)
+        return ParsedSpec(spec, _default_name(spec))
+    saved = _saved_model(text)
+    if saved is not None:
+        folder, index = saved
+        config = json.loads((folder / "config.json").read_text())
+        experts = config.get("experts")
+        if not experts:
+            raise ExpertSpecError(f"expert {text!r}: {folder}/config.json lists no experts (not a MultiMeditron model)")
+        if index is None and len(experts) > 1:
+            ids = ", ".join(f"#{i}={e['id']}" for i, e in enumerate(experts))
+            raise ExpertSpecError(f"expert {text!r}: the model has {len(experts)} experts ({ids}); pick one with DIR#i")
+        index = 0 if index is None else index
+        if index >= len(experts):
+            raise ExpertSpecError(f"expert {text!r}: the model has {len(experts)} experts, no #{index}")
+        spec = ExpertSpec.from_dict(experts[index], where=f"{folder}/config.json experts[{index}]")
+        return ParsedSpec(spec, f"{folder.name}#{index}:{spec.id}", folder, index)
+    if text.startswith("timm:"):
+        name, _, checkpoint = text.removeprefix("timm:").partition(":")
+        expert_id = f"timm:{name}"
+    else:
+        expert_id, _, checkpoint = text.partition(":")
+    if not expert_id or expert_id == "timm:":
+        raise ExpertSpecError(f"expert {text!r}: no expert id")
+    spec = ExpertSpec(id=expert_id, checkpoint=checkpoint or None, tiny=tiny)
+    return ParsedSpec(spec, _default_name(spec))
+
+
+def _default_name(spec: ExpertSpec) -> str:
+    name = spec.id + (f":{Path(spec.checkpoint).name}" if spec.checkpoint else "")
+    return name + (f"@{spec.image_size}" if spec.image_size else "")
+
+
+def build_probe_expert(parsed: ParsedSpec) -> VisionExpert:
+    """The expert with its weights, in eval mode, emitting its global (`cls`) output."""
+    spec = dataclasses.replace(parsed.spec, output="cls")
+    if parsed.model_dir is None:
+        try:
+            expert = build_expert(spec)
+        except KeyError as error:  # an unknown registry id: the message lists the valid ones
+            raise ExpertSpecError(f"expert {parsed.name!r}: {error.args[0]}") from error
+    else:
+        expert = build_expert(spec, load_checkpoint=False)
+        _load_from_saved_model(expert, parsed.model_dir, parsed.index or 0)
+    return expert.eval().requires_grad_(False)
+
+
+def _load_from_saved_model(expert: VisionExpert, folder: Path, index: int) -> None:
+    from safetensors import safe_open
+
+    prefix = f"vision.experts.{index}."
+    index_file = folder / "model.safetensors.index.json"
+    if index_file.is_file():
+        weight_map: dict[str, str] = json.loads(index_file.read_text())["weight_map"]
+        files = sorted({f for k, f in weight_map.items() if k.startswith(prefix)})
+    else:
+        files = ["model.safetensors"]
+    state: dict[str, Any] = {}
+    for name in files:
+        if not (folder / name).is_file():
+            raise ExpertSpecError(f"{folder}: weight file {name} is missing")
+        with safe_open(str(folder / name), framework="pt") as handle:
+            for key in handle.keys():
+                if key.startswith(prefix):
+                    state[key.removeprefix(prefix)] = handle.get_tensor(key)
+    if not state:
+        raise ExpertSpecError(f"{folder}: no weights under {prefix!r}; is it a MultiMeditron model?")
+    missing, unexpected = expert.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ExpertSpecError(f"{folder} expert #{index}: weights do not match its config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+
+
+def weights_digest(expert: torch.nn.Module) -> str:
+    """A digest of every parameter and persistent buffer: the cache key's guarantee that the weights are these."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(expert.state_dict().items()):
+        digest.update(name.encode())
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(str(data.dtype).encode() + str(tuple(data.shape)).encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
