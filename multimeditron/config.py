@@ -17,6 +17,14 @@ from typing import Any, Literal
 
 import yaml
 
+from multimeditron.choices import (
+    DEFAULT_ATTACHMENT_TOKEN,
+    Fusion,
+    ImageGeometry,
+    Projection,
+    ProjectorType,
+    Router,
+)
 from multimeditron.errors import UserError
 from multimeditron.experts.base import ExpertSpec
 
@@ -54,26 +62,49 @@ class ConfigError(UserError, ValueError):
 
 
 @dataclass
+class RouterClassifierSection:
+    """The `pretrained` router's image classifier (model.gate_classifier.GateClassifierSpec; a key left out takes
+    the model's default: arch resnet50, 224 px, CLIP mean/std, trainable only in `full`)."""
+
+    class_to_expert: list[int]  # for each class, in the classifier's order, the expert it routes to
+    checkpoint: str | None = None  # the published gate folder, a .safetensors/.pth state dict or a hub id
+    arch: str | None = None  # timm model name
+    options: dict[str, Any] | None = None  # timm.create_model keyword arguments
+    image_size: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    trainable_stages: list[Stage] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
 class ModelSection:
     llm: str | None = None  # hub id, local folder or tiny preset (tiny-qwen3, tiny-llama, tiny-apertus)
     base_model: str | None = None  # an earlier stage's output; its stored architecture wins
     experts: list[ExpertSpec] = field(default_factory=list)
-    fusion: Literal["none", "avg", "cat", "attn"] = "none"
-    projection: Literal["shared", "per_expert"] = "shared"
-    projector_type: Literal["mlp2x_gelu", "linear", "mlp3x_gelu"] = "mlp2x_gelu"  # mlp3x_gelu: the published one
-    router: Literal["uniform", "learned"] = "uniform"
+    fusion: Fusion = "none"
+    projection: Projection = "shared"
+    projector_type: ProjectorType = "mlp2x_gelu"
+    router: Router = "uniform"
     router_top_k: int | None = None
+    router_classifier: RouterClassifierSection | None = None  # with router: pretrained
+    image_geometry: ImageGeometry = "pad"
     generalist_index: int = 0  # negative: counted from the end (-1 = the last expert)
     attn_heads: int = 8
     router_aux_loss_coef: float = 0.01  # weight of the learned router's balance loss (0 = off); a training setting
-    attachment_token: str = "<|image|>"
+    attachment_token: str = DEFAULT_ATTACHMENT_TOKEN
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "flex_attention", "eager"] = "auto"
     trust_remote_code: bool = False
 
     # Architecture keys: given together with base_model they must agree with the checkpoint.
     ARCHITECTURE_KEYS: typing.ClassVar[tuple[str, ...]] = (
-        "llm", "experts", "fusion", "projection", "projector_type", "router", "router_top_k", "generalist_index",
-        "attn_heads", "attachment_token")
+        "llm", "experts", "fusion", "projection", "projector_type", "router", "router_top_k", "router_classifier",
+        "image_geometry", "generalist_index", "attn_heads", "attachment_token")
+
+    def router_classifier_dict(self) -> dict[str, Any] | None:
+        return self.router_classifier.as_dict() if self.router_classifier is not None else None
 
 
 @dataclass
@@ -255,6 +286,7 @@ def _check_semantics(config: RunConfig) -> None:
         raise ConfigError("model.experts: at least one expert is needed to build a new model")
     if model.experts and -len(model.experts) <= model.generalist_index < 0:
         model.generalist_index += len(model.experts)  # the published `generalist_idx: -1` = the last expert
+    _check_router_classifier(model)
     if not config.data.train:
         raise ConfigError("data.train: at least one dataset is needed")
     for section, entries in (("train", config.data.train), ("eval", config.data.eval)):
@@ -277,6 +309,24 @@ def _check_semantics(config: RunConfig) -> None:
         raise ConfigError(f"deepspeed: file {config.deepspeed} does not exist")
     if config.part_learning_rates is not None:
         _check_part_learning_rates(config)
+
+
+def _check_router_classifier(model: ModelSection) -> None:
+    if model.base_model is not None:
+        return  # the stored architecture wins; check_base_model_agrees compares what is written
+    if (model.router == "pretrained") != (model.router_classifier is not None):
+        raise ConfigError("model.router_classifier: required with router: pretrained, and only with it")
+    if model.router_classifier is None:
+        return
+    mapping, n = model.router_classifier.class_to_expert, len(model.experts)
+    outside = [i for i in mapping if not 0 <= i < n]
+    if not mapping or outside:
+        raise ConfigError(f"model.router_classifier.class_to_expert: one expert index (0..{n - 1}) per class of the "
+                          f"classifier; {outside or 'an empty list'} is not")
+    unused = sorted(set(range(n)) - set(mapping))
+    if unused:
+        raise ConfigError(f"model.router_classifier.class_to_expert: experts {unused} receive no class and would "
+                          f"never run")
 
 
 def _check_packing(config: RunConfig) -> None:

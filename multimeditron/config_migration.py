@@ -19,7 +19,9 @@ STAGES = {"ALIGNMENT": "alignment", "END2END": "end2end", "FULL": "full", "LM_ON
 FUSIONS = {"cross_attn": "attn", "weighted_average": "avg", "sequence_append": "cat"}
 PROJECTORS = {"mlp": "mlp3x_gelu"}  # the published MLPProjector: 3 linear layers with GELU, N(0, 0.02) init
 BIOMEDCLIP_HUB = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
-GATES = ("learned",)
+GATES = ("pretrained", "learned")
+# The published gate: a ResNet-50 over the experts in their order, fed the CLIP-processed image.
+PUBLISHED_GATE_ARCH = "resnet50"
 
 
 @dataclass
@@ -54,11 +56,12 @@ def load_published(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def convert_published(data: dict[str, Any], gate: str | None = None, base_dir: str | os.PathLike = ".") -> Conversion:
-    """The published config `data` in our schema. `gate="learned"` replaces the published frozen classifier gate
-    (`gating_path`) by this toolkit's learned gate, which is another mechanism; without it such a config is refused.
+def convert_published(data: dict[str, Any], gate: str = "pretrained", base_dir: str | os.PathLike = ".") -> Conversion:
+    """The published config `data` in our schema. The published frozen classifier gate (`gating_path`) becomes the
+    `pretrained` router (its classes mapped to the experts in order, as published, trained only in `full`);
+    `gate="learned"` replaces it by this toolkit's learned gate, which is another mechanism.
     `base_dir`: what a relative `training_args.deepspeed` path was relative to (the published launcher's cwd)."""
-    if gate is not None and gate not in GATES:
+    if gate not in GATES:
         raise ConfigError(f"--gate: {gate!r} is not one of {list(GATES)}")
     data = dict(data)
     notes: list[str] = []
@@ -76,6 +79,9 @@ def convert_published(data: dict[str, Any], gate: str | None = None, base_dir: s
     base_model = take("base_model")
     if base_model is None:
         _map_modalities(take("modalities"), model, notes, gate)
+        if "experts" in model:
+            # the published image processors (CLIP's, BiomedCLIP's) resize the short side and crop the centre
+            model["image_geometry"] = "center_crop"
     else:
         model["base_model"] = base_model
         if take("modalities") is not None:
@@ -120,12 +126,12 @@ def convert_published(data: dict[str, Any], gate: str | None = None, base_dir: s
         key = sorted(data)[0]
         raise ConfigError(f"{key}: not a key of the published schema this converter knows; nothing to map it to")
     order = ("llm", "base_model", "experts", "fusion", "projection", "projector_type", "router", "router_top_k",
-             "generalist_index")
+             "router_classifier", "generalist_index", "image_geometry")
     out["model"] = {key: model[key] for key in order if key in model}
     return Conversion(out, notes)
 
 
-def _map_modalities(modalities: Any, model: dict[str, Any], notes: list[str], gate: str | None) -> None:
+def _map_modalities(modalities: Any, model: dict[str, Any], notes: list[str], gate: str) -> None:
     if modalities is None:
         if "base_model" in model:
             return  # the published stage 2 ignored it anyway: the checkpoint's architecture wins
@@ -187,17 +193,21 @@ def _map_modalities(modalities: Any, model: dict[str, Any], notes: list[str], ga
         processor = modality.pop("image_processor", None)
         if processor is not None:
             notes.append(f"{where}.image_processor {processor}: dropped (each expert brings its own resolution and "
-                         f"normalisation; images are padded to square, not centre-cropped)")
+                         f"normalisation; image_geometry: center_crop gives its resize + centre crop)")
         gating_path = modality.pop("gating_path", None)
         top_k = modality.pop("top_k_experts", None)
-        if gating_path:
-            if gate != "learned":
-                raise ConfigError(f"{where}.gating_path: {gating_path} is a frozen pretrained image classifier used "
-                                  f"as the gate, which this toolkit does not have; convert with --gate learned to "
-                                  f"use its learned gate instead (another mechanism)")
-            notes.append(f"{where}.gating_path {gating_path}: replaced by the learned gate (--gate learned)")
-        model["router"] = "learned"
         model["router_top_k"] = min(int(top_k or len(names)), len(names))
+        if gating_path and gate == "pretrained":
+            model["router"] = "pretrained"
+            # The published code used the gate's class i as expert i (its softmax weighted the experts in order).
+            model["router_classifier"] = {"checkpoint": gating_path, "arch": PUBLISHED_GATE_ARCH,
+                                          "class_to_expert": list(range(len(names))), "trainable_stages": ["full"]}
+            notes.append(f"{where}.gating_path {gating_path} -> router: pretrained (a {PUBLISHED_GATE_ARCH} whose "
+                         f"class i routes to expert i, trained only in `full`, as published)")
+        else:
+            model["router"] = "learned"
+            notes.append(f"{where}.gating_path {gating_path}: replaced by the learned gate (--gate learned)"
+                         if gating_path else f"{where}: no gating_path; this toolkit's learned gate routes instead")
     else:
         raise ConfigError(f"{where}.model_type: {kind!r} is not one of meditron_biomedclip, meditron_clip, "
                           f"moe_meditron_clip, moe_meditron_clip_pep")

@@ -7,6 +7,7 @@ placeholder (`processor.attachment_token`, `<|image|>` by default) per image, or
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -14,23 +15,31 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from multimeditron.data.images import ImageResolver
+from multimeditron.errors import UserError
+from multimeditron.hub_ids import looks_like_hub_id
 from multimeditron.model.modeling import MultiMeditronForCausalLM
 from multimeditron.model.processing import MultiMeditronProcessor, split_content
 
 Chat = list[dict[str, Any]]
 Request = tuple[Chat | str, Sequence[Image.Image]]
 
+
+class ModelFolderError(UserError, FileNotFoundError):
+    """A model path that is neither a saved model folder nor a loadable hub id."""
+
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else this process's GPU (cuda:LOCAL_RANK under torchrun/accelerate) when there is one."""
+    """The given device, else this process's GPU (accelerate's `PartialState`: cuda:LOCAL_RANK under torchrun or
+    accelerate launch) when there is one, else the CPU."""
     if device is not None and str(device) not in ("", "auto"):
         return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+    from accelerate import PartialState
+
+    state_device = PartialState().device
+    return state_device if state_device.type == "cuda" else torch.device("cpu")
 
 
 def load_pretrained(
@@ -48,7 +57,19 @@ def load_pretrained(
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = MultiMeditronForCausalLM.from_pretrained(path, **kwargs)
+    folder = Path(path).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise ModelFolderError(f"model folder {path} holds no saved model (no config.json)")
+    if not folder.exists() and not looks_like_hub_id(str(path)):
+        raise ModelFolderError(f"model folder {path} does not exist")
+    try:
+        model = MultiMeditronForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as error:
+        if folder.exists():
+            raise
+        # owner/name shaped (`runs/stage2` too): transformers tried the hub; say first that no such folder exists.
+        raise ModelFolderError(f"model folder {path} does not exist, and as a hub id it could not be loaded: "
+                               f"{str(error).splitlines()[0]}") from error
     processor = MultiMeditronProcessor.from_pretrained(path)
     return model.to(resolve_device(device)).eval(), processor
 
@@ -180,4 +201,4 @@ def continuation_logprob(
 
 
 __all__ = ["load_pretrained", "generate_answers", "continuation_logprob", "messages_to_chat", "render_prompt",
-           "cut_at_stop", "resolve_device"]
+           "cut_at_stop", "resolve_device", "ModelFolderError"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 from datasets import Dataset
 
@@ -32,7 +33,7 @@ modalities:
     hidden_size: 4096
     expert_clip_names: [Org/MedExpert-CT, Org/MedExpert-MRI, Org/MedExpert-Ultrasound, Org/MedExpert-Xray, Org/clip]
     generalist_idx : -1
-    gating_path: Org/MultiMeditron-Gating
+    gating_path: $MODEL_ROOT/gating/MultiMeditron-Gating
     fusion_method: sequence_append
     top_k_experts: 5
 training_mode: END2END
@@ -52,18 +53,23 @@ training_args:
 
 def test_published_moe_config_maps_every_key(tmp_path):
     data = yaml.safe_load(PUBLISHED_MOE)
-    with pytest.raises(ConfigError, match=r"modalities\[0\]\.gating_path: .*frozen pretrained image classifier.*"
-                                          r"--gate learned"):
-        convert_published(data)
-    conversion = convert_published(data, gate="learned", base_dir=tmp_path)
+    conversion = convert_published(data, base_dir=tmp_path)
     config = conversion.config
     assert config["model"] == {
         "llm": "meta-llama/Llama-3.1-8B-Instruct",
         "experts": [{"id": "clip", "checkpoint": name, "options": {"backend": "hf", "post_norm": False}}
                     for name in ("Org/MedExpert-CT", "Org/MedExpert-MRI", "Org/MedExpert-Ultrasound",
                                  "Org/MedExpert-Xray", "Org/clip")],
-        "fusion": "cat", "projection": "per_expert", "projector_type": "mlp3x_gelu", "router": "learned",
-        "router_top_k": 5, "generalist_index": 4}
+        "fusion": "cat", "projection": "per_expert", "projector_type": "mlp3x_gelu", "router": "pretrained",
+        "router_top_k": 5,
+        # the published gate: class i weighs expert i, frozen outside `full`
+        "router_classifier": {"checkpoint": "$MODEL_ROOT/gating/MultiMeditron-Gating", "arch": "resnet50",
+                              "class_to_expert": [0, 1, 2, 3, 4], "trainable_stages": ["full"]},
+        "generalist_index": 4, "image_geometry": "center_crop"}
+    assert any("gating_path $MODEL_ROOT/gating/MultiMeditron-Gating -> router: pretrained" in note
+               for note in conversion.notes)
+    learned = convert_published(data, gate="learned", base_dir=tmp_path).config["model"]
+    assert learned["router"] == "learned" and "router_classifier" not in learned and learned["router_top_k"] == 5
     assert config["data"] == {"attachment_token": "<|reserved_special_token_0|>", "max_sequence_length": 4096,
                               "train": [{"path": "$STORAGE_ROOT/BUSI"}, {"path": "${STORAGE_ROOT}/iu_xray"}]}
     assert config["stage"] == "end2end" and config["deepspeed"] == str(tmp_path / "config" / "deepspeed.json")
@@ -212,3 +218,45 @@ def test_negative_generalist_index_in_our_schema_counts_from_the_end():
                            "data": {"train": [{"path": "/d"}]}, "stage": "alignment",
                            "training_args": {"output_dir": "/o"}})
     assert config.model.generalist_index == 1
+
+
+def test_published_moe_config_with_its_gate_converts_and_trains(tmp_path, monkeypatch, capsys):
+    """The published gate (`gating_path`, GatingNetwork layout) becomes the pretrained router: converted, dry-run,
+    trained one step in alignment (the gate stays frozen) and saved with the model."""
+    from safetensors.torch import load_file
+
+    from tests.model.test_router_pretrained import TINY_RESNET, _published_gate
+
+    monkeypatch.setenv("STORAGE_ROOT", str(tmp_path / "storage"))
+    monkeypatch.setenv("MODEL_ROOT", str(tmp_path / "models"))
+    _published_data(tmp_path / "storage" / "llava_pretrain_cleaned", n_rows=4)
+    clip = _tiny_hf_clip(tmp_path / "clip")
+    gate = _published_gate(tmp_path / "models" / "gating")  # 4 classes
+    published = tmp_path / "moe.yaml"
+    published.write_text(yaml.safe_dump({
+        "base_llm": "tiny-qwen3", "attachment_token": "<|reserved_special_token_0|>",
+        "modalities": [{"model_type": "moe_meditron_clip", "image_processor": "openai/clip-vit-base-patch32",
+                        "expert_clip_names": [clip] * 4, "generalist_idx": -1,
+                        "gating_path": "$MODEL_ROOT/gating", "fusion_method": "weighted_average",
+                        "top_k_experts": 4}],
+        "training_mode": "ALIGNMENT",
+        "datasets": [{"packed_path": "$STORAGE_ROOT/llava_pretrain_cleaned"}],
+        "training_args": {"output_dir": "$MODEL_ROOT/stage1", "max_steps": 1, "per_device_train_batch_size": 2,
+                          "save_strategy": "no", "report_to": "none", "disable_tqdm": True},
+    }))
+    ours = tmp_path / "ours.yaml"
+    assert cli_main(["convert", "config", str(published), "--out", str(ours)]) == 0
+    assert "checkpoint: $MODEL_ROOT/gating" in ours.read_text()
+    # the published gate is a ResNet-50; this one has its layout at a test size
+    tiny = [f"--set=model.router_classifier.{key}={json.dumps(value)}" for key, value in TINY_RESNET.items()]
+    assert cli_main(["train", "-c", str(ours), "--dry-run", *tiny]) == 0
+    assert "router pretrained top-4" in capsys.readouterr().out
+    assert cli_main(["train", "-c", str(ours), *tiny]) == 0
+    final = tmp_path / "models" / "stage1" / "final"
+    saved = json.loads((final / "config.json").read_text())
+    assert saved["router"] == "pretrained" and saved["image_geometry"] == "center_crop"
+    assert saved["router_classifier"]["class_to_expert"] == [0, 1, 2, 3]
+    weights = load_file(str(final / "model.safetensors"))
+    # frozen through alignment: the saved classifier is the published gate, BatchNorm statistics included
+    for key, value in gate.state_dict().items():
+        assert torch.equal(weights[f"vision.router.classifier.model.{key}"], value), key

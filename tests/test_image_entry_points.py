@@ -1,6 +1,7 @@
 """Inference sees what training saw: the same stored files (EXIF-rotated JPEG, 16-bit PNG, RGBA, LA, transparent GIF,
 float TIFF, DICOM) through every entry point (training, `generate`, `eval`, the lmms-eval model, the benchmark readers,
-both converters, the processor) give identical `pixel_values`, relative paths resolving against the data's folder."""
+both converters, the processor) give identical `pixel_values`, relative paths resolving against the data's folder;
+with either canvas geometry (`pad`, and `center_crop` as the saved processor config names it)."""
 from __future__ import annotations
 
 import base64
@@ -88,10 +89,25 @@ def stored(tmp_path_factory):
     return root
 
 
-def test_every_entry_point_gives_the_pixels_training_gives(stored, checkpoint, monkeypatch, tmp_path):  # noqa: F811
+@pytest.fixture(params=["pad", "center_crop"])
+def saved(request, checkpoint, tmp_path_factory):  # noqa: F811
+    """(geometry, model folder): the evaluation checkpoint, or its copy saved with centre-crop geometry."""
+    if request.param == "pad":
+        return request.param, checkpoint
+    directory = tmp_path_factory.mktemp("center_crop")
+    model, processor = load_pretrained(checkpoint)
+    model.config.image_geometry = processor.image_processor.geometry = "center_crop"
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return request.param, str(directory)
+
+
+def test_every_entry_point_gives_the_pixels_training_gives(stored, saved, monkeypatch, tmp_path):
+    geometry, checkpoint = saved  # noqa: F811 (the folder, not the fixture)
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")  # relative paths must resolve against the data's folder, not the current one
     model, processor = load_pretrained(checkpoint)
+    assert processor.image_processor.geometry == geometry  # read back from the saved processor config
     files = stored / "data" / "imgs"
     # the data sits next to its images: relative paths are relative to the dataset folder
     (stored / "data" / "set" / "imgs").mkdir(exist_ok=True)
@@ -105,6 +121,9 @@ def test_every_entry_point_gives_the_pixels_training_gives(stored, checkpoint, m
     assert training[0].shape[-1] == processor.image_size
     for index in (1, 5):
         assert training[index].amax() > 0.9, NAMES[index]
+    # the sideways 30x18 photo, upright 18 wide: padded, its canvas has black columns; cropped, none
+    black_columns = int((training[0].abs().sum(dim=(0, 1)) == 0).sum())
+    assert (black_columns > 0) == (geometry == "pad")
 
     record = Recorder(monkeypatch)
     # a file named on the command line is taken as written, relative to the current folder (`../` included)

@@ -7,7 +7,8 @@ import sys
 
 from multimeditron.errors import UserError
 
-# subcommand -> module in multimeditron.cli exposing `HELP`, `add_arguments(parser)` and `run(args) -> int`.
+# subcommand -> module in multimeditron.cli exposing `add_arguments(parser)` and `run(args) -> int`; its one-line
+# help is in SUMMARIES below (the only copy).
 # Modules are imported only when their subcommand runs, so `--help` stays fast.
 SUBCOMMANDS = {
     "train": "train",

@@ -7,7 +7,6 @@ import json
 
 from multimeditron.cli.adaptation_args import SPEC_HELP, add_loop_arguments, loop_settings
 
-HELP = "adapt a vision expert to unlabelled images by token reconstruction (RETFound-Green)"
 OBJECTIVES = ("token-reconstruction",)
 
 

@@ -11,20 +11,20 @@ import collections
 from multimeditron.config import DatasetEntry
 from multimeditron.data.conversation import parse_row
 from multimeditron.data.images import DEFAULT_MAX_PIXELS, ImageResolver
+from multimeditron.data.placeholders import AUTO, KNOWN_PLACEHOLDERS, resolve_attachment_token
 from multimeditron.data.report import BadSample, DataError
 from multimeditron.data.sources import load_source
 from multimeditron.model.configuration import DEFAULT_ATTACHMENT_TOKEN
-
-HELP = "validate a dataset and name every bad row"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="save_to_disk folder, parquet/arrow file(s) or hub id")
     parser.add_argument("--split", default=None, help="split of a DatasetDict or hub dataset (default: train)")
     parser.add_argument("--decode", action="store_true", help="decode every image fully (slower)")
-    parser.add_argument("--attachment-token", default=DEFAULT_ATTACHMENT_TOKEN,
-                        help=f"image placeholder in the text (default {DEFAULT_ATTACHMENT_TOKEN}; data written for "
-                             "the published MultiMeditron uses <|reserved_special_token_0|>)")
+    parser.add_argument("--attachment-token", default=AUTO,
+                        help=f"image placeholder in the text; `auto` (default, as training's data.attachment_token) "
+                             f"detects it from the rows among {', '.join(KNOWN_PLACEHOLDERS)} ({DEFAULT_ATTACHMENT_TOKEN} "
+                             "when they hold none)")
     parser.add_argument("--image-base-dir", default=None,
                         help="base folder of relative image paths (default: the dataset's folder)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
@@ -37,11 +37,15 @@ def run(args: argparse.Namespace) -> int:
     except DataError as error:
         print(f"error: {error}")
         return 2
+    token = resolve_attachment_token(args.attachment_token, source.dataset, DEFAULT_ATTACHMENT_TOKEN, source.name)
+    print(f"{source.name}: image placeholder {token}"
+          + (" (detected from its rows, as training does; --attachment-token to override)"
+             if args.attachment_token == AUTO else ""))
     resolver = ImageResolver(args.image_base_dir, source.folder, args.max_pixels)
     counts: collections.Counter[str] = collections.Counter()
     for index, row in enumerate(source.dataset):
         try:
-            _, images = parse_row(row, args.attachment_token)
+            _, images = parse_row(row, token)
             for image in images:
                 resolver.load(image) if args.decode else resolver.locate(image)
         except BadSample as bad:

@@ -9,7 +9,6 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-HELP = "convert LLaVA-style JSON or an image-classification folder into an Arrow dataset"
 MAX_LISTED = 50  # bad rows printed one a line; beyond that a count (a broken mixture can have thousands)
 
 

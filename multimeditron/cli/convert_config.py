@@ -13,9 +13,9 @@ def add_config_parser(layouts: argparse._SubParsersAction) -> None:
                     "be mapped with the key and the reason.")
     parser.add_argument("published", help="the published-schema YAML")
     parser.add_argument("--out", required=True, help="where to write the converted YAML")
-    parser.add_argument("--gate", choices=("learned",), default=None,
-                        help="replace the published frozen classifier gate (gating_path) by the learned gate "
-                             "(another mechanism); without it a config with gating_path is refused")
+    parser.add_argument("--gate", choices=("pretrained", "learned"), default="pretrained",
+                        help="pretrained (default): the published frozen classifier gate (gating_path) as the "
+                             "`pretrained` router; learned: this toolkit's learned gate instead (another mechanism)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 

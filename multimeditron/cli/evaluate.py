@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "score a model on a benchmark task without lmms-eval (or list the tasks)"
+from multimeditron.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--question-type-column", default=None, metavar="COL",
                         help="multimediset: also report accuracy per value of this column")
     parser.add_argument("--attachment-token", default=None,
-                        help="multimediset/synthetic_vqa: the image placeholder in the data (default <|image|>)")
+                        help="multimediset/synthetic_vqa: the image placeholder in the data (default: the known "
+                             "placeholder its rows use, as training's `auto`, else the model's)")
     parser.add_argument("--image-base-dir", default=None, metavar="DIR",
                         help="folder relative image paths resolve against (training's data.image_base_dir; "
                              "default: the data's own folder)")
@@ -53,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     tasks = [name.strip() for value in args.task for name in value.split(",") if name.strip()]
     if not args.model or not tasks:
-        raise SystemExit("multimeditron eval: --model and --task are required (or --list-tasks)")
+        raise UsageError("--model and --task are required (or --list-tasks)")
     if args.data and len(tasks) > 1:
-        raise SystemExit("multimeditron eval: --data names one task's data; give one --task with it")
+        raise UsageError("--data names one task's data; give one --task with it")
     from multimeditron.evaluation.benchmarks import get_benchmark
     from multimeditron.evaluation.published_tasks import published_table, with_scoring
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             with_scoring(get_benchmark(task, args.split, args.question_type_column, args.attachment_token),
                          args.scoring)
     except (KeyError, ValueError) as error:
-        raise SystemExit(f"multimeditron eval: {error.args[0]}") from error
+        raise UsageError(str(error.args[0])) from error
     from multimeditron.inference import load_pretrained
 
     model, processor = load_pretrained(args.model, dtype=args.dtype, device=args.device)

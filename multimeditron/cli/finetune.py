@@ -8,8 +8,6 @@ from pathlib import Path
 
 from multimeditron.cli.adaptation_args import SPEC_HELP, add_loop_arguments, loop_settings
 
-HELP = "fine-tune a vision expert on labelled images (finetune, lp, lora, bitfit)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from multimeditron.adaptation.finetune import BALANCE, SELECT_METRICS

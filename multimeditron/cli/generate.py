@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-HELP = "answer a prompt about an image with a trained model"
+from multimeditron.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,14 +29,14 @@ def run(args: argparse.Namespace) -> int:
     try:  # the decoder training uses (EXIF, 16-bit, alpha, DICOM); a file named here is taken as written
         images = [load_image(os.path.abspath(path)) for path in args.image]
     except BadSample as bad:
-        raise SystemExit(f"multimeditron generate: --image: {bad}") from bad
+        raise UsageError(f"--image: {bad}") from bad
     model, processor = load_pretrained(args.model, dtype=args.dtype, device=args.device)
     prompt = args.prompt
     placeholders = processor.count_placeholders(prompt)
     if placeholders == 0 and images:
         prompt = "\n".join([processor.attachment_token] * len(images) + [prompt])
     elif placeholders != len(images):
-        raise SystemExit(f"the prompt holds {placeholders} {processor.attachment_token} placeholder(s) but "
+        raise UsageError(f"--prompt: it holds {placeholders} {processor.attachment_token} placeholder(s) but "
                          f"{len(images)} --image were given")
     [answer] = generate_answers(model, processor, [(prompt, images)], batch_size=1,
                                 max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,

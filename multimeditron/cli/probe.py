@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "evaluate vision experts on labelled images (kNN, linear, logistic regression, few-shot)"
-
 SPEC_HELP = ("a registry id with an optional checkpoint: ID[:CHECKPOINT] (everything after the first colon), "
              "timm:NAME[:CHECKPOINT], a saved MultiMeditron model folder DIR or DIR#i (its i-th expert), or a YAML "
              "mapping '{id: ..., checkpoint: ..., image_size: ..., normalization: ..., options: {...}}'; repeat "

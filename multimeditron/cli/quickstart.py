@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "synthetic VQA -> two-stage training of a tiny model -> held-out accuracy per question type"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from multimeditron.quickstart import STAGE1_EPOCHS, STAGE2_EPOCHS

@@ -6,8 +6,6 @@ import argparse
 
 from multimeditron.cli.adaptation_args import SPEC_HELP, add_loop_arguments, loop_settings
 
-HELP = "train a segmentation decoder on a frozen vision expert (linear or U-Net), Dice/Jaccard on test"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--expert", required=True, metavar="SPEC", help=SPEC_HELP)

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "train a model from a YAML config"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", required=True, help="the run's YAML file")

@@ -1,7 +1,6 @@
 """`SFTCollator`: dataset items -> a right-padded training batch (2D mask, or per-token sample ids when packing).
 
-The batch also carries `skipped_samples`: a list of (reason, dataset, row) for rows skipped while decoding images in
-the DataLoader workers (usually empty). The trainer pops it before the forward and adds it to the run's report.
+The batch holds model inputs only (rows skipped in the workers go to the run's `SkipLog`), so any Trainer runs it.
 """
 from __future__ import annotations
 
@@ -14,8 +13,6 @@ from multimeditron.data.chat import IGNORE_INDEX
 from multimeditron.data.packing import row_sample_ids
 from multimeditron.model.processing import MultiMeditronProcessor
 
-REPORT_KEY = "skipped_samples"
-
 
 def _as_list(values: Any) -> list[int]:
     return values.tolist() if isinstance(values, torch.Tensor) else list(values)
@@ -25,13 +22,11 @@ class SFTCollator:
     """Pads on the right; the attention mask comes from each item's real length, never from pad == eos.
 
     Items: `input_ids`, `labels`, optional `pixel_values` (k, 3, S, S), optional `seq_lengths` (one entry per
-    packed sample), optional `skipped_samples`. With `packing=True` the batch carries `sample_ids` (B, L) instead of
+    packed sample). With `packing=True` the batch carries `sample_ids` (B, L) instead of
     an attention mask: the sample index of each token in its row, -1 on padding. The model derives from it what its
     attention implementation needs (a block mask, varlen lengths, restarting position ids), on its own device: no
     [B, 1, L, L] mask is built here.
     """
-
-    report_key = REPORT_KEY
 
     def __init__(self, processor: MultiMeditronProcessor, packing: bool, pad_to_multiple_of: int | None = None) -> None:
         self.processor = processor
@@ -68,8 +63,6 @@ class SFTCollator:
             lengths = torch.tensor([len(i) for i in ids])
             batch["attention_mask"] = (torch.arange(total)[None, :] < lengths[:, None]).long()
         batch["pixel_values"] = self._pixels(features)
-        # plain tuples: they cross worker processes and accelerate's device placement untouched
-        batch[REPORT_KEY] = [tuple(item) for feature in features for item in (feature.get(REPORT_KEY) or [])]
         return batch
 
     def _pixels(self, features: Sequence[dict[str, Any]]) -> torch.Tensor:

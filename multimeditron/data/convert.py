@@ -18,11 +18,12 @@ import datasets
 from datasets import Dataset, DatasetDict, Features, Value
 from tqdm.auto import tqdm
 
+from multimeditron.choices import DEFAULT_ATTACHMENT_TOKEN
+from multimeditron.data.conversation import check_messages
 from multimeditron.data.images import DICOM_SUFFIXES, ImageResolver
 from multimeditron.data.report import MISSING_IMAGE, PATH_ESCAPE, BadSample
 from multimeditron.data.schema import conversation_features, image_modality, make_row
 
-DEFAULT_ATTACHMENT_TOKEN = "<|image|>"
 LLAVA_PLACEHOLDER = "<image>"
 # LLaVA writes human/gpt; ShareGPT-style exports sometimes already use the chat roles.
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -221,6 +222,10 @@ def llava_row(record: Any, images_dir: Path, attachment_token: str = DEFAULT_ATT
         conversation.append({"role": role, "content": text.replace(LLAVA_PLACEHOLDER, attachment_token)})
     if placeholders != len(names):
         raise RowError(f"{placeholders} image placeholder(s) for {len(names)} image(s)")
+    try:  # the check training applies to every row: convert never writes a row that training would refuse
+        check_messages(conversation, len(names), attachment_token)
+    except BadSample as bad:
+        raise RowError(str(bad)) from None
     modalities = []
     resolver = ImageResolver(base_dir=images_dir)
     for name in names:

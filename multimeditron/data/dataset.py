@@ -7,8 +7,13 @@ Trainer's group-by-length sampler reads lengths without touching images. They ne
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -16,7 +21,6 @@ import numpy as np
 import torch
 
 from multimeditron.config import DataSection, DatasetEntry
-from multimeditron.data.collator import REPORT_KEY
 from multimeditron.data.encode import ENCODED_FEATURES, RowEncoder
 from multimeditron.data.images import ImageResolver
 from multimeditron.data.packing import pack
@@ -34,31 +38,64 @@ Loaded = tuple[list[int], list[int], torch.Tensor]  # input_ids, labels, pixel_v
 Skipped = list[tuple[str, str, int]]  # (reason, dataset, row) of rows skipped in a worker
 
 
+class SkipLog:
+    """Rows skipped while decoding images in the DataLoader workers (other processes), one JSON line each in a file
+    of this run: the workers append, the run reads them into its report. Nothing travels in the batches, so the
+    datasets run under any Trainer."""
+
+    def __init__(self) -> None:
+        handle, self.path = tempfile.mkstemp(prefix="multimeditron-skipped-", suffix=".jsonl")
+        os.close(handle)
+        weakref.finalize(self, _remove, self.path)  # registered here only: worker copies are unpickled, not built
+
+    def write(self, skipped: Skipped) -> None:
+        if skipped:  # one append of a few short lines: whole, even with several workers appending at once
+            with open(self.path, "a", encoding="utf-8") as log:
+                log.write("".join(json.dumps(list(entry)) + "\n" for entry in skipped))
+
+    def collect(self, report: BadSampleReport) -> BadSampleReport:
+        """Move the logged rows into `report` (once: the log is emptied); call it when the workers are done."""
+        path = Path(self.path)
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        if text:
+            path.write_text("", encoding="utf-8")
+        return report.merge(tuple(json.loads(line)) for line in text.splitlines() if line)
+
+
+def _remove(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
 @dataclass
 class SFTData:
     train: datasets.Dataset
     eval: datasets.Dataset | None
     report: BadSampleReport
+    skip_log: SkipLog
+
+    def collect_skipped(self) -> BadSampleReport:
+        """The report with the rows the workers skipped so far added (call it after training or evaluation)."""
+        return self.skip_log.collect(self.report)
 
 
 class SampleLoader:
     """The datasets transform: rows of the index dataset -> model inputs, images decoded here (in the workers).
 
     A row whose image fails to decode now (it passed the cheap check of the map pass) raises `DataError` under
-    `error`; under `skip` it is listed in the item's `skipped_samples` as (reason, dataset, row) and replaced by the
-    next readable row, so batch shapes never change.
+    `error`; under `skip` it is written to the run's `SkipLog` as (reason, dataset, row) and replaced by the next
+    readable row, so batch shapes never change.
     """
 
     def __init__(self, tokens: datasets.Dataset, offsets: list[int], images: list[datasets.Dataset | None],
                  names: list[str], resolvers: list[ImageResolver], processor: MultiMeditronProcessor,
-                 on_bad_sample: str) -> None:
+                 on_bad_sample: str, skip_log: SkipLog) -> None:
         self.tokens, self.offsets, self.images = tokens, offsets, images
         self.names, self.resolvers, self.processor = names, resolvers, processor
-        self.on_bad_sample = on_bad_sample
+        self.on_bad_sample, self.skip_log = on_bad_sample, skip_log
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        if len(batch) == 1:
-            return batch  # a column read (dataset["length"], e.g. by the group-by-length sampler)
+        if set(batch) == {"length"}:
+            return batch  # dataset["length"], read by the group-by-length sampler: no sample to build
         if "members" in batch:
             groups = batch["members"]
         elif "source" in batch and "pos" in batch:
@@ -67,7 +104,7 @@ class SampleLoader:
             raise KeyError("the SFT dataset lost its bookkeeping columns (source, pos or members): set "
                            "TrainingArguments(remove_unused_columns=False)")
         out: dict[str, list[Any]] = {"input_ids": [], "labels": [], "pixel_values": [], "seq_lengths": [],
-                                     REPORT_KEY: [], "length": []}
+                                     "length": []}
         for members in groups:
             skipped: Skipped = []
             samples = [s for s in (self._load(g, skipped) for g in members) if s is not None]
@@ -78,7 +115,7 @@ class SampleLoader:
             out["pixel_values"].append(torch.cat([s[2] for s in samples]))
             out["seq_lengths"].append([len(s[0]) for s in samples])
             out["length"].append(sum(len(s[0]) for s in samples))
-            out[REPORT_KEY].append(skipped)
+            self.skip_log.write(skipped)
         return out
 
     def _load(self, index: int, skipped: Skipped) -> Loaded | None:
@@ -116,16 +153,17 @@ class SampleLoader:
 def build_sft_datasets(data: DataSection, processor: MultiMeditronProcessor, seed: int) -> SFTData:
     """The run's training and evaluation datasets and the report of every refused row."""
     seed = data.seed if data.seed is not None else seed
-    report = BadSampleReport()
-    train = _build_split(data, data.train, "train", processor, seed, report)
-    evaluation = _build_split(data, data.eval, "test", processor, seed, report) if data.eval else None
+    report, skip_log = BadSampleReport(), SkipLog()
+    train = _build_split(data, data.train, "train", processor, seed, report, skip_log)
+    evaluation = _build_split(data, data.eval, "test", processor, seed, report, skip_log) if data.eval else None
     if report:
         logger.warning("data: %s", report.summary().replace("\n", "; "))
-    return SFTData(train=train, eval=evaluation, report=report)
+    return SFTData(train=train, eval=evaluation, report=report, skip_log=skip_log)
 
 
 def _build_split(data: DataSection, entries: list[DatasetEntry], default_split: str,
-                 processor: MultiMeditronProcessor, seed: int, report: BadSampleReport) -> datasets.Dataset:
+                 processor: MultiMeditronProcessor, seed: int, report: BadSampleReport,
+                 skip_log: SkipLog) -> datasets.Dataset:
     encoded, images, names, resolvers, good = [], [], [], [], []
     offset = 0
     for index, entry in enumerate(entries):
@@ -167,7 +205,7 @@ def _build_split(data: DataSection, entries: list[DatasetEntry], default_split: 
         raise DataError(f"no usable rows in {[e.path for e in entries]}:\n{report.summary()}")
     tokens = datasets.concatenate_datasets(encoded) if len(encoded) > 1 else encoded[0]
     offsets = np.cumsum([0] + [len(t) for t in encoded]).tolist()
-    loader = SampleLoader(tokens, offsets, images, names, resolvers, processor, data.on_bad_sample)
+    loader = SampleLoader(tokens, offsets, images, names, resolvers, processor, data.on_bad_sample, skip_log)
     if data.packing:
         lengths = np.asarray(tokens["length"])[chosen]
         bins = pack(lengths.tolist(), data.max_sequence_length, seed)

@@ -77,7 +77,7 @@ class BadSampleReport:
             self.modified[reason] = self.modified.get(reason, 0) + count
 
     def merge(self, other: BadSampleReport | Iterable[tuple[str, str, int]] | None) -> BadSampleReport:
-        """Add another report, or the (reason, dataset, row) tuples a batch carries under `skipped_samples`."""
+        """Add another report, or (reason, dataset, row) tuples (the rows the workers skipped, `SkipLog`)."""
         if other is None:
             return self
         if not isinstance(other, BadSampleReport):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import glob
 import json
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from multimeditron.config import DatasetEntry
 from multimeditron.data.report import DataError
+from multimeditron.hub_ids import looks_like_hub_id
 
 _FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
 
@@ -43,24 +44,57 @@ def _from_files(files: list[str], name: str) -> datasets.Dataset:
     return datasets.load_dataset(builder, data_files=sorted(files), split="train")
 
 
-def load_source(entry: DatasetEntry, default_split: str) -> Source:
+def load_source(entry: DatasetEntry, default_split: str | Sequence[str]) -> Source:
     """One configured dataset as a `datasets.Dataset`; an empty one is an error naming it (a mixture of nothing
-    would otherwise fail deep inside `datasets`)."""
+    would otherwise fail deep inside `datasets`).
+
+    The split is `entry.split` when given, else `default_split`: one name (training: train, its eval sets: test),
+    or a preference order (evaluation: test, validation, ...) whose first present split is read, else the only one.
+    A folder of parquet/arrow files holds several splits when its file names say so (`test-00000-of-00001.parquet`,
+    as in a hub snapshot); otherwise all its files are one table."""
     source = _load_source(entry, default_split)
     if len(source.dataset) == 0:
         raise DataError(f"dataset {source.name!r} has no rows")
     return source
 
 
-def _load_source(entry: DatasetEntry, default_split: str) -> Source:
-    path = os.path.expandvars(entry.path)
+def choose_split(name: str, splits: Sequence[str], wanted: str | None, default: str | Sequence[str]) -> str:
+    """The split to read among `splits` (the rule of `load_source`), or a `DataError` naming the dataset."""
+    if wanted is not None or isinstance(default, str):
+        split = wanted or default
+        if split not in splits:
+            raise DataError(f"dataset {name!r} has no split {split!r}; its splits: {sorted(splits)}")
+        return split
+    for split in default:
+        if split in splits:
+            return split
+    if len(splits) == 1:
+        return splits[0]
+    raise DataError(f"dataset {name!r} has none of the splits {list(default)}; its splits: {sorted(splits)}; "
+                    "name one with `split`")
+
+
+def split_names(path: str | Path) -> list[str] | None:
+    """The splits a local dataset holds (a `save_to_disk` DatasetDict, or parquet/arrow files named by split), or
+    None for a single table."""
+    local = Path(path).expanduser()
+    if not local.is_dir() or (local / "state.json").is_file():
+        return None
+    if (local / "dataset_dict.json").is_file():
+        return list(json.loads((local / "dataset_dict.json").read_text()).get("splits", []))
+    by_split = _files_by_split(local)
+    return list(by_split) if len(by_split) > 1 else None
+
+
+def _load_source(entry: DatasetEntry, default_split: str | Sequence[str]) -> Source:
+    # `${VAR}` was substituted by the config loader (`config.substitute_env`), which also turns `$$` into `$`;
+    # expanding again here would undo that escape.
+    path = entry.path
     local = Path(path).expanduser()
     if local.is_dir():
         if (local / "dataset_dict.json").is_file():
-            split = entry.split or default_split
             splits = json.loads((local / "dataset_dict.json").read_text()).get("splits", [])
-            if split not in splits:
-                raise DataError(f"dataset {entry.path!r} has no split {split!r}; its splits: {sorted(splits)}")
+            split = choose_split(entry.path, splits, entry.split, default_split)
             _refuse_saved_without_rows(local / split, f"{entry.path}[{split}]")
             return Source(datasets.load_from_disk(str(local / split)), f"{entry.path}[{split}]", local)
         if (local / "state.json").is_file():
@@ -68,22 +102,45 @@ def _load_source(entry: DatasetEntry, default_split: str) -> Source:
                 raise DataError(f"dataset {entry.path!r} is a single Dataset without splits; remove `split`")
             _refuse_saved_without_rows(local, entry.path)
             return Source(datasets.load_from_disk(str(local)), entry.path, local)
-        files = [str(f) for f in sorted(local.rglob("*")) if f.suffix.lower() in _FILE_BUILDERS]
-        if not files:
+        by_split = _files_by_split(local)
+        if not by_split:
             raise DataError(f"dataset folder {entry.path!r} holds no save_to_disk dataset, parquet or arrow files")
-        return Source(_from_files(files, entry.path), entry.path, local)
+        if len(by_split) == 1:
+            return Source(_from_files(next(iter(by_split.values())), entry.path), entry.path, local)
+        split = choose_split(entry.path, list(by_split), entry.split, default_split)
+        name = f"{entry.path}[{split}]"
+        return Source(_from_files(by_split[split], name), name, local)
     files = sorted(glob.glob(str(local))) if any(c in path for c in "*?[") else ([str(local)] if local.is_file()
                                                                                   else [])
     if files:
         return Source(_from_files(files, entry.path), entry.path, Path(files[0]).parent)
-    if local.is_absolute() or path.startswith((".", "~")) or any(c in path for c in "*?["):
-        raise DataError(f"dataset {entry.path!r} does not exist")
-    split = entry.split or default_split
+    if any(c in path for c in "*?[") or not looks_like_hub_id(path):
+        raise DataError(f"dataset {entry.path!r} does not exist (and is not a hub id owner/name)")
+    split = entry.split if entry.split is not None or not isinstance(default_split, str) else default_split
     try:
+        if split is None:  # a preference order: read the hub's split names first, then only the chosen split
+            split = choose_split(entry.path, datasets.get_dataset_split_names(path), None, default_split)
         return Source(datasets.load_dataset(path, split=split), f"{entry.path}[{split}]", None)
+    except DataError:
+        raise
     except Exception as error:  # the hub raises many types; the message must name the configured entry
         raise DataError(f"dataset {entry.path!r}: not a local dataset and could not be loaded from the hub "
-                        f"(split {split!r}): {error}") from error
+                        f"(split {split or 'any'!r}): {error}") from error
+
+
+def _files_by_split(folder: Path) -> dict[str, list[str]]:
+    """The folder's parquet/arrow files grouped by the split their names say (datasets' own naming rules); one
+    group when the names say none."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        patterns = get_data_patterns(str(folder))
+    except FileNotFoundError:  # datasets' EmptyDatasetError: no file at all
+        return {}
+    groups = DataFilesDict.from_patterns(patterns, base_path=str(folder))
+    by_split = {str(split): sorted(f for f in files if Path(f).suffix.lower() in _FILE_BUILDERS)
+                for split, files in groups.items()}
+    return {split: files for split, files in by_split.items() if files}
 
 
 def _refuse_saved_without_rows(folder: Path, name: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from datasets import Dataset
 
-from multimeditron.evaluation.data import decode_image, load_hub, load_table, slake_image
+from multimeditron.evaluation.data import decode_image, load_table, slake_image
 from multimeditron.evaluation.scoring import (
     choice_correct, exact_match, extract_choice, is_closed, percent, vqa_summary,
 )
@@ -48,7 +48,7 @@ class Benchmark:
         if self.hub_path is None:
             raise ValueError(f"{self.name} has no hub copy: pass --data PATH or set {self.env_var}")
         try:
-            table = load_hub(self.hub_path, self.split)
+            table = load_table(self.hub_path, self.split)
         except Exception as error:  # offline, gated, renamed: say how to use a local copy instead
             raise RuntimeError(f"{self.name}: could not load {self.hub_path} from the hub ({error}); point at a "
                                f"local copy with --data PATH or ${self.env_var}") from error

@@ -1,5 +1,5 @@
-"""Reading evaluation data: local parquet/Arrow copies or hub datasets, and images stored every way benchmarks store
-them (PIL, `{bytes, path}`, raw bytes, base64 text, a path, a member of SLAKE's imgs.zip)."""
+"""Reading evaluation data (local copies or hub datasets, through the one dataset loader), and images stored every
+way benchmarks store them (PIL, `{bytes, path}`, raw bytes, base64 text, a path, a member of SLAKE's imgs.zip)."""
 from __future__ import annotations
 
 import base64
@@ -10,50 +10,24 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, DatasetDict
+from datasets import Dataset
 from PIL import Image
 
+from multimeditron.config import DatasetEntry
 from multimeditron.data.images import load_image
+from multimeditron.data.sources import load_source, split_names
 
+# The split a benchmark reads when none is named: the first of these present, else the only one.
 SPLIT_PREFERENCE = ("test", "validation", "val", "train")
 
 
-def pick_split(tables: DatasetDict, split: str | None) -> Dataset:
-    """The named split, else the first of test / validation / val / train, else the only one."""
-    for name in ((split,) if split else ()) + SPLIT_PREFERENCE:
-        if name in tables:
-            return tables[name]
-    if len(tables) == 1:
-        return next(iter(tables.values()))
-    raise ValueError(f"no split {split or ' / '.join(SPLIT_PREFERENCE)!r} among {list(tables)}")
-
-
 def load_table(source: str | os.PathLike, split: str | None) -> Dataset:
-    """A local copy: a .parquet/.arrow file, a folder saved with `save_to_disk` (Dataset or DatasetDict), or a
-    folder of parquet/arrow files (e.g. a hub snapshot, split names read from the file names)."""
-    from datasets import load_dataset, load_from_disk
-
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    if path.is_dir():
-        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            loaded = load_from_disk(str(path))
-            return pick_split(loaded, split) if isinstance(loaded, DatasetDict) else loaded
-        return pick_split(load_dataset(str(path)), split)
-    if path.suffix == ".arrow":
-        return Dataset.from_file(str(path))
-    if path.suffix == ".parquet":
-        return load_dataset("parquet", data_files={"test": str(path)}, split="test")
-    raise ValueError(f"{path}: expected a .parquet or .arrow file, or a folder")
-
-
-def load_hub(repo_id: str, split: str | None) -> Dataset:
-    from datasets import load_dataset
-
-    if split:
-        return load_dataset(repo_id, split=split)
-    return pick_split(load_dataset(repo_id), None)
+    """A benchmark's rows, read by the loader training uses (`data.sources.load_source`): a .parquet/.arrow file, a
+    `save_to_disk` folder, a folder of parquet/arrow files (a hub snapshot: split names read from the file names)
+    or a hub id; the named split, else the first of `SPLIT_PREFERENCE`, else the only one."""
+    if Path(source).expanduser().exists() and split_names(source) is None:
+        split = None  # a task names its split (test); a local copy that is one table is that split
+    return load_source(DatasetEntry(str(source), split=split), SPLIT_PREFERENCE).dataset
 
 
 def decode_image(value: Any, image_dir: str | os.PathLike | None = None) -> Image.Image:

@@ -2,6 +2,7 @@
 Batched generation with a progress bar; results as a dict (saved as JSON) and a markdown table."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -12,8 +13,10 @@ from datasets import Dataset, DatasetDict
 from PIL import Image
 from tqdm.auto import tqdm
 
-from multimeditron.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark
-from multimeditron.evaluation.data import pick_split
+from multimeditron.data.placeholders import AUTO, resolve_attachment_token
+from multimeditron.data.sources import choose_split
+from multimeditron.evaluation.benchmarks import BENCHMARKS, Benchmark, ConversationBenchmark, get_benchmark
+from multimeditron.evaluation.data import SPLIT_PREFERENCE
 from multimeditron.evaluation.published_tasks import with_scoring
 from multimeditron.inference import generate_answers, messages_to_chat
 from multimeditron.model.modeling import MultiMeditronForCausalLM
@@ -96,6 +99,11 @@ def evaluate_task(model: MultiMeditronForCausalLM, processor: MultiMeditronProce
     on the same replies as "ours_*" metrics (published_tasks.py)."""
     bench = with_scoring(get_benchmark(task, split, question_type_column, attachment_token), scoring)
     rows = bench.load(data)
+    if attachment_token is None and isinstance(bench, ConversationBenchmark):
+        # The data's placeholder as training reads it (`data.attachment_token: auto`): the one its rows use, else
+        # the model's own (not the toolkit's default, which a model trained on other data may not use).
+        token = resolve_attachment_token(AUTO, rows, processor.attachment_token, bench.source(data) or task)
+        bench = dataclasses.replace(bench, attachment_token=token)
     if limit is not None:
         rows = rows.select(range(min(int(limit), len(rows))))
     image_dir = str(image_base_dir) if image_base_dir else bench.image_dir(data)
@@ -114,7 +122,8 @@ def evaluate_synthetic(model: MultiMeditronForCausalLM, processor: MultiMeditron
     """Accuracy on the synthetic VQA set (its test split when given the DatasetDict), per question type beside the
     type's chance level, plus overall: {"accuracy", "chance", "n", "per_type": {type: {accuracy, chance, n}}}; with
     `image_ablation`, also "ablation": {kind: the same metrics with every image replaced}."""
-    rows = pick_split(dataset, "test") if isinstance(dataset, DatasetDict) else dataset
+    rows = dataset[choose_split("synthetic_vqa", list(dataset), None, SPLIT_PREFERENCE)] \
+        if isinstance(dataset, DatasetDict) else dataset
     if limit is not None:
         rows = rows.select(range(min(int(limit), len(rows))))
     bench = get_benchmark("synthetic_vqa")

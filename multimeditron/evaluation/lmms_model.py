@@ -2,7 +2,6 @@
 MultiMeditron folder. Registered by the light `multimeditron_lmms_plugin` entry point."""
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from typing import Any
 
@@ -23,8 +22,8 @@ class MultiMeditronLMMS(lmms):
     """`--model_args pretrained=DIR[,batch_size=N,dtype=bfloat16,max_new_tokens=N,device=cuda:0,system_prompt=...]`.
 
     `max_new_tokens` given here overrides every task's value. Under torchrun / accelerate launch each rank loads
-    the model on its own device (cuda:LOCAL_RANK when there is a GPU) and takes RANK / WORLD_SIZE from the
-    environment, which is how lmms-eval shards the requests."""
+    the model on its own device (cuda:LOCAL_RANK when there is a GPU) and takes its rank and the world size from
+    accelerate's `PartialState`, which is how lmms-eval shards the requests."""
 
     is_simple = False
 
@@ -47,11 +46,13 @@ class MultiMeditronLMMS(lmms):
         kwargs.pop("max_batch_size", None)  # lmms-eval passes it whenever set; batches here have a fixed size
         if kwargs:
             logger.warning(f"multimeditron: ignoring unknown model_args {sorted(kwargs)}")
-        self._world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self._rank = int(os.environ.get("RANK", 0))
+        from accelerate import PartialState
+
+        state = PartialState()  # torchrun / accelerate launch: this process's rank, the world, its GPU
+        self._world_size, self._rank = state.num_processes, state.process_index
         if self._world_size > 1:
             # one process per GPU: the rank's own device, whatever --device says
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+            device = state.device if state.device.type == "cuda" else "cpu"
         self._device = resolve_device(device)
         if self._device.type == "cuda":
             torch.cuda.set_device(self._device)  # collectives (NCCL) run on the current device

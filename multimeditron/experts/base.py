@@ -7,12 +7,15 @@ the device, so that one `pixel_values` tensor serves experts with different inpu
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,6 +80,19 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # keys removed on purpose (decoders, heads, mask tokens)
     entry: str | None = None  # the entry of a training checkpoint that was loaded (`model`, `teacher`, ...)
+    notes: list[str] = field(default_factory=list)  # what else changed the weights (resampling, a fallback entry)
+
+    def summary(self) -> str:
+        """One line: the source, the entry used, the keys dropped on purpose or left unloaded, and the notes."""
+        parts = [f"loaded {self.source}"] + ([f"entry {self.entry!r}"] if self.entry else [])
+        for count_of, keys in (("keys dropped on purpose", self.dropped), ("keys not in the checkpoint (allowed)",
+                                                                          self.missing)):
+            if keys:
+                parts.append(f"{len(keys)} {count_of} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+        return "; ".join(parts + self.notes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     def raise_if_incomplete(self, allowed_missing: tuple[str, ...] = ()) -> "LoadReport":
         missing = [k for k in self.missing if not any(k.startswith(p) for p in allowed_missing)]
@@ -152,9 +168,10 @@ class VisionExpert(nn.Module):
             load_adapted_weights,
         )
 
-        if is_adapted_checkpoint(source):
-            return load_adapted_weights(self, source)
-        return self.load_published_checkpoint(source)
+        report = load_adapted_weights(self, source) if is_adapted_checkpoint(source) \
+            else self.load_published_checkpoint(source)
+        logger.info("%s: %s", self.expert_id, report.summary())  # one line per loaded expert
+        return report
 
     def load_published_checkpoint(self, source: str) -> LoadReport:
         """Load weights from a local path or hub id in the expert's original published layout."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from multimeditron.experts.base import LoadReport
+from multimeditron.hub_ids import looks_like_hub_id, parse_hub_id
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
@@ -38,26 +38,6 @@ WRAPPER_ENTRIES = ("model", "state_dict", "model_ema", "module")
 
 class CheckpointDownloadError(OSError):
     """A hub checkpoint could not be fetched (offline, unknown repository, missing file)."""
-
-
-def _looks_like_hub_id(source: str) -> bool:
-    if source.startswith("hf-hub:"):
-        return True
-    if source.startswith(("/", ".", "~")) or "\\" in source or os.path.isabs(source):
-        return False
-    parts = source.split("/")
-    if len(parts) < 2 or not all(re.fullmatch(r"[\w.\-]+", p) for p in parts):
-        return False
-    # `dir/model.pth` that does not exist is a missing local file, not a repository named `model.pth`.
-    return not (len(parts) == 2 and parts[1].endswith(WEIGHT_SUFFIXES))
-
-
-def parse_hub_id(source: str) -> tuple[str, str | None]:
-    """`[hf-hub:]owner/name[/path/in/repo]` -> (repo id, file inside the repository or None)."""
-    parts = source.removeprefix("hf-hub:").split("/")
-    if len(parts) < 2:
-        raise ValueError(f"{source!r} is not a hub id of the form owner/name")
-    return "/".join(parts[:2]), ("/".join(parts[2:]) or None)
 
 
 def hub_download(repo_id: str, filename: str) -> Path | None:
@@ -112,7 +92,7 @@ def resolve_checkpoint(source: str, candidates: Sequence[str] = DEFAULT_WEIGHT_F
         return [path]
     if path.is_dir():
         return _find_in_folder(path, candidates)
-    if not _looks_like_hub_id(source):
+    if not looks_like_hub_id(source, with_file=True):
         raise FileNotFoundError(f"checkpoint {source!r} is neither an existing file or folder nor a hub id")
     repo_id, filename = parse_hub_id(source)
     names = [filename] if filename else list(SHARD_INDEX_FILES) + list(candidates)
@@ -143,7 +123,7 @@ def resolve_companion_file(source: str, filename: str, download: bool = True) ->
         return path / filename if (path / filename).is_file() else None
     if path.is_file():
         return path.parent / filename if (path.parent / filename).is_file() else None
-    if download and _looks_like_hub_id(source):
+    if download and looks_like_hub_id(source, with_file=True):
         return hub_download(parse_hub_id(source)[0], filename)
     return None
 
@@ -238,6 +218,20 @@ def flatten_block_chunks(state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
     if not any(_CHUNKED_BLOCK.match(k) for k in state_dict):
         return dict(state_dict)
     return {_CHUNKED_BLOCK.sub(r"blocks.\2.", k): v for k, v in state_dict.items()}
+
+
+def checkpoint_positions(raw: Mapping[str, Any], key: str = "pos_embed", depth: int = 3) -> int | None:
+    """How many positions the first `*{key}` tensor of a (possibly wrapped) checkpoint holds, read before any
+    conversion resamples it; None when it has none."""
+    for name, value in raw.items():
+        if isinstance(value, torch.Tensor) and str(name).endswith(key) and value.ndim >= 2:
+            return int(value.shape[-2])
+    for value in raw.values():
+        if depth > 1 and isinstance(value, Mapping):
+            found = checkpoint_positions(value, key, depth - 1)
+            if found is not None:
+                return found
+    return None
 
 
 def resample_pos_embed(

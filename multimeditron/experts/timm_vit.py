@@ -15,6 +15,7 @@ from multimeditron.experts.base import (
 )
 from multimeditron.experts.checkpoints import (
     DEFAULT_WEIGHT_FILES,
+    checkpoint_positions,
     drop_keys,
     load_state_dict_checked,
     read_checkpoint,
@@ -124,9 +125,14 @@ class TimmViTExpert(VisionExpert):
     # Checkpoint loading: families override `convert_checkpoint`, the rest is shared.
     def load_published_checkpoint(self, source: str) -> LoadReport:
         raw = read_checkpoint(source, self.checkpoint_files)
+        given = checkpoint_positions(raw)  # before the conversion resamples them to this expert's grid
         state_dict, dropped, entry = self.convert_checkpoint(raw, source)
-        return load_state_dict_checked(self.vit, state_dict, source, dropped=dropped,
-                                       allowed_missing=self.allowed_missing, entry=entry)
+        report = load_state_dict_checked(self.vit, state_dict, source, dropped=dropped,
+                                         allowed_missing=self.allowed_missing, entry=entry)
+        own = getattr(self.vit, "pos_embed", None)
+        if given is not None and own is not None and given != own.shape[-2]:
+            report.notes.append(f"position embeddings resampled from {given} to {own.shape[-2]} positions")
+        return report
 
     def convert_checkpoint(self, raw: dict[str, Any], source: str) -> tuple[StateDict, list[str], str | None]:
         """Generic timm path: a timm-layout state dict, or any layout timm's own filter of this model converts

@@ -6,7 +6,6 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from multimeditron.experts.registry import build_expert
 from multimeditron.model.configuration import DEFAULT_ATTACHMENT_TOKEN, MultiMeditronConfig
 from multimeditron.model.image_processing import MultiMeditronImageProcessor
 from multimeditron.model.modeling import MultiMeditronForCausalLM
@@ -51,9 +50,15 @@ def build_model(
     # Building the vision stack records each expert's resolved architecture in `config.experts[i]["options"]`
     # (VisionStack.__init__), so the saved model reloads without the expert checkpoints or the hub.
     model = MultiMeditronForCausalLM(config, language_model=language_model)
+    # What each checkpoint load did (each also logs it in one line); a training run writes them to its folder.
+    model.load_reports = {}
     for index, spec in enumerate(model.config.experts):
         if spec.get("checkpoint"):
-            model.vision.experts[index].load_checkpoint(spec["checkpoint"])
+            report = model.vision.experts[index].load_checkpoint(spec["checkpoint"])
+            model.load_reports[f"expert[{index}] {spec['id']}"] = report
+    classifier = model.vision.router.classifier
+    if classifier is not None and classifier.spec.checkpoint:
+        classifier.load_checkpoint(classifier.spec.checkpoint)
     model.to(language_model.dtype)
     processor = build_processor(model, tokenizer)
     return model, processor
@@ -64,5 +69,6 @@ def build_processor(model: MultiMeditronForCausalLM, tokenizer: PreTrainedTokeni
     # the coarsest expert's patch, in canvas pixels: an image thinner than that is all but invisible to it
     grids = [expert.patch_grid for expert in model.vision.experts if expert.patch_grid]
     patch = canvas // min(grids) if grids else 1
-    image_processor = MultiMeditronImageProcessor(image_size=canvas, patch_size=patch)
+    image_processor = MultiMeditronImageProcessor(image_size=canvas, patch_size=patch,
+                                                  geometry=getattr(model.config, "image_geometry", "pad"))
     return MultiMeditronProcessor(image_processor, tokenizer, model.num_image_tokens, model.config.attachment_token)

@@ -8,17 +8,19 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
+from multimeditron.choices import (  # re-exported: the model's own names for the shared choices
+    DEFAULT_ATTACHMENT_TOKEN,
+    FUSIONS,
+    IMAGE_GEOMETRIES,
+    PROJECTIONS,
+    PROJECTOR_TYPES,
+    ROUTERS,
+)
 from multimeditron.experts.base import ExpertSpec
-
-FUSIONS = ("none", "avg", "cat", "attn")
-PROJECTIONS = ("shared", "per_expert")
-ROUTERS = ("uniform", "learned")
-PROJECTOR_TYPES = ("mlp2x_gelu", "linear", "mlp3x_gelu")
 
 IMAGE_TOKEN = "<|image_pad|>"
 IMAGE_START_TOKEN = "<|image_start|>"
 IMAGE_END_TOKEN = "<|image_end|>"
-DEFAULT_ATTACHMENT_TOKEN = "<|image|>"
 
 
 class MultiMeditronConfig(PretrainedConfig):
@@ -32,8 +34,13 @@ class MultiMeditronConfig(PretrainedConfig):
             LLM space).
         projector_type: `mlp2x_gelu` (LLaVA-1.5), `linear`, or `mlp3x_gelu` (the published MultiMeditron projector:
             3 linear layers with GELU, N(0, 0.02) init).
-        router: `uniform` (every expert, equal weights) or `learned` (a gate on the generalist's pooled feature).
-        router_top_k: experts run per image with the learned router (default: all).
+        router: `uniform` (every expert, equal weights), `learned` (a gate on the generalist's pooled feature) or
+            `pretrained` (an image classifier's class probabilities mapped to the experts, the published gate).
+        router_top_k: experts run per image with the learned or pretrained router (default: all).
+        router_classifier: the pretrained router's classifier (`GateClassifierSpec`: class_to_expert, checkpoint,
+            arch, options, image_size, mean, std, trainable_stages).
+        image_geometry: how the processor puts an image on the square canvas: `pad` (long side resized, short side
+            padded) or `center_crop` (short side resized, centre cropped: the CLIP processors', as published).
         generalist_index: which expert is the generalist (query of `attn`, input of the learned gate; its token
             grid is the one every other expert is resampled to).
         attn_heads: heads of the `attn` fusion.
@@ -55,6 +62,8 @@ class MultiMeditronConfig(PretrainedConfig):
         projector_type: str = "mlp2x_gelu",
         router: str = "uniform",
         router_top_k: int | None = None,
+        router_classifier: dict[str, Any] | None = None,
+        image_geometry: str = "pad",
         generalist_index: int = 0,
         attn_heads: int = 8,
         router_aux_loss_coef: float = 0.01,
@@ -76,6 +85,8 @@ class MultiMeditronConfig(PretrainedConfig):
         self.projector_type = projector_type
         self.router = router
         self.router_top_k = router_top_k
+        self.router_classifier = dict(router_classifier) if router_classifier is not None else None
+        self.image_geometry = image_geometry
         self.generalist_index = generalist_index
         self.attn_heads = attn_heads
         self.router_aux_loss_coef = router_aux_loss_coef
@@ -91,7 +102,8 @@ class MultiMeditronConfig(PretrainedConfig):
     def _validate_choices(self) -> None:
         for key, value, valid in (("fusion", self.fusion, FUSIONS), ("projection", self.projection, PROJECTIONS),
                                   ("router", self.router, ROUTERS),
-                                  ("projector_type", self.projector_type, PROJECTOR_TYPES)):
+                                  ("projector_type", self.projector_type, PROJECTOR_TYPES),
+                                  ("image_geometry", self.image_geometry, IMAGE_GEOMETRIES)):
             if value not in valid:
                 raise ValueError(f"{key}: {value!r} is not one of {list(valid)}")
         n = len(self.experts)
@@ -104,10 +116,19 @@ class MultiMeditronConfig(PretrainedConfig):
         if n and not 0 <= self.generalist_index < n:
             raise ValueError(f"generalist_index: {self.generalist_index} is outside the {n} experts")
         if self.router_top_k is not None:
-            if self.router != "learned":
-                raise ValueError("router_top_k: only the learned router selects experts; remove router_top_k or use router: learned")
+            if self.router == "uniform":
+                raise ValueError("router_top_k: the uniform router runs every expert; remove router_top_k or use "
+                                 "router: learned or pretrained")
             if not 1 <= self.router_top_k <= n:
                 raise ValueError(f"router_top_k: {self.router_top_k} must lie between 1 and the number of experts ({n})")
+
+        if (self.router == "pretrained") != (self.router_classifier is not None):
+            raise ValueError("router_classifier: given exactly when router is `pretrained`")
+        if self.router_classifier is not None and n:
+            from multimeditron.model.gate_classifier import GateClassifierSpec
+
+            # stored complete (defaults filled in), so a saved model rebuilds the same classifier
+            self.router_classifier = GateClassifierSpec.from_dict(self.router_classifier, n).to_dict()
 
     @property
     def experts_top_k(self) -> int:

@@ -3,8 +3,10 @@
 Pixel normalisation (EXIF orientation, high bit depth scaled to its range, alpha composited on black) lives here so
 that a PIL image handed straight to the processor gets what the data pipeline gives a decoded file
 (`multimeditron.data.images` decodes bytes, paths and DICOM, then calls `to_rgb` from here). The canvas keeps the
-aspect ratio: the long side is resized to the canvas size, then the short side is padded with black, so memory is
-bounded by the canvas whatever the stored size, and nothing at the borders is cropped.
+aspect ratio. Two geometries: `pad` (the default) resizes the long side to the canvas size and pads the short side
+with black, so nothing at the borders is lost; `center_crop` resizes the short side to the canvas size and crops the
+centre square, as the CLIP / BiomedCLIP processors of the published MultiMeditron did. Either way memory is bounded by
+the canvas whatever the stored size.
 """
 from __future__ import annotations
 
@@ -17,8 +19,11 @@ from PIL import Image, ImageOps
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
+from multimeditron.choices import IMAGE_GEOMETRIES
+
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels must be rotated/flipped to be viewed upright
+GEOMETRIES = IMAGE_GEOMETRIES
 
 
 class ThinImageWarning(UserWarning):
@@ -77,6 +82,12 @@ def fit_size(width: int, height: int, canvas: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def fill_size(width: int, height: int, canvas: int) -> tuple[int, int]:
+    """(width, height) with the short side equal to `canvas`, the aspect ratio kept (the CLIP processors' resize)."""
+    scale = canvas / min(width, height)
+    return max(canvas, round(width * scale)), max(canvas, round(height * scale))
+
+
 class MultiMeditronImageProcessor(BaseImageProcessor):
     """Images -> `pixel_values` (N, 3, S, S) in [0, 1]; each expert resizes and normalises the canvas itself.
 
@@ -84,24 +95,34 @@ class MultiMeditronImageProcessor(BaseImageProcessor):
         image_size: the canvas side S (the largest expert input).
         patch_size: canvas pixels per patch of the coarsest expert; an image whose short side ends up thinner than
             this carries almost nothing and raises a `ThinImageWarning` (counted by the data pipeline).
+        geometry: `pad` (long side resized to S, short side padded with black) or `center_crop` (short side resized
+            to S, the centre S x S kept).
     """
 
     model_input_names = ["pixel_values"]
 
-    def __init__(self, image_size: int = 224, patch_size: int = 1, **kwargs: Any) -> None:
+    def __init__(self, image_size: int = 224, patch_size: int = 1, geometry: str = "pad", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(image_size) < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"image_geometry: {geometry!r} is not one of {list(GEOMETRIES)}")
         self.image_size = int(image_size)
         self.patch_size = max(1, int(patch_size))
+        self.geometry = geometry
 
     def is_thin(self, width: int, height: int) -> bool:
+        if self.geometry == "center_crop":
+            return False  # the crop fills the whole canvas
         return min(fit_size(width, height, self.image_size)) < self.patch_size
 
     def to_canvas(self, image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
-        """One image -> (3, S, S) float tensor in [0, 1]: long side resized to S, short side padded with black."""
+        """One image -> (3, S, S) float tensor in [0, 1]: long side resized to S, short side padded with black (or,
+        with `center_crop`, short side resized to S and the centre kept)."""
         image = normalize_image(image)
         width, height = image.size
+        if self.geometry == "center_crop":
+            return self._center_crop(image)
         size = fit_size(width, height, self.image_size)
         if min(size) < self.patch_size:
             warnings.warn(f"a {width}x{height} image becomes {size[0]}x{size[1]} on the {self.image_size}-px canvas, "
@@ -112,6 +133,16 @@ class MultiMeditronImageProcessor(BaseImageProcessor):
         canvas = np.zeros((self.image_size, self.image_size, 3), dtype=np.float32)
         top, left = (self.image_size - size[1]) // 2, (self.image_size - size[0]) // 2
         canvas[top:top + size[1], left:left + size[0]] = np.asarray(image, dtype=np.float32) / 255.0
+        return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
+
+    def _center_crop(self, image: Image.Image) -> torch.Tensor:
+        size = fill_size(*image.size, self.image_size)
+        if size != image.size:
+            image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        # the CLIP processors' offsets: the odd pixel, if any, is dropped at the right / bottom
+        left, top = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
+        image = image.crop((left, top, left + self.image_size, top + self.image_size))
+        canvas = np.asarray(image, dtype=np.float32) / 255.0
         return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
 
     def preprocess(self, images: Any, return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:

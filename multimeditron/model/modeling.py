@@ -1,6 +1,7 @@
 """`MultiMeditronForCausalLM`: a causal LM whose image-token positions receive the vision stack's projected features."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 from typing import Any
@@ -32,18 +33,23 @@ class MultiMeditronForCausalLM(MultiMeditronPreTrainedModel, GenerationMixin):
     """Wraps any `AutoModelForCausalLM` (`language_model`) with a `VisionStack` (`vision`)."""
 
     def __init__(self, config: MultiMeditronConfig, language_model: PreTrainedModel | None = None) -> None:
+        # The model's own config (a shallow copy: text_config stays the LLM's): it records below what the experts
+        # resolved, and the caller's config is left as given.
+        config = copy.copy(config)
         super().__init__(config)
         if language_model is None:
             language_model = AutoModelForCausalLM.from_config(
                 config.text_config, attn_implementation=config._attn_implementation)
         self.language_model = language_model
         self.vision = VisionStack(config, config.text_config.hidden_size)
+        config.experts = self.vision.expert_specs
         if config.image_token_id is None:
             raise ValueError("image_token_id: the config does not name the image token; build the model with "
                              "multimeditron.build_model so that the special tokens are added to the tokenizer")
         self.post_init()
 
-    # The LLM keeps its own initialisation; only our new modules are initialised here.
+    # Nothing is initialised here: the LLM keeps its own weights and each new module (experts, projectors, router,
+    # fusion) initialises itself when built, so `post_init` must not overwrite either.
     def _init_weights(self, module: torch.nn.Module) -> None:
         return
 
@@ -174,13 +180,13 @@ class MultiMeditronForCausalLM(MultiMeditronPreTrainedModel, GenerationMixin):
             output.loss = output.loss + coef * balance.to(output.loss.device)
         return MoeCausalLMOutputWithPast(**output, aux_loss=balance)
 
-    # Logit post-processing some HF causal LMs apply after the LM head; the labelled-positions path below only
-    # reproduces a plain projection, so models with any of these keep the LLM's own forward.
-    _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+    # LLM families whose logits are the LM head's plain projection of the last hidden state, the only thing the
+    # labelled-positions path below reproduces. An allow-list: a family not named here (Gemma 2's soft-capping,
+    # Cohere's or Granite's scaling, one not yet known) keeps the LLM's own forward, slower but always right.
+    PLAIN_LOGIT_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "apertus"})
 
     def _logits_are_plain_projection(self) -> bool:
-        text_config = self.config.text_config
-        return all(getattr(text_config, name, None) in (None, 1, 1.0) for name in self._LOGIT_TRANSFORMS)
+        return getattr(self.config.text_config, "model_type", None) in self.PLAIN_LOGIT_FAMILIES
 
     def _forward_labelled_positions(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
                                     position_ids: torch.Tensor | None, labels: torch.Tensor,

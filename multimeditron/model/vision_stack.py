@@ -41,10 +41,10 @@ class VisionStack(nn.Module):
         self.fusion, self.projection = config.fusion, config.projection
         self.generalist_index, self.top_k = config.generalist_index, config.experts_top_k
         experts = [build_expert(spec, load_checkpoint=False) for spec in config.experts]
-        # Record in the config what each builder resolved from files beside its checkpoint (transformers/OpenCLIP
-        # configs): the saved config then rebuilds the same experts offline, without the checkpoints. Idempotent,
-        # so rebuilding from a saved config leaves it unchanged; `checkpoint` stays as the weights' provenance.
-        config.experts = [resolved_spec(spec, expert).to_dict() for spec, expert in zip(config.experts, experts)]
+        # What each builder resolved from files beside its checkpoint (transformers/OpenCLIP configs); the model
+        # records it in its own config, which then rebuilds the same experts offline, without the checkpoints.
+        # Idempotent, so rebuilding from a saved config changes nothing; `checkpoint` stays as the weights' provenance.
+        self.expert_specs = [resolved_spec(spec, expert).to_dict() for spec, expert in zip(config.experts, experts)]
         self.experts = nn.ModuleList(experts)
         generalist = self.experts[self.generalist_index]
         self.tokens_per_expert, self.target_grid = generalist.num_tokens, generalist.patch_grid
@@ -63,7 +63,8 @@ class VisionStack(nn.Module):
         else:
             self.projectors = nn.ModuleList(build_projector(config.projector_type, w, text_hidden_size) for w in widths)
             fused_width = text_hidden_size
-        self.router = Router(config.router, len(self.experts), self.top_k, generalist.feature_dim)
+        self.router = Router(config.router, len(self.experts), self.top_k, generalist.feature_dim,
+                             getattr(config, "router_classifier", None))
         self.cross_attention = CrossAttentionFusion(fused_width, config.attn_heads) if self.fusion == "attn" else None
         self.num_image_tokens = self.tokens_per_expert * (self.top_k if self.fusion == "cat" else 1)
         self.last_routing: Routing | None = None
@@ -86,6 +87,17 @@ class VisionStack(nn.Module):
                 owner, _, leaf = name.rpartition(".")
                 module = expert.get_submodule(owner) if owner else expert
                 module._buffers[leaf] = value.to(non_persistent[name].device)
+
+    def part_modules(self) -> dict[str, nn.Module]:
+        """The stack's parts by name, as stages, per-part learning rates and the logged table read them: each expert,
+        the projector(s), the router and the attention fusion (when there is one). Together they hold every parameter
+        of the stack, each exactly once."""
+        parts: dict[str, nn.Module] = {f"expert[{i}] {e.expert_id}": e for i, e in enumerate(self.experts)}
+        parts["projector" + ("s" if len(self.projectors) > 1 else "")] = self.projectors
+        parts["router"] = self.router
+        if self.cross_attention is not None:
+            parts["fusion (cross-attention)"] = self.cross_attention
+        return parts
 
     def _named(self, values: list) -> str:
         return ", ".join(f"{e.expert_id}={v}" for e, v in zip(self.experts, values))
@@ -110,7 +122,7 @@ class VisionStack(nn.Module):
         batch = canvas.shape[0]
         needs_generalist = self.router.needs_generalist or self.fusion == "attn"
         generalist_raw = self.experts[self.generalist_index](canvas) if needs_generalist else None
-        routing = self.router(generalist_raw, batch, canvas.device)
+        routing = self.router(generalist_raw, batch, canvas.device, canvas)
         # Kept for the loss (balance term) and the training logs (usage); replaced by every forward.
         self.last_routing, weights = routing, routing.weights
 

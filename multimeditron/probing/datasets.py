@@ -7,7 +7,6 @@ of a 3D study, views of one patient) so that they are embedded one by one and sc
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -149,12 +148,12 @@ def read_table(path: str | Path, image_column: str | None = None, label_columns:
 
     from multimeditron.config import DatasetEntry
     from multimeditron.data.report import DataError
-    from multimeditron.data.sources import load_source
+    from multimeditron.data.sources import load_source, split_names
 
     local = Path(path)
     try:
-        if (local / "dataset_dict.json").is_file():
-            names = json.loads((local / "dataset_dict.json").read_text())["splits"]
+        names = split_names(local)
+        if names:
             tables = {n: load_source(DatasetEntry(str(local), split=n), n).dataset for n in names}
         else:
             tables = {None: load_source(DatasetEntry(str(local)), "train").dataset}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from typing import Any
 
 import torch
 
@@ -43,6 +44,10 @@ def check_base_model_agrees(section: ModelSection, stored: dict) -> None:
             if len(given) == len(stored_value) and all(spec_agrees(g, s) for g, s in zip(given, stored_value)):
                 continue
             given = [e.to_dict() for e in given]
+        elif key == "router_classifier":
+            given, stored_value = section.router_classifier_dict(), stored.get(key)
+            if given is not None and stored_value is not None and all(stored_value.get(k) == v for k, v in given.items()):
+                continue
         elif key == "llm":
             stored_value = stored.get("base_llm")
             if stored_value is None:  # a model saved without the record of its LLM: nothing to compare with
@@ -71,10 +76,18 @@ def load_run_model(config: RunConfig) -> tuple[MultiMeditronForCausalLM, MultiMe
         processor = MultiMeditronProcessor.from_pretrained(section.base_model)
         logger.info("continuing from %s", section.base_model)
         return model, processor
-    return build_model(
-        section.llm, [e.to_dict() for e in section.experts], fusion=section.fusion, projection=section.projection,
-        router=section.router, router_top_k=section.router_top_k, attachment_token=section.attachment_token,
-        dtype=dtype, attn_implementation=attn, trust_remote_code=section.trust_remote_code,
-        projector_type=section.projector_type, generalist_index=section.generalist_index,
-        attn_heads=section.attn_heads, router_aux_loss_coef=section.router_aux_loss_coef,
-    )
+    return build_model(section.llm, dtype=dtype, attn_implementation=attn, trust_remote_code=section.trust_remote_code,
+                       **architecture_kwargs(section))
+
+
+def architecture_kwargs(section: ModelSection) -> dict[str, Any]:
+    """The model section as `MultiMeditronConfig` (and `build_model`) keyword arguments: the one mapping the run
+    and the dry run (`training.plan`) share, so neither can leave a key out."""
+    return {
+        "experts": [e.to_dict() for e in section.experts], "fusion": section.fusion,
+        "projection": section.projection, "projector_type": section.projector_type, "router": section.router,
+        "router_top_k": section.router_top_k, "router_classifier": section.router_classifier_dict(),
+        "image_geometry": section.image_geometry, "generalist_index": section.generalist_index,
+        "attn_heads": section.attn_heads, "router_aux_loss_coef": section.router_aux_loss_coef,
+        "attachment_token": section.attachment_token,
+    }

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from multimeditron.config import RunConfig
+from multimeditron.hub_ids import looks_like_hub_id
 from multimeditron.training.run import world_size
 
 
@@ -44,12 +45,11 @@ def _meta_model(config: RunConfig):
         if text_config is None:
             return None
         vocab = text_config.vocab_size
+        from multimeditron.training.model_setup import architecture_kwargs
+
         model_config = MultiMeditronConfig(
-            text_config=text_config, experts=[e.to_dict() for e in section.experts], fusion=section.fusion,
-            projection=section.projection, projector_type=section.projector_type, router=section.router,
-            router_top_k=section.router_top_k, generalist_index=section.generalist_index,
-            attn_heads=section.attn_heads, image_token_id=vocab - 3, image_start_token_id=vocab - 2,
-            image_end_token_id=vocab - 1)
+            text_config=text_config, image_token_id=vocab - 3, image_start_token_id=vocab - 2,
+            image_end_token_id=vocab - 1, **architecture_kwargs(section))
     model_config._attn_implementation = "sdpa"
     with torch.device("meta"):
         return MultiMeditronForCausalLM(model_config)
@@ -59,8 +59,8 @@ def _dataset_line(entry) -> str:
     path = entry.path
     if os.path.exists(path):
         where = "local"
-    elif path.count("/") == 1 and not path.startswith(("/", ".")):
-        where = "hub id or missing"  # owner/name reads as a hub id
+    elif looks_like_hub_id(path):
+        where = "hub id or missing"
     else:
         where = "MISSING locally"
     cap = f", at most {entry.max_samples} rows" if entry.max_samples else ""
@@ -79,6 +79,8 @@ def format_plan(config: RunConfig) -> str:
         lines.append(f"model: LLM {section.llm}; fusion {section.fusion}; projection {section.projection} "
                      f"({section.projector_type}); router {section.router}"
                      + (f" top-{section.router_top_k}" if section.router_top_k else "")
+                     + (f" (classifier {section.router_classifier_dict()})" if section.router_classifier else "")
+                     + f"; image geometry {section.image_geometry}"
                      + (f"; generalist expert[{section.generalist_index}]" if len(section.experts) > 1 else "")
                      + (f"; router balance loss x {section.router_aux_loss_coef}" if section.router == "learned"
                         else ""))

@@ -14,14 +14,9 @@ from pathlib import Path
 import torch
 
 from multimeditron.config import ConfigError, RunConfig, written_keys
+from multimeditron.data.sources import split_names
+from multimeditron.hub_ids import looks_like_hub_id
 from multimeditron.presets import TINY_LLMS
-
-# owner/name, as the hub spells repository ids; anything else that is not on disk is a missing local path.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def looks_like_hub_id(value: str) -> bool:
-    return bool(_HUB_ID.match(value)) and not value.startswith((".", "~"))
 
 
 def check_run(config: RunConfig, paths: bool = True) -> None:
@@ -70,6 +65,7 @@ def _check_architecture(config: RunConfig) -> None:
         MultiMeditronConfig(experts=[e.to_dict() for e in section.experts], fusion=section.fusion,
                             projection=section.projection, projector_type=section.projector_type,
                             router=section.router, router_top_k=section.router_top_k,
+                            router_classifier=section.router_classifier_dict(), image_geometry=section.image_geometry,
                             generalist_index=section.generalist_index, attn_heads=section.attn_heads)
     except ValueError as error:  # its messages start with the key ("fusion: ...")
         raise ConfigError(f"model.{error}") from error
@@ -162,9 +158,12 @@ def path_problems(config: RunConfig) -> list[str]:
     if section.base_model is None or "experts" in written_keys(section):
         for i, expert in enumerate(section.experts):
             checkpoint = expert.checkpoint
-            if checkpoint and not checkpoint.startswith("hf-hub:") and not looks_like_hub_id(checkpoint) \
+            if checkpoint and not looks_like_hub_id(checkpoint, with_file=True) \
                     and not Path(checkpoint).expanduser().exists():
                 problems.append(f"model.experts[{i}].checkpoint: {checkpoint} does not exist")
+        gate = section.router_classifier.checkpoint if section.router_classifier else None
+        if gate and not looks_like_hub_id(gate, with_file=True) and not Path(gate).expanduser().exists():
+            problems.append(f"model.router_classifier.checkpoint: {gate} does not exist")
     for name, entries, default_split in (("train", config.data.train, "train"), ("eval", config.data.eval, "test")):
         for i, entry in enumerate(entries):
             problem = _dataset_problem(entry.path, entry.split or default_split, entry.split is not None)
@@ -213,11 +212,11 @@ def _dataset_problem(path: str, split: str, split_given: bool) -> str | None:
         return None if list(local.parent.glob(local.name)) else f"{path} matches no file"
     if not local.exists():
         return None if looks_like_hub_id(path) else f"{path} does not exist"
-    if local.is_dir() and (local / "dataset_dict.json").is_file():
-        splits = json.loads((local / "dataset_dict.json").read_text()).get("splits", [])
+    splits = split_names(local)  # the loader's own reading of the folder (DatasetDict, or split-named files)
+    if splits is not None:
         if split not in splits:
             return f"{path} has no split {split!r}; its splits: {sorted(splits)}"
-        if not _saved_rows(local / split):
+        if (local / split / "state.json").is_file() and not _saved_rows(local / split):
             return f"{path}[{split}] has no rows"
     elif local.is_dir() and (local / "state.json").is_file():
         if split_given:

@@ -118,11 +118,14 @@ def run_training(config: RunConfig, callbacks: list | None = None,
             logger.info(config.part_learning_rates.describe(args.learning_rate))
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "run_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        reports = {name: report.to_dict() for name, report in getattr(model, "load_reports", {}).items()}
+        if reports:  # which entry, which keys dropped, what was resampled, per expert checkpoint
+            (output_dir / "load_reports.json").write_text(json.dumps(reports, indent=2) + "\n")
     data = build_sft_datasets(config.data, processor, seed=config.seed)
     collator = SFTCollator(processor, packing=config.data.packing)
     trainer = MultiMeditronTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, data_collator=collator,
-        processing_class=processor, callbacks=callbacks, bad_sample_report=data.report,
+        processing_class=processor, callbacks=callbacks,
         part_learning_rates=config.part_learning_rates.as_dict() if config.part_learning_rates else None,
     )
     resume = resume_from_checkpoint
@@ -131,6 +134,7 @@ def run_training(config: RunConfig, callbacks: list | None = None,
     result = trainer.train(resume_from_checkpoint=resume)
     final_dir = output_dir / "final"
     save_final(trainer, model, processor, final_dir)
+    data.collect_skipped()  # rows the DataLoader workers skipped (on_bad_sample: skip)
     if trainer.is_world_process_zero():
         if data.report.total:
             logger.warning("bad samples skipped during this run:\n%s", data.report.summary())

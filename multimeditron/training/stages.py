@@ -5,7 +5,8 @@
 - end2end: alignment + the LLM (or its LoRA adapters, and then still the new special-token rows);
 - full: end2end + the vision experts;
 - lm_only: the LLM alone.
-(The table itself is `multimeditron.config.STAGE_PARTS`.)
+(The table itself is `multimeditron.config.STAGE_PARTS`.) A `pretrained` router's classifier learns only in the stages
+its `trainable_stages` name (published: `full`).
 """
 from __future__ import annotations
 
@@ -32,20 +33,13 @@ class PartStatus:
 
 
 def model_parts(model: MultiMeditronForCausalLM) -> dict[str, list[nn.Parameter]]:
-    """Parameters grouped by part (expert ids, projectors, router, fusion, LLM embeddings, LLM body)."""
-    vision = model.vision
-    parts: dict[str, list[nn.Parameter]] = {}
-    for index, expert in enumerate(vision.experts):
-        parts[f"expert[{index}] {expert.expert_id}"] = list(expert.parameters())
-    parts["projector" + ("s" if len(vision.projectors) > 1 else "")] = list(vision.projectors.parameters())
-    if vision.router.gate is not None:
-        parts["router"] = list(vision.router.parameters())
-    if vision.cross_attention is not None:
-        parts["fusion (cross-attention)"] = list(vision.cross_attention.parameters())
+    """Parameters grouped as the logged table shows them: the vision stack's own parts (`VisionStack.part_modules`,
+    those with parameters), the LLM's input embeddings, the rest of the LLM."""
+    parts = {name: list(module.parameters()) for name, module in model.vision.part_modules().items()}
+    parts = {name: params for name, params in parts.items() if params}
     embeddings = model.get_input_embeddings().weight
     parts["llm input embeddings"] = [embeddings]
-    seen = {id(embeddings)}
-    parts["llm"] = [p for p in model.language_model.parameters() if id(p) not in seen]
+    parts["llm"] = [p for p in model.language_model.parameters() if p is not embeddings]
     return parts
 
 
@@ -54,13 +48,26 @@ def new_token_ids(model: MultiMeditronForCausalLM) -> list[int]:
     return [config.image_start_token_id, config.image_end_token_id]
 
 
-def stage_part_modules(model: MultiMeditronForCausalLM) -> dict[str, list[nn.Module]]:
-    """The modules of each STAGE_PARTS part; the LLM's input embeddings belong to `llm`."""
+def stage_parameters(model: MultiMeditronForCausalLM) -> dict[str, list[nn.Parameter]]:
+    """Every parameter in exactly one `STAGE_PARTS` part: `experts`; `vision_glue`, the stack's other parts and,
+    while only the new special-token rows of the LLM's input embeddings learn, those embeddings; `llm`, the rest of
+    the LLM. A parameter outside the vision stack and the LLM is an error naming it."""
     vision = model.vision
-    glue = [vision.projectors, vision.router]
-    if vision.cross_attention is not None:
-        glue.append(vision.cross_attention)
-    return {"vision_glue": glue, "experts": [vision.experts], "llm": [model.language_model]}
+    embeddings = model.get_input_embeddings().weight
+    rows_only = getattr(embeddings, "_multimeditron_trained_rows", None) is not None
+    parts: dict[str, list[nn.Parameter]] = {"vision_glue": [], "experts": [], "llm": []}
+    for module in vision.part_modules().values():
+        is_expert = any(module is expert for expert in vision.experts)
+        parts["experts" if is_expert else "vision_glue"] += list(module.parameters())
+    for param in model.language_model.parameters():
+        parts["vision_glue" if param is embeddings and rows_only else "llm"].append(param)
+    claimed = {id(p) for params in parts.values() for p in params}
+    unclaimed = [name for name, p in model.named_parameters() if id(p) not in claimed]
+    if unclaimed:
+        raise ValueError(f"parameters outside the vision stack's parts and the LLM belong to no training part: "
+                         f"{unclaimed[:5]}{' ...' if len(unclaimed) > 5 else ''}; add their module to "
+                         "VisionStack.part_modules or the language model")
+    return parts
 
 
 def apply_stage(model: MultiMeditronForCausalLM, stage: str, lora: bool = False) -> list[PartStatus]:
@@ -68,21 +75,23 @@ def apply_stage(model: MultiMeditronForCausalLM, stage: str, lora: bool = False)
     if stage not in STAGE_PARTS:
         raise ValueError(f"unknown stage {stage!r}; valid stages: {list(STAGE_PARTS)}")
     parts = STAGE_PARTS[stage]
+    embeddings = model.get_input_embeddings().weight
+    _limit_embedding_rows(embeddings, None)  # an earlier stage's row mask: the embeddings are the LLM's again
     model.requires_grad_(False)
-    for part, modules in stage_part_modules(model).items():
-        if part not in parts:
-            continue
-        for module in modules:
-            if part == "llm" and lora:
-                for name, param in module.named_parameters():
-                    param.requires_grad_("lora_" in name)
-            else:
-                module.requires_grad_(True)
+    for part, params in stage_parameters(model).items():
+        if part in parts and not (part == "llm" and lora):
+            for param in params:
+                param.requires_grad_(True)
+    if "llm" in parts and lora:
+        for name, param in model.language_model.named_parameters():
+            param.requires_grad_("lora_" in name)
+    # A pretrained router's classifier learns only in the stages its config names (published: `full`).
+    model.vision.router.requires_grad_(model.vision.router.trains_in(stage) and "vision_glue" in parts)
+    model.vision.router.train(model.vision.router.training)  # a frozen classifier goes (back) to eval mode
     # With the LLM frozen, or trained through LoRA adapters (which leave the embeddings frozen), the image
-    # start/end tokens' embedding rows still have to learn (they are new).
-    frozen_embeddings_with_vision = "vision_glue" in parts and ("llm" not in parts or lora)
-    _limit_embedding_rows(model.get_input_embeddings().weight,
-                          new_token_ids(model) if frozen_embeddings_with_vision else None)
+    # start/end tokens' embedding rows still have to learn (they are new); they are then part of vision_glue.
+    if "vision_glue" in parts and ("llm" not in parts or lora):
+        _limit_embedding_rows(embeddings, new_token_ids(model))
     return trainable_table(model)
 
 

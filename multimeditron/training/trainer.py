@@ -1,5 +1,5 @@
 """`MultiMeditronTrainer`: HF Trainer plus per-part learning rates, throughput logging (samples/s, tokens/s), the
-learned router's usage and balance loss in the logs, and the bad-sample report."""
+learned router's usage and balance loss in the logs."""
 from __future__ import annotations
 
 import time
@@ -8,27 +8,26 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from multimeditron.data.collator import REPORT_KEY
-from multimeditron.training.stages import stage_part_modules
+from multimeditron.training.stages import stage_parameters
 
 
 class MultiMeditronTrainer(Trainer):
-    def __init__(self, *args: Any, bad_sample_report: Any = None,
-                 part_learning_rates: dict[str, float] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, part_learning_rates: dict[str, float] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.bad_sample_report = bad_sample_report
         self.part_learning_rates = dict(part_learning_rates or {})
         self._window_start = time.perf_counter()
-        self._window_samples = 0
-        self._window_tokens = 0
+        self._window_samples: torch.Tensor | int = 0  # tensors on the device once a batch is counted
+        self._window_tokens: torch.Tensor | int = 0
         self._router_images: torch.Tensor | None = None  # images per expert since the last log
         self._router_balance: list[float] = []
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         # Decoupled weight decay would shrink every embedding row, also the rows the alignment stage keeps frozen
-        # through a gradient mask; embeddings are therefore never decayed.
-        names = super().get_decay_parameter_names(model)
-        return [n for n in names if "embed_tokens" not in n and "embeddings.word" not in n]
+        # through a gradient mask; the LLM's input embeddings (found by identity, whatever the family names them)
+        # are therefore never decayed.
+        embeddings = model.get_input_embeddings().weight
+        excluded = {name for name, param in model.named_parameters() if param is embeddings}
+        return [name for name in super().get_decay_parameter_names(model) if name not in excluded]
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """HF's optimizer (class, weight-decay groups), each group split by part when parts have their own rate."""
@@ -36,8 +35,8 @@ class MultiMeditronTrainer(Trainer):
         optimizer = super().create_optimizer(model)
         if fresh and self.part_learning_rates:
             part_of = {id(param): part
-                       for part, modules in stage_part_modules(self.model if model is None else model).items()
-                       for module in modules for param in module.parameters()}
+                       for part, params in stage_parameters(self.model if model is None else model).items()
+                       for param in params}
             groups = []
             for group in optimizer.param_groups:
                 by_part: dict[str, list[torch.nn.Parameter]] = {}
@@ -51,21 +50,7 @@ class MultiMeditronTrainer(Trainer):
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        skipped = inputs.pop(REPORT_KEY, None)  # rows skipped while decoding images in workers
-        if skipped and self.bad_sample_report is not None:
-            for reason, dataset, row in skipped:
-                self.bad_sample_report.add(reason, dataset, row)
-        sample_ids = inputs.get("sample_ids")  # packed rows: sample index per token, -1 on padding
-        if sample_ids is not None:
-            real = sample_ids >= 0
-            self._window_tokens += int(real.sum())
-            starts = real.clone()
-            starts[:, 1:] &= sample_ids[:, 1:] != sample_ids[:, :-1]
-            self._window_samples += int(starts.sum())
-        else:
-            mask = inputs["attention_mask"]
-            self._window_tokens += int(mask.sum())
-            self._window_samples += int(mask.shape[0])
+        self._count_batch(inputs)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
         aux = outputs.get("aux_loss") if isinstance(outputs, dict) else None
@@ -73,6 +58,21 @@ class MultiMeditronTrainer(Trainer):
             loss = self._rescale_balance_loss(loss, aux, num_items_in_batch)
             self._record_routing(aux)
         return (loss, outputs) if return_outputs else loss
+
+    def _count_batch(self, inputs: dict[str, Any]) -> None:
+        """Add the batch's samples and tokens to the window. The sums stay tensors on the batch's device: reading
+        them (a host sync that stalls the GPU) happens once per log, not every step."""
+        sample_ids = inputs.get("sample_ids")  # packed rows: sample index per token, -1 on padding
+        if sample_ids is not None:
+            real = sample_ids >= 0
+            starts = real.clone()
+            starts[:, 1:] &= sample_ids[:, 1:] != sample_ids[:, :-1]
+            self._window_tokens = self._window_tokens + real.sum()
+            self._window_samples = self._window_samples + starts.sum()
+        else:
+            mask = inputs["attention_mask"]
+            self._window_tokens = self._window_tokens + mask.sum()
+            self._window_samples = self._window_samples + mask.shape[0]
 
     def _rescale_balance_loss(self, loss: torch.Tensor, aux: torch.Tensor, num_items_in_batch: Any) -> torch.Tensor:
         """The model adds coef * balance to its loss. When the language-model loss is a sum over the whole
@@ -109,8 +109,8 @@ class MultiMeditronTrainer(Trainer):
             elapsed = max(time.perf_counter() - self._window_start, 1e-9)
             world = max(self.args.world_size, 1)
             # Per-process counts times world size: every rank sees a same-sized share of the global batch.
-            logs["samples_per_second"] = round(self._window_samples * world / elapsed, 3)
-            logs["tokens_per_second"] = round(self._window_tokens * world / elapsed, 1)
+            logs["samples_per_second"] = round(int(self._window_samples) * world / elapsed, 3)
+            logs["tokens_per_second"] = round(int(self._window_tokens) * world / elapsed, 1)
             self._window_start, self._window_samples, self._window_tokens = time.perf_counter(), 0, 0
             logs.update(self._routing_logs())
         super().log(logs, *args, **kwargs)

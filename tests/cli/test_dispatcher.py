@@ -43,3 +43,36 @@ def test_a_user_error_is_one_line_without_traceback(command, monkeypatch, capsys
     assert capsys.readouterr().err == "error: dataset 'x' has no rows\n"
     with pytest.raises(DataError):  # --debug: the traceback
         main([command, "--debug"])
+
+
+@pytest.mark.parametrize("command", [["eval", "--task", "synthetic_vqa"], ["generate", "--prompt", "hi"]])
+def test_a_missing_model_folder_is_one_error_line(command, tmp_path, capsys):
+    """Before: a raw OSError traceback from `inference.load_pretrained`."""
+    missing = tmp_path / "no-such-model"
+    assert main([*command, "--model", str(missing)]) == 2
+    assert capsys.readouterr().err == f"error: model folder {missing} does not exist\n"
+    (tmp_path / "empty").mkdir()
+    assert main([*command, "--model", str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err == f"error: model folder {tmp_path / 'empty'} holds no saved model (no config.json)\n"
+    assert main([*command, "--model", "runs/missing"]) == 2  # owner/name shaped: the hub is tried (offline here)
+    err = capsys.readouterr().err
+    assert err.startswith("error: model folder runs/missing does not exist, and as a hub id it could not be loaded")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["eval", "--task", "no_such_task"], "error: unknown task 'no_such_task'"),
+    (["eval"], "error: --model and --task are required (or --list-tasks)"),
+    (["eval", "--task", "synthetic_vqa,multimediset", "--data", "x"], "error: --data names one task's data"),
+    (["generate", "--prompt", "hi", "--image", "no-such.png"], "error: --image: missing_image: image file"),
+])
+def test_eval_and_generate_option_errors_are_user_errors(argv, message, tmp_path, capsys):
+    """Before: `SystemExit("multimeditron eval: ...")`, which bypassed the dispatcher's `error:` line and --debug."""
+    from multimeditron.errors import UsageError
+
+    argv = [*argv[:1], "--model", str(tmp_path), *argv[1:]] if argv != ["eval"] else argv
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    with pytest.raises(UsageError):
+        main([*argv, "--debug"])

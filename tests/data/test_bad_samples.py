@@ -11,8 +11,6 @@ import torch
 from multimeditron.cli import main
 from multimeditron.config import DataSection, DatasetEntry
 from multimeditron.data import (
-    REPORT_KEY,
-    BadSampleReport,
     DataError,
     SFTCollator,
     build_sft_datasets,
@@ -134,7 +132,13 @@ def test_check_dataset_clean_and_published_placeholder(tmp_path, capsys):
     assert main(["check-dataset", str(tmp_path / "d.parquet"), "--decode",
                  "--attachment-token", "<|reserved_special_token_0|>"]) == 0
     assert "3 rows checked, 0 bad" in capsys.readouterr().out
-    assert main(["check-dataset", str(tmp_path / "d.parquet")]) == 1  # the default placeholder does not match
+    # the default, `auto`, detects the published placeholder as training does, and says so
+    assert main(["check-dataset", str(tmp_path / "d.parquet")]) == 0
+    out = capsys.readouterr().out
+    assert "image placeholder <|reserved_special_token_0|> (detected from its rows" in out
+    assert "3 rows checked, 0 bad" in out
+    assert main(["check-dataset", str(tmp_path / "d.parquet"), "--attachment-token", "<|image|>"]) == 1
+    assert "placeholder_count_mismatch: 3" in capsys.readouterr().out
 
 
 def worker_dataset(tmp_path, mode: str):
@@ -146,17 +150,18 @@ def worker_dataset(tmp_path, mode: str):
     return build_sft_datasets(section, processor, seed=0), processor
 
 
-def test_worker_side_skip_is_reported_through_the_batch(tmp_path):
+def test_worker_side_skip_reaches_the_report_from_the_workers(tmp_path):
     data, processor = worker_dataset(tmp_path, "skip")
     assert len(data.train) == 3 and data.report.total == 0  # the damage is invisible to the cheap check
     loader = torch.utils.data.DataLoader(data.train, batch_size=3, num_workers=2,
                                          collate_fn=SFTCollator(processor, packing=False))
-    report = BadSampleReport()
     for batch in loader:
-        report.merge(batch.pop(REPORT_KEY))
+        assert set(batch) == {"input_ids", "labels", "attention_mask", "pixel_values"}  # model inputs only
         assert batch["input_ids"].shape[0] == 3 and batch["pixel_values"].shape[0] == 3  # replaced, not dropped
+    report = data.collect_skipped()
     assert report.counts == {"corrupt_image": 1}
     assert report.examples["corrupt_image"] == [(str(tmp_path / "w"), 1)]
+    assert data.collect_skipped().counts == {"corrupt_image": 1}  # collected once, not twice
 
 
 def test_worker_side_error_names_the_row(tmp_path):

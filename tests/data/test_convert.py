@@ -230,3 +230,17 @@ def test_converters_read_what_training_reads_and_refuse_what_it_refuses(llava: d
     (folder / "train" / "cls" / "clip.gif").write_bytes((images / "clip.gif").read_bytes())
     report = convert_image_folder(folder, out, skip_bad=True, progress=False)
     assert report.rows == {"train": 2} and len(report.bad) == 1
+
+
+@pytest.mark.parametrize(("turns", "reason"), [
+    ([turn("human", "<image> x"), turn("gpt", "  ")], "empty_assistant_turn: assistant turn 1 is empty"),
+    ([turn("human", "<image> x"), turn("gpt", "y"), turn("system", "late"), turn("human", "z"), turn("gpt", "w")],
+     "misplaced_system_turn: turn 2 is a system turn"),
+    ([turn("human", "<image> x")], "no_assistant_turn"),
+])
+def test_llava_rows_that_training_refuses_are_not_written(llava: dict, turns: list, reason: str) -> None:
+    """One chat-row check: before, `convert` wrote these rows and training then refused them."""
+    from multimeditron.data.convert import RowError, llava_row
+
+    with pytest.raises(RowError, match=reason):
+        llava_row({"image": "a.png", "conversations": turns}, llava["dir"], read_images=False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from multimeditron.config import DataSection, DatasetEntry
-from multimeditron.data import REPORT_KEY, SFTCollator, build_sft_datasets
+from multimeditron.data import SFTCollator, build_sft_datasets
 from multimeditron.data.packing import pack, row_sample_ids
 from multimeditron.data.schema import conversation_features, image_modality, make_row
 from multimeditron.model.packed_attention import PACKING_PATHS
@@ -88,14 +88,12 @@ def packed_and_separate(tmp_path, processor):
                                 seed=0).train
     assert len(packed) == 1 and sorted(packed[0]["seq_lengths"]) == sorted(plain["length"])
     batch = SFTCollator(processor, packing=True, pad_to_multiple_of=64)([packed[0]])  # with right padding
-    batch.pop(REPORT_KEY)
     assert "attention_mask" not in batch and "position_ids" not in batch
     by_ids = {tuple(plain[i]["input_ids"].tolist()): plain[i] for i in range(len(plain))}
     separate, start = [], 0
     for length in packed[0]["seq_lengths"]:
         single = SFTCollator(processor, packing=False)([by_ids[tuple(batch["input_ids"][0, start:start + length]
                                                                      .tolist())]])
-        single.pop(REPORT_KEY)
         separate.append((start, length, single))
         start += length
     return batch, separate
@@ -142,16 +140,15 @@ def test_collator_pads_right_and_masks_by_real_length():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     size = processor.image_size
     assert batch["pixel_values"].shape == (0, 3, size, size)
-    assert "position_ids" not in batch and batch[REPORT_KEY] == []
+    assert set(batch) == {"input_ids", "labels", "attention_mask", "pixel_values"}
 
 
 def test_collator_packing_positions_images_and_reports():
     _, processor = tiny("tiny-qwen3")
     size = processor.image_size
-    skipped = [("corrupt_image", "d", 3)]
     features = [
         {"input_ids": [1, 2, 3, 4, 5], "labels": [1, 2, 3, 4, 5], "seq_lengths": [2, 3],
-         "pixel_values": torch.ones(2, 3, size, size), REPORT_KEY: skipped},
+         "pixel_values": torch.ones(2, 3, size, size)},
         {"input_ids": [8, 9], "labels": [8, 9], "pixel_values": torch.zeros(1, 3, size, size)},
     ]
     batch = SFTCollator(processor, packing=True, pad_to_multiple_of=8)(features)
@@ -159,7 +156,6 @@ def test_collator_packing_positions_images_and_reports():
     assert batch["sample_ids"].tolist() == [[0, 0, 1, 1, 1, -1, -1, -1], [0, 0, -1, -1, -1, -1, -1, -1]]
     assert "attention_mask" not in batch and "position_ids" not in batch
     assert batch["pixel_values"].shape == (3, 3, size, size) and batch["pixel_values"][:2].eq(1).all()
-    assert batch[REPORT_KEY] == [("corrupt_image", "d", 3)]
     with pytest.raises(ValueError, match="packing=True"):
         SFTCollator(processor, packing=False)(features)
 

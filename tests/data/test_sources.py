@@ -57,6 +57,53 @@ def test_every_layout_loads(tmp_path):
         load_source(DatasetEntry("no-such-org/no-such-dataset"), "train")
 
 
+
+
+def test_split_named_files_are_splits_for_training_and_evaluation_alike(tmp_path):
+    """One loader: a hub snapshot's `data/{split}-*.parquet` are splits (before, training read all of them as one
+    table, test rows included); evaluation's preference order and training's fixed split share the rule."""
+    from multimeditron.data.sources import split_names
+    from multimeditron.evaluation.data import SPLIT_PREFERENCE
+
+    snapshot = tmp_path / "snapshot" / "data"
+    snapshot.mkdir(parents=True)
+    make_dataset(3, "train").to_parquet(snapshot / "train-00000-of-00001.parquet")
+    make_dataset(2, "test").to_parquet(snapshot / "test-00000-of-00001.parquet")
+    (snapshot.parent / "README.md").write_text("a dataset card")
+    folder = str(snapshot.parent)
+    assert sorted(split_names(folder)) == ["test", "train"]
+    train = load_source(DatasetEntry(folder), "train")
+    assert (len(train.dataset), train.name) == (3, f"{folder}[train]")
+    assert len(load_source(DatasetEntry(folder), SPLIT_PREFERENCE).dataset) == 2  # test first
+    assert len(load_source(DatasetEntry(folder, split="train"), SPLIT_PREFERENCE).dataset) == 3
+    with pytest.raises(DataError, match="has no split 'validation'"):
+        load_source(DatasetEntry(folder), "validation")
+    datasets.DatasetDict({"only": make_dataset(2)}).save_to_disk(tmp_path / "one")
+    assert len(load_source(DatasetEntry(str(tmp_path / "one")), SPLIT_PREFERENCE).dataset) == 2  # the only split
+    with pytest.raises(DataError, match="has no split 'train'"):  # training never falls back to another split
+        load_source(DatasetEntry(str(tmp_path / "one")), "train")
+    assert split_names(tmp_path / "one") == ["only"]
+    make_dataset(2).to_parquet(tmp_path / "rows.parquet")
+    assert split_names(tmp_path / "rows.parquet") is None
+def test_a_dollar_escaped_in_the_config_stays_a_dollar(tmp_path, monkeypatch):
+    """`$$` in YAML is a literal `$` (config.substitute_env); before, the loader expanded `$HOME` again."""
+    import yaml
+
+    from multimeditron.config import load_config
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    make_dataset(2).save_to_disk(tmp_path / "$HOME" / "set")
+    config = {"model": {"llm": "tiny-qwen3", "experts": [{"id": "timm:vit_small_patch16_224", "tiny": True}]},
+              "data": {"train": [{"path": f"{tmp_path}/$$HOME/set"}]}, "stage": "alignment",
+              "training_args": {"output_dir": str(tmp_path / "out")}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    [entry] = load_config(tmp_path / "run.yaml").data.train
+    assert entry.path == f"{tmp_path}/$HOME/set"
+    assert len(load_source(entry, "train").dataset) == 2
+    with pytest.raises(DataError, match="does not exist"):  # a path written with `$` is taken as written
+        load_source(DatasetEntry(f"{tmp_path}/$HOME/other"), "train")
+
+
 def test_mixture_weights_are_deterministic():
     good = [np.arange(10), np.arange(10, 30)]
     mixed = mixture(good, [2.0, 0.5], seed=7)

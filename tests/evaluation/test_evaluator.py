@@ -12,6 +12,7 @@ from datasets import DatasetDict
 from multimeditron.cli import main
 from multimeditron.evaluation import TASKS_DIR
 from multimeditron.evaluation.benchmarks import get_benchmark
+from multimeditron.data.report import DataError
 from multimeditron.evaluation.data import decode_image, load_table
 from multimeditron.evaluation.evaluator import evaluate_synthetic, markdown_table
 from multimeditron.inference import load_pretrained
@@ -30,7 +31,7 @@ def test_local_copies_load_from_every_layout(task_data, tmp_path):
     for source in (snapshot.parent, tmp_path / "dict", tmp_path / "single"):
         assert load_table(source, "test")["answer"] == rows["answer"]
     assert len(load_table(next((tmp_path / "single").glob("*.arrow")), None)) == 4
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError, match="does not exist"):  # the error training's loader gives
         load_table(tmp_path / "missing.parquet", "test")
 
 

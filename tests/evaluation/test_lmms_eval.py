@@ -88,17 +88,26 @@ def test_loglikelihood_is_a_negative_log_probability(lmms_model):
         model.generate_until_multi_round([])
 
 
-def test_each_rank_takes_its_rank_and_device_from_the_environment(checkpoint, monkeypatch):
-    from multimeditron.evaluation.lmms_model import MultiMeditronLMMS
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    model = MultiMeditronLMMS(pretrained=checkpoint, batch_size="auto", device="cuda:0", max_new_tokens="5")
-    assert (model.rank, model.world_size, model.batch_size, model.max_new_tokens) == (1, 2, 8, 5)
+@pytest.mark.parametrize("state_device", ["cuda:1", "cpu"])
+def test_each_rank_takes_its_rank_and_device_from_accelerate(checkpoint, monkeypatch, state_device):
+    """Rank, world size and device come from accelerate's `PartialState` (what torchrun / accelerate launch set up),
+    not from environment variables read again here; the model itself stays on the CPU in this test."""
+    import accelerate
     import torch
 
-    assert str(model.device) == ("cuda:1" if torch.cuda.is_available() else "cpu")
+    from multimeditron.evaluation import lmms_model
+    from multimeditron.evaluation.lmms_model import MultiMeditronLMMS
+
+    class SecondRank:  # what PartialState reports in the second of two processes
+        num_processes, process_index, device = 2, 1, torch.device(state_device)
+
+    chosen = []
+    monkeypatch.setattr(accelerate, "PartialState", SecondRank)
+    monkeypatch.setattr(lmms_model, "resolve_device", lambda device: chosen.append(str(device)) or torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    model = MultiMeditronLMMS(pretrained=checkpoint, batch_size="auto", device="cuda:0", max_new_tokens="5")
+    assert (model.rank, model.world_size, model.batch_size, model.max_new_tokens) == (1, 2, 8, 5)
+    assert chosen == [state_device]  # the rank's own device, whatever --device says
 
 
 def test_batch_size_in_model_args_wins_over_the_harness_default(checkpoint):

@@ -3,6 +3,7 @@ relative image paths) and `--image-ablation` (blank, noise and another sample's 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -84,9 +85,27 @@ def test_relative_paths_resolve_against_image_base_dir_when_given(model_and_set,
               "--image-base-dir", str(tmp_path), "--max-new-tokens", "1"])
 
 
+
+
+def test_the_data_placeholder_is_read_as_training_reads_it(model_and_set, tmp_path):
+    """Before: the benchmark assumed the toolkit's default `<|image|>`, so LLaVA-style `<image>` rows (which training
+    detects with `data.attachment_token: auto`) were refused as holding 0 placeholders."""
+    model, processor, directory, replies = model_and_set
+    table = DatasetDict.load_from_disk(str(directory))["test"].select(range(2))
+    llava = tmp_path / "llava"
+    table.map(lambda row: {"conversations": [{**turn, "content": turn["content"].replace("<|image|>", "<image>")}
+                                             for turn in row["conversations"]]}).save_to_disk(str(llava))
+    result = evaluate_task(model, processor, "multimediset", data=str(llava), image_base_dir=directory,
+                           progress=False)
+    assert [s["reply"] for s in result["samples"]] == replies[:2]
+    with pytest.raises(ValueError, match=re.escape("holds 0 <|image|> placeholder(s) but the row has 1 image")):  # what the old default did
+        evaluate_task(model, processor, "multimediset", data=str(llava), image_base_dir=directory, progress=False,
+                      attachment_token="<|image|>")
 def test_bad_options_are_refused_before_loading_the_model(tmp_path):
-    with pytest.raises(SystemExit, match="question-type-column applies to the multimediset task"):
-        main(["eval", "--model", str(tmp_path), "--task", "mmd_pathvqa", "--question-type-column", "x"])
+    from multimeditron.errors import UsageError
+
+    with pytest.raises(UsageError, match="question-type-column applies to the multimediset task"):
+        main(["eval", "--model", str(tmp_path), "--task", "mmd_pathvqa", "--question-type-column", "x", "--debug"])
     with pytest.raises(KeyError, match="no column 'nope'"):
         get_benchmark("multimediset", question_type_column="nope").score(
             {"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, "a")

@@ -64,3 +64,15 @@ def test_batch_without_labels_gives_zero_loss_not_nan() -> None:
     loss = model(**batch).loss
     assert loss.item() == 0.0
     loss.backward()  # still differentiable, so every rank of a distributed step runs its backward
+
+
+def test_an_unlisted_llm_family_keeps_its_own_forward(monkeypatch) -> None:
+    """An allow-list: before, a deny-list of logit transforms let any family it did not name take the fast path."""
+    model, processor = tiny_model("tiny-qwen3")
+    assert model._logits_are_plain_projection()
+    monkeypatch.setattr(model.config.text_config, "model_type", "some_new_family")
+    assert not model._logits_are_plain_projection()
+    batch = _batch(processor)
+    model.train()
+    output = model(**batch)
+    assert output.logits.shape[:2] == batch["input_ids"].shape  # the full logits: the LLM's own forward ran

@@ -104,3 +104,21 @@ def test_config_refusals_name_the_key():
         tiny_model(experts=[GENERALIST, SPECIALIST], fusion="avg", router_top_k=1)
     with pytest.raises(KeyError, match="unknown expert id 'nope'"):
         tiny_model(experts=[{"id": "nope"}])
+
+
+def test_building_a_model_leaves_the_given_config_as_it_was():
+    """Before: `VisionStack` wrote each expert's resolved architecture into the caller's `config.experts`."""
+    import copy
+
+    from multimeditron.model.configuration import MultiMeditronConfig
+    from multimeditron.model.modeling import MultiMeditronForCausalLM
+    from multimeditron.presets import build_tiny_llm
+
+    llm = build_tiny_llm("tiny-qwen3")
+    config = MultiMeditronConfig(text_config=llm.config, experts=[{"id": "biomedclip", "tiny": True}],
+                                 image_token_id=1, image_start_token_id=2, image_end_token_id=3)
+    given = copy.deepcopy(config.to_dict())
+    model = MultiMeditronForCausalLM(config, language_model=llm)
+    assert config.to_dict() == given
+    assert "open_clip_model_cfg" in str(model.config.experts[0]["options"])  # the model records what it resolved
+    assert model.config.text_config is llm.config  # one LLM config: resizing the vocabulary later updates both

@@ -80,9 +80,12 @@ def test_dry_run_prints_the_published_settings(config, tmp_path, monkeypatch, ca
     datasets = {line.split(" (weight")[0].rsplit("/", 1)[1] for line in out.splitlines() if "(weight" in line}
     assert datasets == (set(stage1_data) if stage == 1 else S2_DATA)
     if stage == 1:
-        assert f"LLM {llm};" in out and "(mlp3x_gelu)" in out
+        assert f"LLM {llm};" in out and "(mlp3x_gelu)" in out and "; image geometry center_crop" in out
         if experiment.startswith("moe/"):
-            assert "router learned top-5; generalist expert[4]" in out
+            # the published gate: a frozen ResNet-50 whose class i weighs expert i, dense, trained only in `full`
+            assert ("router pretrained top-5 (classifier {'class_to_expert': [0, 1, 2, 3, 4], 'checkpoint': "
+                    "'ClosedMeditron/MultiMeditron-Gating', 'arch': 'resnet50', 'trainable_stages': ['full']})"
+                    "; image geometry center_crop; generalist expert[4]") in out
             assert out.count("'post_norm': False") == 5
         elif experiment.endswith("llama_clip"):
             assert "checkpoint=openai/clip-vit-large-patch14 options={'backend': 'hf', 'post_norm': False}" in out
@@ -183,3 +186,62 @@ def test_sbatch_template_refuses_to_run_after_envsubst(tmp_path):
 def test_cli_help_runs():
     out = subprocess.run([sys.executable, "-m", "multimeditron", "train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--dry-run" in out.stdout
+
+
+def _flat_recipe(path: Path) -> dict[str, object]:
+    """A cookbook YAML as dotted keys (datasets as a set: their order is not a difference between recipes); the
+    paths that name the experiment itself (output_dir, base_model) are checked apart."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    data["data"]["train"] = sorted(data["data"]["train"], key=lambda entry: entry["path"])
+    data["training_args"].pop("output_dir")
+    data["model"].pop("base_model", None)
+
+    def flat(value, prefix=""):
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            return {k: v for i, item in enumerate(value) for k, v in flat(item, f"{prefix[:-1]}[{i}].").items()}
+        return {prefix[:-1]: value}
+
+    return flat(data)
+
+
+# (recipe, recipe, stage) -> the only keys in which they may differ. The 20 YAMLs stay flat (each is the published
+# file, readable alone); this keeps them from drifting apart where the published experiments agree.
+SIBLINGS = {
+    **{(f"moe/{f}/pep", f"moe/{f}/shared", 1): {"model.projection"} for f in ("attn", "avg", "cat")},
+    **{(f"moe/{f}/pep", f"moe/{f}/shared", 2): set() for f in ("attn", "avg", "cat")},
+    **{(f"moe/avg/{p}", f"moe/cat/{p}", 1): {"model.fusion"} for p in ("pep", "shared")},
+    **{(f"moe/attn/{p}", f"moe/avg/{p}", 1): {"model.fusion", "training_args.per_device_train_batch_size",
+                                              "training_args.gradient_accumulation_steps"} for p in ("pep", "shared")},
+    **{(f"moe/{a}/{p}", f"moe/{b}/{p}", 2): set() for a, b in (("attn", "avg"), ("avg", "cat")) for p in ("pep", "shared")},
+    **{("single_clip/qwen_biomedclip", f"single_clip/{other}", 1): {"model.llm"}
+       for other in ("apertus_biomedclip", "llama_biomedclip")},
+    **{("single_clip/qwen_biomedclip", f"single_clip/{other}", 2): set()
+       for other in ("apertus_biomedclip", "llama_biomedclip")},
+    ("single_clip/qwen_biomedclip", "packed/qwen_biomedclip", 2): {"data.packing",
+                                                                   "training_args.per_device_train_batch_size"},
+}
+
+
+@pytest.mark.parametrize(("first", "second", "stage"), list(SIBLINGS), ids=lambda value: str(value))
+def test_sibling_recipes_differ_only_where_the_experiments_do(first, second, stage):
+    name = "stage1_alignment.yaml" if stage == 1 else "stage2_end2end.yaml"
+    a, b = (_flat_recipe(ROOT / "cookbook" / "sft" / recipe / name) for recipe in (first, second))
+    assert {key for key in a.keys() | b.keys() if a.get(key) != b.get(key)} == SIBLINGS[(first, second, stage)]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS + ["packed/qwen_biomedclip"])
+def test_each_recipe_writes_its_own_folder_and_stage2_continues_stage1(experiment):
+    import yaml
+
+    folder = ROOT / "cookbook" / "sft" / experiment
+    stage2 = yaml.safe_load((folder / "stage2_end2end.yaml").read_text())
+    assert stage2["training_args"]["output_dir"] == f"$MODEL_ROOT/multimeditron/sft/{experiment}/stage2"
+    first = experiment.replace("packed/", "single_clip/")  # the packed variant continues the unpacked stage 1
+    assert stage2["model"]["base_model"] == f"$MODEL_ROOT/multimeditron/sft/{first}/stage1/final"
+    if (folder / "stage1_alignment.yaml").is_file():
+        stage1 = yaml.safe_load((folder / "stage1_alignment.yaml").read_text())
+        assert stage1["training_args"]["output_dir"] == f"$MODEL_ROOT/multimeditron/sft/{experiment}/stage1"

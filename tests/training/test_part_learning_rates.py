@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 from transformers import TrainingArguments
 
@@ -69,3 +70,29 @@ def test_config_reads_part_learning_rates(tmp_path):
 def test_config_refuses_rates_that_would_be_ignored(tmp_path, stage, rates, deepspeed, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(_config(tmp_path, stage, rates, deepspeed))
+
+
+def test_the_vision_glue_rate_reaches_the_new_token_rows(tmp_path):
+    """In alignment the new special-token rows of the embeddings are vision glue (they learn with the projector);
+    before, they were grouped with the LLM and kept the default rate."""
+    model, _ = tiny_model()
+    apply_stage(model, "alignment")
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-4, weight_decay=0.1, report_to=[])
+    trainer = MultiMeditronTrainer(model=model, args=args, part_learning_rates={"vision_glue": 1e-3})
+    optimizer = trainer.create_optimizer()
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    embeddings = model.get_input_embeddings().weight
+    assert rate[id(embeddings)] == 1e-3 and decay[id(embeddings)] == 0.0  # never decayed, found by identity
+    assert set(rate.values()) == {1e-3}
+
+
+def test_an_unclaimed_trainable_parameter_is_named_by_the_optimizer(tmp_path):
+    """Before: `KeyError: <an id>` from `create_optimizer`."""
+    model, _ = tiny_model()
+    apply_stage(model, "full")
+    model.stray = torch.nn.Linear(2, 2)
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-4, report_to=[])
+    trainer = MultiMeditronTrainer(model=model, args=args, part_learning_rates={"llm": 1e-4})
+    with pytest.raises(ValueError, match="stray.weight"):
+        trainer.create_optimizer()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from multimeditron.config import STAGE_PARTS
 from multimeditron.training.stages import apply_stage, format_table
 from tests.conftest import GENERALIST, SPECIALIST, prompt_batch, tiny_model
 
@@ -75,3 +76,46 @@ def test_lora_stages_update_the_new_token_rows(stage):
     assert table["llm input embeddings"] == "partly trainable"
     assert _embedding_rows_moved_by_one_step(model, processor) == sorted(
         [model.config.image_start_token_id, model.config.image_end_token_id])
+
+
+PRETRAINED_ROUTER = {"class_to_expert": [0, 1], "arch": "resnet18", "options": {"layers": [1, 1, 1, 1]},
+                     "image_size": 16}
+
+
+@pytest.mark.parametrize("router", ["uniform", "learned", "pretrained"])
+@pytest.mark.parametrize("projection", ["shared", "per_expert"])
+@pytest.mark.parametrize("fusion", ["none", "avg", "cat", "attn"])
+def test_every_parameter_is_in_exactly_one_part(fusion, projection, router):
+    """The table's parts and the stage parts both come from `VisionStack.part_modules`: each claims every parameter
+    once, for every fusion x projection x router."""
+    from multimeditron.training.stages import model_parts, stage_parameters
+
+    experts = [GENERALIST] if fusion == "none" else [GENERALIST, GENERALIST]
+    if router != "uniform" and fusion == "none":
+        pytest.skip("a router chooses among several experts")
+    extra = {"router_classifier": PRETRAINED_ROUTER} if router == "pretrained" else {}
+    model, _ = tiny_model(experts=experts, fusion=fusion, projection=projection, router=router, attn_heads=2, **extra)
+    everything = sorted(id(p) for p in model.parameters())
+    for grouping in (model_parts(model), stage_parameters(model)):
+        assert sorted(id(p) for params in grouping.values() for p in params) == everything
+    for stage in ("alignment", "end2end", "full"):
+        apply_stage(model, stage)
+        parts = stage_parameters(model)
+        trained = {id(p) for part in parts for p in parts[part] if p.requires_grad}
+        assert trained == {id(p) for p in model.parameters() if p.requires_grad}, stage
+        assert all(not p.requires_grad for part in set(parts) - STAGE_PARTS[stage] for p in parts[part]), stage
+    embeddings = model.get_input_embeddings().weight
+    apply_stage(model, "alignment")  # only the new token rows learn: the embeddings are vision glue
+    assert any(p is embeddings for p in stage_parameters(model)["vision_glue"])
+    apply_stage(model, "end2end")
+    assert any(p is embeddings for p in stage_parameters(model)["llm"])
+
+
+def test_a_parameter_no_part_claims_is_named():
+    """Before: a bare `KeyError` (an id) from `create_optimizer`."""
+    from multimeditron.training.stages import stage_parameters
+
+    model, _ = tiny_model()
+    model.stray = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"belong to no training part: \['stray.weight', 'stray.bias'\]"):
+        stage_parameters(model)

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from multimeditron.experts.base import IMAGENET_MEAN, IMAGENET_STD, ExpertSpec
+from multimeditron.experts.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ExpertSpec,
+    LoadReport,
+)
 from multimeditron.experts.checkpoints import (
     drop_keys,
     flatten_block_chunks,
@@ -43,6 +48,12 @@ def mermed_normalization(name: str | None) -> tuple[tuple[float, ...], tuple[flo
 
 
 class MerMEDExpert(TimmViTExpert):
+    def load_published_checkpoint(self, source: str) -> LoadReport:
+        report = super().load_published_checkpoint(source)
+        if report.entry == "student":
+            report.notes.append("no `teacher` entry (the released EMA model): the student weights were loaded")
+        return report
+
     def convert_checkpoint(self, raw: dict[str, Any], source: str) -> tuple[StateDict, list[str], str | None]:
         # The released model is the EMA teacher; a checkpoint holding only the student is still usable.
         state_dict, entry = unwrap_state_dict(raw, entries=("teacher", "student"), source=source)

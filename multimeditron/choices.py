@@ -1,0 +1,20 @@
+"""The closed sets of architecture choices and the defaults that the run config (`config.py`), the model config and
+the builders share, written once: `Literal` types for the config's validation, tuples for messages and checks."""
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Fusion = Literal["none", "avg", "cat", "attn"]
+Projection = Literal["shared", "per_expert"]
+Router = Literal["uniform", "learned", "pretrained"]
+ProjectorType = Literal["mlp2x_gelu", "linear", "mlp3x_gelu"]  # mlp3x_gelu: the published projector
+ImageGeometry = Literal["pad", "center_crop"]  # center_crop: the published (CLIP processor) geometry
+
+FUSIONS: tuple[str, ...] = get_args(Fusion)
+PROJECTIONS: tuple[str, ...] = get_args(Projection)
+ROUTERS: tuple[str, ...] = get_args(Router)
+PROJECTOR_TYPES: tuple[str, ...] = get_args(ProjectorType)
+IMAGE_GEOMETRIES: tuple[str, ...] = get_args(ImageGeometry)
+
+# The image placeholder in the data's text, unless a dataset, the config or the saved processor says otherwise.
+DEFAULT_ATTACHMENT_TOKEN = "<|image|>"

@@ -1,0 +1,133 @@
+"""The `pretrained` router's classifier: a timm image classifier (e.g. the published ResNet-50 gate) whose class
+probabilities are summed into expert probabilities through a configured class -> expert list, and its checkpoint
+reader (the published `GatingNetwork` folder, a raw torchvision/timm state dict, a hub id)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from multimeditron.experts.base import CLIP_MEAN, CLIP_STD
+from multimeditron.experts.checkpoints import (
+    load_state_dict_checked,
+    read_checkpoint,
+    resolve_companion_file,
+    strip_prefix,
+    unwrap_state_dict,
+)
+
+# The published gate (`GatingNetwork`) stores a torchvision ResNet-50 under `resnet.`; timm's ResNets use the same
+# parameter names, so its weights load once the prefix is gone.
+PUBLISHED_PREFIX = "resnet."
+PUBLISHED_MODEL_TYPE = "gating_network"
+
+
+@dataclass
+class GateClassifierSpec:
+    """What the `pretrained` router is built from (stored in the model config as `router_classifier`).
+
+    class_to_expert: for each class of the classifier, in order, the index of the expert it routes to (several
+        classes may share an expert: their probabilities add up); every expert must receive at least one class.
+    checkpoint: its weights (the published `GatingNetwork` folder, a .safetensors/.pth state dict, or a hub id);
+        None = random weights (tests, or a saved model whose weights come with it).
+    arch: the timm model name (`resnet50` = the published gate); options: keyword arguments of timm.create_model.
+    image_size, mean, std: its input (the canvas is resized to image_size, then normalised; the published gate read
+        the CLIP-normalised 224-px image of its experts).
+    trainable_stages: the training stages in which the classifier learns (published: only `full`); frozen, it
+        also keeps its BatchNorm statistics (eval mode).
+    """
+
+    class_to_expert: list[int]
+    checkpoint: str | None = None
+    arch: str = "resnet50"
+    options: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 224
+    mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
+    std: list[float] = field(default_factory=lambda: list(CLIP_STD))
+    trainable_stages: list[str] = field(default_factory=lambda: ["full"])
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], num_experts: int, where: str = "router_classifier") -> GateClassifierSpec:
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a mapping with class_to_expert, checkpoint, arch, ...")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]}: unknown key; valid keys: {sorted(known)}")
+        if "class_to_expert" not in data:
+            raise ValueError(f"{where}.class_to_expert: required (for each classifier class, the expert it routes to)")
+        spec = cls(**data)
+        mapping = spec.class_to_expert
+        if not isinstance(mapping, list) or not mapping or not all(isinstance(i, int) for i in mapping):
+            raise ValueError(f"{where}.class_to_expert: expected a non-empty list of expert indices, got {mapping!r}")
+        outside = [i for i in mapping if not 0 <= i < num_experts]
+        if outside:
+            raise ValueError(f"{where}.class_to_expert: {outside} outside the {num_experts} experts (0..{num_experts - 1})")
+        unused = sorted(set(range(num_experts)) - set(mapping))
+        if unused:
+            raise ValueError(f"{where}.class_to_expert: experts {unused} receive no class and would never run; map a "
+                             f"class to each expert")
+        import timm
+
+        if not timm.is_model(spec.arch):
+            raise ValueError(f"{where}.arch: {spec.arch!r} is not a timm model name (the published gate: resnet50)")
+        if spec.image_size < 1 or len(spec.mean) != 3 or len(spec.std) != 3:
+            raise ValueError(f"{where}: image_size must be positive and mean/std have 3 values")
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class GateClassifier(nn.Module):
+    """Canvas (B, 3, S, S) in [0, 1] -> expert probabilities (B, E): the classifier's softmax over its classes, each
+    class's probability added to the expert `class_to_expert` names."""
+
+    def __init__(self, spec: GateClassifierSpec, num_experts: int) -> None:
+        super().__init__()
+        import timm
+
+        self.spec = spec
+        self.model = timm.create_model(spec.arch, pretrained=False, num_classes=len(spec.class_to_expert),
+                                       **spec.options)
+        # (C, E) one-hot: class probabilities @ mapping = expert probabilities
+        mapping = torch.zeros(len(spec.class_to_expert), num_experts)
+        mapping[torch.arange(len(spec.class_to_expert)), torch.tensor(spec.class_to_expert)] = 1.0
+        # Persistent buffers: from_pretrained builds on the meta device and fills only what the checkpoint holds.
+        self.register_buffer("class_to_expert", mapping)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
+
+    def class_probabilities(self, canvas: torch.Tensor) -> torch.Tensor:
+        size = self.spec.image_size
+        pixels = canvas.float()
+        if pixels.shape[-1] != size or pixels.shape[-2] != size:
+            pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False,
+                                   antialias=True).clamp(0, 1)
+        pixels = (pixels - self.mean.float()) / self.std.float()
+        dtype = next(self.model.parameters()).dtype
+        return self.model(pixels.to(dtype)).float().softmax(dim=-1)
+
+    def forward(self, canvas: torch.Tensor) -> torch.Tensor:
+        return self.class_probabilities(canvas) @ self.class_to_expert.float()
+
+    def load_checkpoint(self, source: str) -> None:
+        """Weights from the published gate's folder (`config.json` of `gating_network` + `model.safetensors` under
+        `resnet.`), a raw state dict of the same network (the published legacy `.pth`) or a timm state dict."""
+        config_file = resolve_companion_file(source, "config.json")
+        if config_file is not None:
+            stored = json.loads(config_file.read_text())
+            classes = stored.get("num_classes")
+            if stored.get("model_type") == PUBLISHED_MODEL_TYPE and classes != len(self.spec.class_to_expert):
+                names = stored.get("class_names") or []
+                raise ValueError(f"router_classifier.class_to_expert: the gate {source} has {classes} classes "
+                                 f"{names}, but {len(self.spec.class_to_expert)} are mapped; give one expert index "
+                                 f"per class, in the classifier's order")
+        state, entry = unwrap_state_dict(read_checkpoint(source), source=source)
+        if any(key.startswith(PUBLISHED_PREFIX) for key in state):
+            state = strip_prefix(state, PUBLISHED_PREFIX)
+        load_state_dict_checked(self.model, state, source, entry=entry)
