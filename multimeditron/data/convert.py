@@ -341,6 +341,12 @@ def convert_image_folder(root: str | Path, out_dir: str | Path, question: str | 
         raise ConversionError(f"no class folders under the splits of {root}")
     remove = _check_out(out_dir, overwrite)
     prompt = f"{attachment_token}\n{folder_question(classes, question)}"
+    for label in classes:  # rows differ only by their label: the training check, once per class
+        try:
+            check_messages([{"role": "user", "content": prompt}, {"role": "assistant", "content": label}], 1,
+                           attachment_token)
+        except BadSample as bad:
+            raise ConversionError(f"class {label!r} with the question {prompt!r}: {bad}") from None
     total = sum(len(pairs) for pairs in items.values())
     bad: list[BadRow] = []
     good: dict[str, list[tuple[Path, str]]] = {split: [] for split in items}

@@ -175,6 +175,14 @@ def test_image_folder_custom_question(folder: dict, question: str, expected: str
     assert row["conversations"][0]["content"] == f"<img>\n{expected}"
 
 
+def test_image_folder_refuses_a_question_training_would_refuse(folder: dict) -> None:
+    # a second placeholder in the question: every row would fail training's placeholder check
+    with pytest.raises(ConversionError, match="placeholder"):
+        convert_image_folder(folder["root"], folder["tmp"] / "out", question="Compare with <img>: which class?",
+                             attachment_token="<img>", progress=False, notes=lambda _: None)
+    assert not (folder["tmp"] / "out").exists()
+
+
 def test_image_folder_bad_image_and_layout(folder: dict, capsys: pytest.CaptureFixture[str]) -> None:
     (folder["root"] / "train" / "AMD" / "broken.png").write_bytes(b"not an image")
     out = folder["tmp"] / "out"
