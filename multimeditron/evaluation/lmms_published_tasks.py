@@ -2,11 +2,10 @@
 of GMAI-MMBench, SLAKE and PathVQA (published_tasks.py) bound for lmms-eval, and the aggregations of its metrics."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from multimeditron.evaluation.benchmarks import get_benchmark
-from multimeditron.evaluation.lmms_tasks import _bind
+from multimeditron.evaluation.lmms_tasks import _bind, _number, accuracy  # noqa: F401  (accuracy: named by the YAMLs)
 from multimeditron.evaluation.published_tasks import published_vqa_summary, with_scoring
 from multimeditron.evaluation.scoring import percent
 
@@ -21,14 +20,6 @@ slake_docs, slake_doc_to_visual, slake_doc_to_text, slake_doc_to_messages, slake
     _bind_published("mmd_slake")
 pathvqa_docs, pathvqa_doc_to_visual, pathvqa_doc_to_text, pathvqa_doc_to_messages, pathvqa_process_results = \
     _bind_published("mmd_pathvqa")
-
-
-def _number(value: float | None) -> float:
-    return math.nan if value is None else float(value)
-
-
-def accuracy(records: list[dict[str, Any]]) -> float:
-    return _number(percent(r["correct"] for r in records))
 
 
 def closed_accuracy(records: list[dict[str, Any]]) -> float:
