@@ -18,8 +18,9 @@ class MultiMeditronTrainer(Trainer):
         self._window_start = time.perf_counter()
         self._window_samples: torch.Tensor | int = 0  # tensors on the device once a batch is counted
         self._window_tokens: torch.Tensor | int = 0
-        self._router_images: torch.Tensor | None = None  # images per expert since the last log
-        self._router_balance: list[float] = []
+        self._router_images: torch.Tensor | None = None  # images per expert since the last log (on the device)
+        self._router_balance: torch.Tensor | int = 0  # summed balance loss since the last log (on the device)
+        self._router_steps = 0
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         # Decoupled weight decay would shrink every embedding row, also the rows the alignment stage keeps frozen
@@ -89,19 +90,22 @@ class MultiMeditronTrainer(Trainer):
         routing = self.model.vision.last_routing
         if routing is None:
             return
-        counts = routing.selected.float().sum(dim=0).detach().cpu()
+        # Device tensors, read once per log: a per-step read would be a host sync that stalls the GPU.
+        counts = routing.selected.detach().float().sum(dim=0)
         self._router_images = counts if self._router_images is None else self._router_images + counts
-        self._router_balance.append(float(aux.detach()))
+        self._router_balance = self._router_balance + aux.detach().float()
+        self._router_steps += 1
 
     def _routing_logs(self) -> dict[str, float]:
         """Fraction of images that ran each expert (sums to top_k) and the mean balance loss since the last log."""
         if self._router_images is None:
             return {}
         experts = self.model.vision.experts
-        images = self._router_images / max(float(self._router_images.sum()) / self.model.vision.top_k, 1e-9)
+        counts = self._router_images.cpu()
+        images = counts / max(float(counts.sum()) / self.model.vision.top_k, 1e-9)
         logs = {f"router_usage/{i}_{e.expert_id}": round(float(v), 4) for i, (e, v) in enumerate(zip(experts, images))}
-        logs["router_balance_loss"] = round(sum(self._router_balance) / len(self._router_balance), 5)
-        self._router_images, self._router_balance = None, []
+        logs["router_balance_loss"] = round(float(self._router_balance) / self._router_steps, 5)
+        self._router_images, self._router_balance, self._router_steps = None, 0, 0
         return logs
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
