@@ -257,7 +257,7 @@ def draw_image(rng: np.random.Generator, modality: str, count: int, side: str | 
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
 
 
-def _png(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)  # noisy images barely compress; favour speed
     return buffer.getvalue()
@@ -303,7 +303,7 @@ def _row(rng: np.random.Generator, qtype: str, j: int, image_size: int) -> dict[
     else:
         raise ValueError(f"unknown question type {qtype!r}")
     image = draw_image(rng, modality, count, side, image_size)
-    return make_row([image_modality(_png(image))],
+    return make_row([image_modality(png_bytes(image))],
                     [{"role": "user", "content": f"{ATTACHMENT_TOKEN}\n{question}"},
                      {"role": "assistant", "content": answer}],
                     question_type=qtype, answer=answer, choices=choices)
@@ -315,14 +315,34 @@ def features() -> Features:
                                   "choices": [Value("string")]})
 
 
-def generate_split(rng: np.random.Generator, num_rows: int, image_size: int = 64) -> Dataset:
-    """`num_rows` rows: question types round-robin, answers round-robin within a type, then shuffled. Every answer
-    of a type occurs equally often when the type's row count is a multiple of its answer count (all of them when
-    `num_rows` is a multiple of 60), and at most one row apart otherwise."""
+def question_cycle(mix: dict[str, int] | None = None) -> list[str]:
+    """The order question types take turns in: each type `mix[type]` times per cycle (once each by default)."""
+    if mix is None:
+        return list(QUESTION_TYPES)
+    unknown = sorted(set(mix) - set(QUESTION_TYPES))
+    if unknown or any(int(w) != w or w < 0 for w in mix.values()) or not any(mix.values()):
+        raise ValueError(f"a question mix maps types of {list(QUESTION_TYPES)} to non-negative integer weights, "
+                         f"not all 0; got {mix!r}")
+    cycle, left = [], {qtype: int(mix.get(qtype, 0)) for qtype in QUESTION_TYPES}
+    while any(left.values()):  # interleaved: count, MC, count, MC, ... rather than runs of one type
+        for qtype in QUESTION_TYPES:
+            if left[qtype]:
+                cycle.append(qtype)
+                left[qtype] -= 1
+    return cycle
+
+
+def generate_split(rng: np.random.Generator, num_rows: int, image_size: int = 64,
+                   mix: dict[str, int] | None = None) -> Dataset:
+    """`num_rows` rows: question types round-robin (each `mix[type]` times per turn, once by default), answers
+    round-robin within a type, then shuffled. Every answer of a type occurs equally often when the type's row count
+    is a multiple of its answer count (all of them when `num_rows` is a multiple of 60 and there is no mix), and at
+    most one row apart otherwise."""
+    cycle = question_cycle(mix)
     seen = dict.fromkeys(QUESTION_TYPES, 0)
     rows = []
     for i in range(num_rows):
-        qtype = QUESTION_TYPES[i % len(QUESTION_TYPES)]
+        qtype = cycle[i % len(cycle)]
         rows.append(_row(rng, qtype, seen[qtype], image_size))
         seen[qtype] += 1
     rows = [rows[k] for k in rng.permutation(num_rows)]
@@ -332,9 +352,10 @@ def generate_split(rng: np.random.Generator, num_rows: int, image_size: int = 64
 
 
 def generate_synthetic_vqa(out_dir: str | Path | None, num_train: int, num_test: int, seed: int = 0,
-                           image_size: int = 64) -> DatasetDict:
+                           image_size: int = 64, train_mix: dict[str, int] | None = None) -> DatasetDict:
     """A `train`/`test` DatasetDict of synthetic medical VQA (see the module docstring); saved to `out_dir` with
-    `save_to_disk` when given. The same arguments give the same bytes; train and test use independent streams."""
+    `save_to_disk` when given. The same arguments give the same bytes; train and test use independent streams.
+    `train_mix` weights the question types of the train split (see `generate_split`); test asks each type equally."""
     for name, value in (("num_train", num_train), ("num_test", num_test)):
         if int(value) != value or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -343,7 +364,7 @@ def generate_synthetic_vqa(out_dir: str | Path | None, num_train: int, num_test:
     # Two child streams of one seed: test rows never depend on how many train rows were asked for.
     train_seq, test_seq = np.random.SeedSequence(int(seed)).spawn(2)
     dataset = DatasetDict({
-        "train": generate_split(np.random.default_rng(train_seq), int(num_train), int(image_size)),
+        "train": generate_split(np.random.default_rng(train_seq), int(num_train), int(image_size), train_mix),
         "test": generate_split(np.random.default_rng(test_seq), int(num_test), int(image_size)),
     })
     if out_dir is not None:
@@ -352,4 +373,5 @@ def generate_synthetic_vqa(out_dir: str | Path | None, num_train: int, num_test:
 
 
 __all__ = ["ANSWERS", "ATTACHMENT_TOKEN", "CHANCE_LEVELS", "FINDINGS", "MC_OPTIONS", "MODALITIES", "NO_FINDING",
-           "QUESTION_TYPES", "draw_image", "features", "generate_split", "generate_synthetic_vqa"]
+           "QUESTION_TYPES", "draw_image", "features", "generate_split", "generate_synthetic_vqa", "png_bytes",
+           "question_cycle"]

@@ -193,3 +193,24 @@ def test_labels_do_not_leak_without_the_image(data: DatasetDict) -> None:
 def test_rejects_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         generate_synthetic_vqa(None, **kwargs)
+
+
+def test_train_mix_weights_the_types_and_keeps_answers_balanced() -> None:
+    mix = {"modality": 1, "presence": 1, "side": 1, "count": 2, "multiple_choice": 3}
+    per_unit = 48  # a multiple of every answer count (and of the 16 letter x option pairs of multiple choice)
+    data = generate_synthetic_vqa(None, num_train=8 * per_unit, num_test=60, seed=3, train_mix=mix)
+    types = Counter(data["train"]["question_type"])
+    assert types == {qtype: weight * per_unit for qtype, weight in mix.items()}
+    for qtype, answers in ANSWERS.items():
+        got = Counter(row["answer"] for row in data["train"] if row["question_type"] == qtype)
+        assert got == {answer: types[qtype] // len(answers) for answer in answers}, qtype
+    # the mix is the train split's only: test asks every type equally, and its rows do not change with the mix
+    assert Counter(data["test"]["question_type"]) == {qtype: 12 for qtype in QUESTION_TYPES}
+    plain = generate_synthetic_vqa(None, num_train=8 * per_unit, num_test=60, seed=3)
+    assert plain["test"]["conversations"] == data["test"]["conversations"]
+
+
+@pytest.mark.parametrize("mix", [{"modality": 1, "colour": 1}, {"modality": -1}, {"modality": 0}, {"side": 1.5}])
+def test_rejects_a_bad_train_mix(mix: dict) -> None:
+    with pytest.raises(ValueError, match="question mix"):
+        generate_synthetic_vqa(None, num_train=10, num_test=0, train_mix=mix)
