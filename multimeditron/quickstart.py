@@ -108,7 +108,8 @@ def run_quickstart(out: str | Path, num_train: int = 6000, num_test: int = 400, 
         print("\nprobe of the frozen expert before and after (test AUROC per label; 0.5 = chance, 1 = perfect):\n"
               f"{warmed.probe_table}\n")
     else:
-        print("[2/5] no expert warm-up (--warmup-epochs 0): the VLM stages train the expert from random weights")
+        print("[2/5] no expert warm-up (--warmup-epochs 0): the random expert stays frozen in stage 1 and trains in "
+              "stage 2 only (an ablation; the measured recipe fine-tunes it first)")
     for index, (name, config) in enumerate(stage_configs(out, data_dir, seed, epochs, checkpoint).items(), start=3):
         path = out / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))

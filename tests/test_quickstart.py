@@ -44,3 +44,15 @@ def test_quickstart_reduced_budget_learns_modality_and_presence(tmp_path, capsys
     assert "| question type | accuracy % | chance % | n |" in printed and "model answer:" in printed
     assert set(metrics["ablation"]) == {"blank", "noise", "other"}
     assert "| synthetic_vqa / side |" in printed.split("image ablation")[1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs must be at least 0"),
+    (["--warmup-images", "10"], "--warmup-images must be at least 30"),
+])
+def test_bad_arguments_stop_before_any_work(tmp_path, capsys, argv, message):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing generated or trained

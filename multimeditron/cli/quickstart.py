@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage2-epochs", type=int, default=STAGE2_EPOCHS)
     parser.add_argument("--warmup-epochs", type=int, default=WARMUP_EPOCHS,
                         help="epochs of the expert's fine-tuning on labelled drawn images before the VLM stages "
-                             "(0: none, the VLM stages train the expert from random weights)")
+                             "(0: none; the random expert stays frozen in stage 1 and trains in stage 2 only: an "
+                             "ablation, not the measured recipe)")
     parser.add_argument("--warmup-images", type=int, default=WARMUP_IMAGES,
                         help="labelled drawn images the expert is fine-tuned on (val and test: a tenth as many each)")
     parser.add_argument("--threads", type=int, default=1,
@@ -33,9 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
-    if args.warmup_epochs < 0 or (args.warmup_epochs and args.warmup_images < 30):
-        raise UsageError(f"--warmup-epochs must be >= 0 (got {args.warmup_epochs}) and --warmup-images >= 30 "
-                         f"(got {args.warmup_images}): val and test need a few images of every label")
+    if args.warmup_epochs < 0:
+        raise UsageError(f"--warmup-epochs must be at least 0, got {args.warmup_epochs}")
+    if args.warmup_epochs and args.warmup_images < 30:
+        raise UsageError(f"--warmup-images must be at least 30 (val and test hold a tenth each, and need images of "
+                         f"every label), got {args.warmup_images}")
     torch.set_num_threads(args.threads)
     run_quickstart(args.out, num_train=args.num_train, num_test=args.num_test, seed=args.seed,
                    epochs=(args.stage1_epochs, args.stage2_epochs),
