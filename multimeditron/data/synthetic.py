@@ -351,16 +351,21 @@ def generate_split(rng: np.random.Generator, num_rows: int, image_size: int = 64
     return Dataset.from_dict({name: [row[name] for row in rows] for name in schema}, features=schema)
 
 
+def check_split_sizes(sizes: dict[str, Any], image_size: Any) -> None:
+    """ValueError naming the argument unless every size is a non-negative integer and the image fits the findings."""
+    for name, value in sizes.items():
+        if int(value) != value or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if int(image_size) != image_size or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size!r}")
+
+
 def generate_synthetic_vqa(out_dir: str | Path | None, num_train: int, num_test: int, seed: int = 0,
                            image_size: int = 64, train_mix: dict[str, int] | None = None) -> DatasetDict:
     """A `train`/`test` DatasetDict of synthetic medical VQA (see the module docstring); saved to `out_dir` with
     `save_to_disk` when given. The same arguments give the same bytes; train and test use independent streams.
     `train_mix` weights the question types of the train split (see `generate_split`); test asks each type equally."""
-    for name, value in (("num_train", num_train), ("num_test", num_test)):
-        if int(value) != value or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    if int(image_size) != image_size or image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size!r}")
+    check_split_sizes({"num_train": num_train, "num_test": num_test}, image_size)
     # Two child streams of one seed: test rows never depend on how many train rows were asked for.
     train_seq, test_seq = np.random.SeedSequence(int(seed)).spawn(2)
     dataset = DatasetDict({
@@ -374,4 +379,4 @@ def generate_synthetic_vqa(out_dir: str | Path | None, num_train: int, num_test:
 
 __all__ = ["ANSWERS", "ATTACHMENT_TOKEN", "CHANCE_LEVELS", "FINDINGS", "MC_OPTIONS", "MODALITIES", "NO_FINDING",
            "QUESTION_TYPES", "draw_image", "features", "generate_split", "generate_synthetic_vqa", "png_bytes",
-           "question_cycle"]
+           "question_cycle", "check_split_sizes"]

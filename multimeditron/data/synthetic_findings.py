@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Value
 
-from multimeditron.data.synthetic import MAX_COUNT, MIN_IMAGE_SIZE, MODALITIES, draw_image, png_bytes
+from multimeditron.data.synthetic import MAX_COUNT, MODALITIES, check_split_sizes, draw_image, png_bytes
 
 SIDES = ("left", "right")
 # One 0/1 column per label, in this order: the multi-label classes of a probe or fine-tuning run.
@@ -46,11 +46,7 @@ def generate_finding_images(out_dir: str | Path | None, num_train: int, num_val:
     """A train/val/test DatasetDict of labelled drawn images (saved with `save_to_disk` when `out_dir` is given);
     each split draws from its own child stream of `seed`, and its images from another stream than the VQA set's."""
     sizes = {"train": num_train, "val": num_val, "test": num_test}
-    for name, value in sizes.items():
-        if int(value) != value or value < 0:
-            raise ValueError(f"num_{name} must be a non-negative integer, got {value!r}")
-    if int(image_size) != image_size or image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size!r}")
+    check_split_sizes({f"num_{name}": value for name, value in sizes.items()}, image_size)
     # The VQA set spawns two children of SeedSequence(seed); these spawn from a distinct entropy pool.
     streams = np.random.SeedSequence([int(seed), 1]).spawn(len(SPLIT_NAMES))
     dataset = DatasetDict({name: generate_finding_split(np.random.default_rng(stream), int(sizes[name]),
