@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from multimeditron.adaptation.errors import AdaptDataError
-from multimeditron.data.convert import IMAGE_EXTENSIONS
+from multimeditron.data.images import list_image_files
 from multimeditron.probing.embed import ImageCanvases
 
 
@@ -40,8 +40,7 @@ def unlabelled_images(path: str | Path, image_column: str | None = None) -> tupl
     if not root.exists():
         raise AdaptDataError(f"no such data: {path}")
     if root.is_dir() and not any((root / m).is_file() for m in ("state.json", "dataset_dict.json")):
-        files = [p for p in sorted(root.rglob("*"))
-                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
+        files = list_image_files(root)
         if files:
             return [str(p) for p in files], root
     return _table_images(root, image_column)

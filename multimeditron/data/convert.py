@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from multimeditron.choices import DEFAULT_ATTACHMENT_TOKEN
 from multimeditron.data.conversation import check_messages
-from multimeditron.data.images import DICOM_SUFFIXES, ImageResolver
+from multimeditron.data.images import IMAGE_EXTENSIONS, ImageResolver, list_image_files
 from multimeditron.data.report import MISSING_IMAGE, PATH_ESCAPE, BadSample
 from multimeditron.data.schema import conversation_features, image_modality, make_row
 
@@ -28,7 +28,6 @@ LLAVA_PLACEHOLDER = "<image>"
 # LLaVA writes human/gpt; ShareGPT-style exports sometimes already use the chat roles.
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 SPLIT_DIRS = ("train", "val", "validation", "test")
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", *DICOM_SUFFIXES})
 DEFAULT_FOLDER_QUESTION = "Which class does this image show? Options: {classes}. Answer with the class name."
 # Marker files of a `save_to_disk` directory: only such a directory is ever deleted by `overwrite`.
 _SAVED_MARKERS = ("state.json", "dataset_dict.json", "dataset_info.json")
@@ -283,8 +282,9 @@ def convert_llava(json_path: str | Path, images_dir: str | Path | None, out_dir:
 def scan_image_folder(root: str | Path, extensions: frozenset[str] = IMAGE_EXTENSIONS,
                       ) -> tuple[list[str], dict[str, list[tuple[Path, str]]], list[str]]:
     """The classes (sorted union over splits), each split's `(image, class)` pairs in a stable order, and notes
-    about files that were ignored. Hidden files and files whose suffix is not in `extensions` are skipped."""
-    base = Path(root)
+    about files that were ignored. Hidden files and files whose suffix is not in `extensions` are skipped; the image
+    paths are absolute (`list_image_files`)."""
+    base = Path(root).expanduser().absolute()
     if not base.is_dir():
         raise ConversionError(f"no such folder: {base}")
     splits = [name for name in SPLIT_DIRS if (base / name).is_dir()]
@@ -302,9 +302,7 @@ def scan_image_folder(root: str | Path, extensions: frozenset[str] = IMAGE_EXTEN
         items[split] = []
         for class_dir in (e for e in entries if e.is_dir() and not e.name.startswith(".")):
             classes.add(class_dir.name)
-            for path in sorted(class_dir.rglob("*")):
-                if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in extensions:
-                    items[split].append((path, class_dir.name))
+            items[split].extend((path, class_dir.name) for path in list_image_files(class_dir, extensions=extensions))
     return sorted(classes), items, notes
 
 
@@ -358,7 +356,7 @@ def convert_image_folder(root: str | Path, out_dir: str | Path, question: str | 
                     _check_image(path, resolver)
                     good[split].append((path, label))
                 except RowError as reason:
-                    bad.append(BadRow(str(path.relative_to(Path(root))), str(reason)))
+                    bad.append(BadRow(str(path.relative_to(Path(root).expanduser().absolute())), str(reason)))
                 bar.update()
     if bad and not skip_bad:
         raise BadRowsError(bad, total)

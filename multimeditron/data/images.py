@@ -27,6 +27,18 @@ from multimeditron.model.image_processing import normalize_image, scale_to_uint8
 
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own threshold, but as a hard error
 DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", *DICOM_SUFFIXES})
+
+
+def list_image_files(folder: str | os.PathLike, recursive: bool = True,
+                     extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """The image files in `folder` (below it when `recursive`), sorted, hidden files and other suffixes skipped.
+
+    The one rule for listed paths: they are absolute, so a relative folder (`--data retina/`) is never joined to the
+    folder a second time by whatever resolves them later, whatever the working directory."""
+    base = Path(folder).expanduser().absolute()
+    found = base.rglob("*") if recursive else base.iterdir()
+    return sorted(p for p in found if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in extensions)
 
 
 class ImageResolver:

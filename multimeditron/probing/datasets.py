@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from multimeditron.data.convert import IMAGE_EXTENSIONS, ConversionError, scan_image_folder
-from multimeditron.data.images import DICOM_SUFFIXES
+from multimeditron.data.convert import ConversionError, scan_image_folder
 from multimeditron.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -130,7 +129,7 @@ def _finish(name: str, classes: list[str], multilabel: bool, parts: dict[str, Sp
 def read_image_folder(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> ProbeData:
     """RETFound's layout: ROOT/{train,val,test}/<class>/<image> (PNG, JPEG, TIFF, ..., DICOM)."""
     try:
-        classes, items, notes = scan_image_folder(root, IMAGE_EXTENSIONS | frozenset(DICOM_SUFFIXES))
+        classes, items, notes = scan_image_folder(root)
     except ConversionError as error:
         raise ProbeDataError(str(error)) from error
     index = {name: i for i, name in enumerate(classes)}

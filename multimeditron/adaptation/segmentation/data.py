@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from multimeditron.adaptation.errors import AdaptDataError
-from multimeditron.data.convert import IMAGE_EXTENSIONS
+from multimeditron.data.images import list_image_files
 
 SPLITS = ("train", "val", "test")
 
@@ -34,9 +34,7 @@ class SegmentationData:
 
 def _folder_pairs(root: Path) -> Pairs:
     def files(sub: str) -> dict[str, Path]:
-        folder = root / sub
-        return {p.stem: p for p in sorted(folder.iterdir())
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS}
+        return {p.stem: p for p in list_image_files(root / sub, recursive=False)}
 
     images, masks = files("images"), files("masks")
     unmatched = sorted(set(images) ^ set(masks))
