@@ -220,52 +220,72 @@ def set_override(data: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected key=value")
     key, raw = assignment.split("=", 1)
-    key = key.strip()
+    set_value(data, key.strip(), _yaml_load(raw), f"--set {key.strip()}")
+
+
+def set_value(data: dict[str, Any], key: str, value: Any, origin: str | None = None) -> None:
+    """Set the dotted `key` (`a.b[0].c`) of the raw config mapping to `value`; `origin` names where the
+    assignment came from in errors (`--set KEY`, `--epochs`)."""
+    origin = origin or key
     steps = _key_path(key)
     node: Any = data
     where = ""
     for step, following in itertools.pairwise(steps):
         if isinstance(step, int):
             if not isinstance(node, list):
-                raise ConfigError(f"--set {key}: {where} is not a list")
+                raise ConfigError(f"{origin}: {where} is not a list")
             if not 0 <= step < len(node):
-                raise ConfigError(f"--set {key}: {where} has {len(node)} item(s), no [{step}]")
+                raise ConfigError(f"{origin}: {where} has {len(node)} item(s), no [{step}]")
             where = f"{where}[{step}]"
             node = node[step]
             continue
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {where or 'the config'} is not a section")
+            raise ConfigError(f"{origin}: {where or 'the config'} is not a section")
         where = _join(where, step)
         if node.get(step) is None:
             if isinstance(following, int):
-                raise ConfigError(f"--set {key}: {where} is not a list in the config")
+                raise ConfigError(f"{origin}: {where} is not a list in the config")
             node[step] = {}
         node = node[step]
     last = steps[-1]
     if isinstance(last, int):
         if not isinstance(node, list) or not 0 <= last < len(node):
-            raise ConfigError(f"--set {key}: {where} has no item [{last}]")
+            raise ConfigError(f"{origin}: {where} has no item [{last}]")
     elif not isinstance(node, dict):
-        raise ConfigError(f"--set {key}: {where} is not a section")
-    node[last] = _yaml_load(raw)
+        raise ConfigError(f"{origin}: {where} is not a section")
+    node[last] = value
+
+
+def read_config_mapping(path: str | os.PathLike | None, overrides: list[str] | None = None,
+                        values: list[tuple[str, Any, str]] | None = None,
+                        environ: typing.Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The raw mapping of a YAML config (`{}` without a file), command-line `values` (key, value, the flag that
+    gave it) and then `--set` overrides applied, environment variables substituted: what every command's typed
+    schema is built from."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            with path.open() as handle:
+                data = _yaml_load(handle) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML (quote values that start with $ or {{ inside {{...}}): "
+                              f"{error}") from error
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for key, value, origin in values or []:
+        set_value(data, key, value, origin)
+    for assignment in overrides or []:
+        set_override(data, assignment)
+    return substitute_env(data, environ=environ)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None,
                 environ: typing.Mapping[str, str] | None = None) -> RunConfig:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        with path.open() as handle:
-            data = _yaml_load(handle) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML (quote values that start with $ or {{ inside {{...}}): "
-                          f"{error}") from error
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    for assignment in overrides or []:
-        set_override(data, assignment)
-    data = substitute_env(data, environ=environ)
+    data = read_config_mapping(path, overrides, environ=environ)
     # A relative DeepSpeed path is relative to the YAML file, so cookbook configs work from any directory.
     if isinstance(data.get("deepspeed"), str) and not os.path.isabs(data["deepspeed"]):
         data["deepspeed"] = str((path.parent / data["deepspeed"]).resolve())
@@ -386,6 +406,12 @@ def _validating_training_arguments() -> type:
     return ValidatingTrainingArguments
 
 
+def check_training_args(args: dict[str, Any]) -> None:
+    """`training_args` as every command on the engine takes them: known TrainingArguments fields of the right
+    types, accepted by `TrainingArguments` itself (each error names the key)."""
+    _check_training_args(args)
+
+
 def _check_training_args(args: dict[str, Any]) -> None:
     """Unknown keys, then each value's type, then `TrainingArguments` itself, built key by key so that its own
     errors (an unknown scheduler or optimizer, incompatible options) name the key that introduced them."""
@@ -422,6 +448,12 @@ def _check_training_args(args: dict[str, Any]) -> None:
 # ---- typed construction -------------------------------------------------------------------------------------------
 def _join(where: str, key: Any) -> str:
     return f"{where}.{key}" if where else str(key)
+
+
+def parse_section(cls: type, data: Any, where: str = "") -> Any:
+    """A typed config dataclass from its raw mapping: unknown keys refused with their dotted path, values checked
+    against the type hints (Literal choices, lists, nested sections), required keys named when missing."""
+    return _build(cls, data, where)
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

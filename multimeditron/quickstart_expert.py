@@ -9,8 +9,6 @@ left from right on every seed (probe AUROC ~1.0), and the VLM reads it.
 from __future__ import annotations
 
 import copy
-import json
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,49 +29,48 @@ WARMUP_LR = 1e-3
 @dataclass(frozen=True)
 class WarmedExpert:
     checkpoint: Path  # the adapted-expert folder a stage config's `checkpoint:` names
-    command: str  # the `multimeditron finetune` line that does the same
+    command: str  # the `multimeditron finetune --config ...` line that does the same
     probe_table: str  # AUROC per label, before and after
 
 
-def finetune_command(expert: dict[str, Any], data_dir: Path, out_dir: Path, seed: int, epochs: int,
-                     lr: float) -> list[str]:
-    """The CLI form of the warm-up; `warm_up_expert` runs the same settings in process."""
+def warmup_recipe(expert: dict[str, Any], data_dir: Path, out_dir: Path, seed: int, epochs: int,
+                  lr: float) -> dict[str, Any]:
+    """The warm-up as a `multimeditron finetune` YAML recipe (the quickstart writes it and runs it)."""
     from multimeditron.data.synthetic_findings import LABEL_COLUMNS
 
-    labels = [arg for column in LABEL_COLUMNS for arg in ("--label-column", column)]
-    return ["multimeditron", "finetune", "--expert", json.dumps(expert), "--data", str(data_dir), *labels,
-            "--adaptation", "finetune", "--no-augment", "--layer-decay", "1", "--drop-path", "0", "--smoothing", "0",
-            "--select-metric", "auroc", "--epochs", str(epochs), "--warmup-epochs", "1", "--batch-size", "32",
-            "--lr", f"{lr:g}", "--weight-decay", "0.05", "--seed", str(seed), "--out", str(out_dir)]
+    return {"expert": {"spec": expert},
+            "data": {"path": str(data_dir), "label_columns": list(LABEL_COLUMNS)},
+            "finetune": {"adaptation": "finetune", "augment": False, "layer_decay": 1.0, "drop_path": 0.0,
+                         "label_smoothing": 0.0, "select_metric": "auroc"},
+            "schedule": {"warmup_epochs": 1.0},
+            "training_args": {"output_dir": str(out_dir), "num_train_epochs": epochs,
+                              "per_device_train_batch_size": 32, "learning_rate": lr, "weight_decay": 0.05,
+                              "seed": seed}}
 
 
 def warm_up_expert(out: Path, expert_spec: dict[str, Any], seed: int, num_images: int = WARMUP_IMAGES,
                    epochs: int = WARMUP_EPOCHS, lr: float = WARMUP_LR) -> WarmedExpert:
-    """Draw the labelled images into `out/finding_images`, fine-tune into `out/expert_warmup`, probe both."""
-    import torch
+    """Draw the labelled images into `out/finding_images`, write the recipe `out/expert_warmup.yaml`, fine-tune with
+    it into `out/expert_warmup`, probe the expert before and after."""
+    import yaml
 
     from multimeditron.adaptation.experts import load_expert
-    from multimeditron.adaptation.finetune import FinetuneSettings, finetune
-    from multimeditron.adaptation.loop import LoopSettings
-    from multimeditron.data.synthetic_findings import LABEL_COLUMNS, generate_finding_images
-    from multimeditron.inference import resolve_device
-    from multimeditron.probing.datasets import load_probe_data
+    from multimeditron.adaptation.finetune import finetune, load_finetune_data, prepare_finetune_expert
+    from multimeditron.adaptation.recipes import FinetuneRecipe, load_recipe
+    from multimeditron.data.synthetic_findings import generate_finding_images
 
-    data_dir, run_dir = out / "finding_images", out / "expert_warmup"
+    data_dir, run_dir, recipe_file = out / "finding_images", out / "expert_warmup", out / "expert_warmup.yaml"
     generate_finding_images(data_dir, num_images, num_images // 10, num_images // 10, seed=seed)
-    data = load_probe_data(data_dir, label_columns=list(LABEL_COLUMNS))
-    torch.manual_seed(seed)  # as the CLI does: the random start is the seed's
-    expert, spec = load_expert(json.dumps(expert_spec))
+    recipe_file.write_text(yaml.safe_dump(warmup_recipe(expert_spec, data_dir, run_dir, seed, epochs, lr),
+                                          sort_keys=False))
+    recipe = load_recipe(FinetuneRecipe, str(recipe_file))
+    data = load_finetune_data(recipe)
+    expert, spec, _ = prepare_finetune_expert(recipe)
     initial = copy.deepcopy(expert).eval()
-    loop = LoopSettings(epochs=epochs, batch_size=32, lr=lr, warmup_epochs=1.0, seed=seed,
-                        device=str(resolve_device(None)))
-    settings = FinetuneSettings(adaptation="finetune", layer_decay=1.0, drop_path=0.0, label_smoothing=0.0,
-                                weight_decay=0.05, augment=False, select_metric="auroc")
-    finetune(expert, spec, data, run_dir, loop, settings, name="tiny expert")
+    finetune(expert, spec, data, recipe, name="tiny expert")
     warmed, _ = load_expert(str(run_dir / "best"))
     table = probe_table(data, {"random init": initial, "warmed up": warmed.eval()}, seed)
-    command = shlex.join(finetune_command(expert_spec, data_dir, run_dir, seed, epochs, lr))
-    return WarmedExpert(run_dir / "best", command, table)
+    return WarmedExpert(run_dir / "best", f"multimeditron finetune --config {recipe_file}", table)
 
 
 def probe_table(data: Any, experts: dict[str, Any], seed: int) -> str:

@@ -1,8 +1,7 @@
-"""The quickstart's expert half: the warm-up fine-tunes the tiny expert on labelled drawn images, probes it before and
-after, and prints a `multimeditron finetune` line that the CLI parses into the same settings."""
+"""The quickstart's expert half: the warm-up writes a `multimeditron finetune` YAML recipe, runs it (fine-tuning the
+tiny expert on labelled drawn images) and probes the expert before and after."""
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 
@@ -41,20 +40,21 @@ def test_probe_table_has_every_label_before_and_after(warmed) -> None:
     assert min(rows["x-ray"] + rows["fundus"] + rows["histology"]) > 0.95
 
 
-def test_printed_command_parses_into_the_same_settings(warmed) -> None:
-    from multimeditron.cli import finetune as finetune_cli
+def test_the_printed_command_runs_the_recipe_the_warm_up_ran(warmed, capsys) -> None:
+    import yaml
+
+    from multimeditron.cli import main
 
     out, result = warmed
     argv = shlex.split(result.command)
-    assert argv[:2] == ["multimeditron", "finetune"]
-    parser = argparse.ArgumentParser()
-    finetune_cli.add_arguments(parser)
-    args = parser.parse_args(argv[2:])
-    assert json.loads(args.expert) == EXPERT and args.label_column == list(LABEL_COLUMNS)
-    assert (args.adaptation, args.no_augment, args.layer_decay, args.drop_path, args.smoothing) == \
-        ("finetune", True, 1.0, 0.0, 0.0)
-    assert (args.epochs, args.batch_size, args.lr, args.warmup_epochs, args.weight_decay, args.seed) == \
-        (2, 32, 1e-3, 1.0, 0.05, 3)
-    assert args.select_metric == "auroc" and args.data == str(out / "finding_images")
+    assert argv == ["multimeditron", "finetune", "--config", str(out / "expert_warmup.yaml")]
+    recipe = yaml.safe_load((out / "expert_warmup.yaml").read_text())
+    assert recipe["expert"]["spec"] == EXPERT and recipe["data"]["label_columns"] == list(LABEL_COLUMNS)
+    assert main([*argv[1:], "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "global batch: 32 = 32 per process x 1 accumulation step(s) x 1 process(es)" in plan
+    assert "learning rate 0.001 " in plan and "warm-up 1 of 2 epochs" in plan
+    assert "method: finetune, layer decay 1, drop path 0, label smoothing 0," in plan and "augment False" in plan
     history = json.loads((out / "expert_warmup" / "history.json").read_text())
-    assert len(history) == 2 and history[-1]["lr"] <= 1e-3
+    assert [h["epoch"] for h in history] == [1, 2] and all("auroc" in h and "loss" in h for h in history)
+    assert history[-1]["learning_rate"] <= 1e-3

@@ -21,3 +21,12 @@ def load_expert(text: str, tiny: bool = False, options: dict[str, Any] | None = 
             parsed.spec, options={**options, **parsed.spec.options}))
     expert = build_probe_expert(parsed).requires_grad_(True).train()
     return expert, resolved_spec(parsed.spec, expert)
+
+
+def spec_text(spec: str | dict[str, Any]) -> str:
+    """A recipe's `expert.spec` (a SPEC string, or a mapping of expert keys) as the text `parse_spec` reads."""
+    if isinstance(spec, dict):
+        import json
+
+        return json.dumps(spec)
+    return spec

@@ -1,14 +1,13 @@
 """Supervised adaptation of an expert on labelled images (RETFound's `main_finetune.py`, DINOv2-on-radiology's
-end-to-end, LoRA and BitFit runs): a head on the expert's global output, layer-wise lr decay, warmup + cosine,
-drop path, label smoothing, optional mixup/cutmix (timm), class weights or a balanced sampler (multi-label data:
-one sigmoid per label, BCE with per-label positive weights); the best epoch on val by a named metric goes to
-`OUT/best/` (an adapted-expert folder plus `head.safetensors`), scored on test with part 1's metrics, tables and
-plots.
+end-to-end, LoRA and BitFit runs) on the engine (`adaptation.engine`): a head on the expert's global output,
+layer-wise lr decay, warmup + cosine, drop path, label smoothing, optional mixup/cutmix (timm), class weights or a
+balanced sampler (multi-label data: one sigmoid per label, BCE with per-label positive weights); the best epoch on
+val by a named metric goes to `OUT/best/` (an adapted-expert folder plus `head.safetensors`), scored on test with
+part 1's metrics, tables and plots.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from multimeditron.adaptation.engine import epoch_history, train_objective
 from multimeditron.adaptation.errors import AdaptationError
 from multimeditron.adaptation.heads import Classifier, build_head, head_record
 from multimeditron.adaptation.images import CanvasDataset
-from multimeditron.adaptation.loop import LoopSettings, run_epochs
 from multimeditron.adaptation.optim import param_groups
-from multimeditron.adaptation.peft_methods import LoraSettings, merged_copy, prepare_expert
+from multimeditron.adaptation.peft_methods import merged_copy, prepare_expert
+from multimeditron.adaptation.recipes import FinetuneRecipe, FinetuneSection
 from multimeditron.adaptation.trunk import set_drop_path, vit_trunk
 from multimeditron.experts.adapted import read_adapted_record, save_adapted_expert
 from multimeditron.experts.base import ExpertSpec, VisionExpert
@@ -31,29 +31,6 @@ from multimeditron.probing.metrics import classification_metrics, is_defined
 HEAD_FILE = "head.safetensors"
 # RETFound chooses the best epoch by the mean of these three validation metrics.
 RETFOUND_SCORE = ("f1_macro", "auroc", "kappa")
-SELECT_METRICS = ("retfound", "accuracy", "balanced_accuracy", "f1_macro", "auroc", "aupr", "kappa")
-BALANCE = ("none", "weights", "sampler")
-
-
-@dataclass
-class FinetuneSettings:
-    adaptation: str = "finetune"  # finetune | lp | lora | bitfit
-    layer_decay: float = 0.65  # finetune only; 1 = one rate for the whole expert
-    drop_path: float = 0.2  # not for lp
-    label_smoothing: float = 0.1
-    mixup: float = 0.0  # timm Mixup alpha (0: off)
-    cutmix: float = 0.0  # timm CutMix alpha (0: off)
-    balance: str = "none"  # none | weights (inverse-frequency class weights) | sampler (balanced batches)
-    weight_decay: float = 0.05
-    augment: bool = True
-    select_metric: str = "retfound"
-    lora: LoraSettings = field(default_factory=LoraSettings)
-
-    def __post_init__(self) -> None:
-        if self.select_metric not in SELECT_METRICS:
-            raise AdaptationError(f"select metric {self.select_metric!r} is not one of {list(SELECT_METRICS)}")
-        if self.balance not in BALANCE:
-            raise AdaptationError(f"balance {self.balance!r} is not one of {list(BALANCE)}")
 
 
 def selection_value(metrics: dict[str, Any], name: str) -> float:
@@ -64,7 +41,7 @@ def selection_value(metrics: dict[str, Any], name: str) -> float:
     return float(np.mean(values)) if values else float(metrics["accuracy"])
 
 
-def build_classifier(expert: VisionExpert, num_classes: int, settings: FinetuneSettings) -> Classifier:
+def build_classifier(expert: VisionExpert, num_classes: int, settings: FinetuneSection) -> Classifier:
     lp = settings.adaptation == "lp"
     prepare_expert(expert, settings.adaptation, settings.lora)
     if settings.drop_path and not lp:
@@ -73,38 +50,44 @@ def build_classifier(expert: VisionExpert, num_classes: int, settings: FinetuneS
     return Classifier(expert, head, frozen_expert=lp)
 
 
-@torch.no_grad()
-def predict(classifier: Classifier, dataset: CanvasDataset, batch_size: int, device: str,
-            multilabel: bool = False) -> np.ndarray:
-    """Probabilities (n, C) of every image, in order: softmax over classes, or a sigmoid per label."""
-    classifier.to(device).eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    squash = torch.sigmoid if multilabel else (lambda logits: torch.softmax(logits, dim=-1))
-    out = [squash(classifier(x.to(device)).float()).cpu() for x, _ in loader]
-    return torch.cat(out).numpy()
+class ClassificationObjective(nn.Module):
+    """The classifier and its training loss as the engine's model: `forward(pixel_values, labels)` ->
+    {"loss", "logits"}. Training batches are mixed (mixup/cutmix, timm) when the settings ask; evaluation batches
+    never are. Multi-label data: one BCE per label, `class_weights` then weigh each label's positives."""
+
+    def __init__(self, classifier: Classifier, settings: FinetuneSection, num_classes: int,
+                 class_weights: torch.Tensor | None = None, multilabel: bool = False) -> None:
+        super().__init__()
+        self.classifier, self.multilabel, self.smoothing = classifier, multilabel, settings.label_smoothing
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        self.mixup = None
+        if settings.mixing and not multilabel:
+            from timm.data import Mixup
+
+            self.mixup = Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix,
+                               label_smoothing=settings.label_smoothing, num_classes=num_classes)
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if labels is not None and self.training and self.mixup is not None:
+            mixed, targets = self.mixup(pixel_values, labels)
+            logits = self.classifier(mixed).float()
+            loss = torch.sum(-targets * torch.log_softmax(logits, dim=-1), dim=-1).mean()
+            return {"loss": loss, "logits": logits}
+        logits = self.classifier(pixel_values).float()
+        if labels is None:
+            return {"logits": logits}
+        if self.multilabel:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=self.class_weights)
+        else:
+            loss = nn.functional.cross_entropy(logits, labels, weight=self.class_weights,
+                                               label_smoothing=self.smoothing)
+        return {"loss": loss, "logits": logits}
 
 
-def _loss_fn(settings: FinetuneSettings, num_classes: int, class_weights: torch.Tensor | None,
-             multilabel: bool = False):
-    if multilabel:
-        # One binary cross-entropy per label; `class_weights` are then the positives' weights (pos_weight).
-        binary = nn.BCEWithLogitsLoss(pos_weight=class_weights)
-        return lambda module, batch: binary(module(batch[0]).float(), batch[1].float())
-    if settings.mixup > 0 or settings.cutmix > 0:
-        from timm.data import Mixup
-        from timm.loss import SoftTargetCrossEntropy
-
-        mixup = Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix,
-                      label_smoothing=settings.label_smoothing, num_classes=num_classes)
-        soft = SoftTargetCrossEntropy()
-
-        def mixed(module: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            images, targets = mixup(*batch)
-            return soft(module(images).float(), targets)
-
-        return mixed
-    criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=settings.label_smoothing)
-    return lambda module, batch: criterion(module(batch[0]).float(), batch[1])
+def probabilities(logits: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Softmax over classes, or a sigmoid per label."""
+    logits = torch.as_tensor(np.asarray(logits), dtype=torch.float32)
+    return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)).numpy()
 
 
 def _balance(labels: np.ndarray, num_classes: int, how: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -142,7 +125,7 @@ def save_checkpoint(classifier: Classifier, spec: ExpertSpec, folder: Path, reco
 
 
 def load_finetuned(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
-    """A fine-tuned run's `best/` (or `last/`, or the run folder itself) -> (classifier in eval mode, record)."""
+    """A fine-tuned run's `best/` (or the run folder itself) -> (classifier in eval mode, record)."""
     from safetensors.torch import load_file
 
     from multimeditron.experts.registry import build_expert
@@ -161,70 +144,103 @@ def load_finetuned(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
     return Classifier(expert, head, frozen_expert=True).eval(), record
 
 
-def evaluate_splits(classifier: Classifier, data: ProbeData, splits: tuple[str, ...], batch_size: int,
-                    device: str) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
-    """split -> (probabilities, metrics) with part 1's `classification_metrics`."""
+def labelled_canvases(data: ProbeData, split: str, size: int, augment: bool = False, seed: int = 0) -> CanvasDataset:
+    part = data.splits[split]
+    return CanvasDataset(part.images, size, data.folder, part.labels, augment=augment, seed=seed)
+
+
+def evaluate_splits(trainer: Any, data: ProbeData, splits: tuple[str, ...], size: int,
+                    ) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """split -> (probabilities, metrics) with part 1's `classification_metrics`; the predictions of every process
+    are gathered by the engine (each image once, whatever the number of processes)."""
     out = {}
     for split in splits:
-        part = data.splits[split]
-        probs = predict(classifier, CanvasDataset(part.images, classifier.expert.image_size, data.folder),
-                        batch_size, device, data.multilabel)
-        out[split] = (probs, classification_metrics(part.labels, probs, multilabel=data.multilabel))
+        logits = trainer.predict(labelled_canvases(data, split, size)).predictions
+        probs = probabilities(logits, data.multilabel)
+        out[split] = (probs, classification_metrics(data.splits[split].labels, probs, multilabel=data.multilabel))
     return out
 
 
-def finetune(expert: VisionExpert, spec: ExpertSpec, data: ProbeData, out_dir: str | Path, loop: LoopSettings,
-             settings: FinetuneSettings, *, resume: bool = False, name: str | None = None) -> dict[str, Any]:
-    """Train, keep the best epoch on val in `OUT/best/`, score it on val and test; returns part 1's result dict
-    (`probing.report.write_reports` writes it) with this run's history."""
-    out = Path(out_dir)
+def _metrics_fn(select_metric: str, multilabel: bool):
+    def compute(prediction: Any) -> dict[str, float]:
+        metrics = classification_metrics(prediction.label_ids, probabilities(prediction.predictions, multilabel),
+                                         multilabel=multilabel)
+        scalars = {k: float(v) for k, v in metrics.items() if is_defined(v)}
+        return {**scalars, "score": selection_value(metrics, select_metric)}
+    return compute
+
+
+def finetune(expert: VisionExpert, spec: ExpertSpec, data: ProbeData, recipe: FinetuneRecipe, *,
+             name: str | None = None, processes: int = 1, callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Train on the engine, keep the best epoch on val in `OUT/best/`, score it on val and test; returns part 1's
+    result dict (`probing.report.write_reports` writes it, on the main process) with this run's history."""
+    from multimeditron.training.arguments import training_arguments
+
+    settings = recipe.finetune
+    args = training_arguments(recipe.training_arguments(processes))
+    out = Path(args.output_dir)
     classes, train = data.classes, data.splits["train"]
-    torch.manual_seed(loop.seed)  # the head's initialisation
+    torch.manual_seed(args.seed)  # the head's initialisation
     classifier = build_classifier(expert, len(classes), settings)
     class_weights, sample_weights = _balance(train.labels, len(classes), settings.balance)
-    mixing = settings.mixup > 0 or settings.cutmix > 0
-    if mixing and data.multilabel:
-        raise AdaptationError(f"{data.name}: mixup/cutmix mix class ids; they do not apply to multi-label data")
-    if mixing and loop.batch_size % 2:
-        raise AdaptationError(f"mixup/cutmix mix pairs within a batch: --batch-size must be even, got {loop.batch_size}")
-    dataset = CanvasDataset(train.images, expert.image_size, data.folder, train.labels, augment=settings.augment)
-    val = CanvasDataset(data.splits["val"].images, expert.image_size, data.folder)
+    objective = ClassificationObjective(classifier, settings, len(classes), class_weights, data.multilabel)
     layer_decay = settings.layer_decay if settings.adaptation == "finetune" else 1.0
-    groups = param_groups(classifier.expert, classifier.head, settings.weight_decay, layer_decay)
-    record_base = {"objective": "classification", **asdict(settings), "classes": classes, "data": data.name,
-                   "head": head_record("bn_linear" if settings.adaptation == "lp" else "linear", expert.feature_dim,
-                                       classes, data.multilabel), "loop": loop.to_dict()}
+    groups = param_groups(classifier.expert, classifier.head, args.weight_decay, layer_decay)
     trainable = sum(p.numel() for g in groups for p in g["params"])
     total = sum(p.numel() for p in classifier.parameters())
-
-    def on_epoch_end(epoch: int, record: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
-        probs = predict(classifier, val, loop.batch_size, loop.device, data.multilabel)
-        metrics = classification_metrics(data.splits["val"].labels, probs, multilabel=data.multilabel)
-        score = selection_value(metrics, settings.select_metric)
-        best = max((h["score"] for h in history), default=-np.inf)
-        if score > best:
-            save_checkpoint(classifier, spec, out / "best",
-                            {**record_base, "epoch": epoch + 1, "val": metrics, "score": score})
-        return {"val": metrics, "score": score}
-
-    loss_fn = _loss_fn(settings, len(classes), class_weights, data.multilabel)
-    history = run_epochs(classifier, dataset, groups, loss_fn, loop, out, resume=resume, sample_weights=sample_weights,
-                         on_epoch_end=on_epoch_end, desc=f"finetune ({settings.adaptation})", drop_last=mixing)
-    (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-    best, record = load_finetuned(out / "best")
-    result = score_checkpoint(best, record, data, loop.batch_size, loop.device, out,
-                              name or spec.id)
-    result["runs"][0]["details"].update({"history": history, "trainable_parameters": trainable,
-                                         "parameters": total})
+    trainer = train_objective(
+        objective, labelled_canvases(data, "train", expert.image_size, settings.augment, args.seed), args, groups,
+        recipe.schedule, eval_dataset=labelled_canvases(data, "val", expert.image_size),
+        compute_metrics=_metrics_fn(settings.select_metric, data.multilabel), sample_weights=sample_weights,
+        resume=args.resume_from_checkpoint, drop_last_train=settings.mixing, callbacks=callbacks)
+    history = epoch_history(trainer.state.log_history)
+    best_epoch = max(history, key=lambda h: h.get("score", -np.inf))["epoch"] if history else None
+    scored = evaluate_splits(trainer, data, ("val", "test"), expert.image_size)
+    record = {"objective": "classification", "adaptation": settings.adaptation, "select_metric": settings.select_metric,
+              "recipe": recipe.to_dict(), "classes": classes, "data": data.name, "epoch": best_epoch,
+              "val": scored["val"][1], "score": selection_value(scored["val"][1], settings.select_metric),
+              "head": head_record("bn_linear" if settings.adaptation == "lp" else "linear", expert.feature_dim,
+                                  classes, data.multilabel)}
+    result = _result(name or spec.id, record, data, scored)
+    result["runs"][0]["details"].update({"history": history, "trainable_parameters": trainable, "parameters": total})
+    if trainer.is_world_process_zero():
+        save_checkpoint(classifier, spec, out / "best", record)
+        (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+        write_outputs(result, data, scored, out)
     return result
 
 
-def score_checkpoint(classifier: Classifier, record: dict[str, Any], data: ProbeData, batch_size: int, device: str,
-                     out_dir: str | Path | None, name: str) -> dict[str, Any]:
-    """Val and test metrics of a saved classifier as part 1's result dict; with `out_dir`, the reports, the
-    test predictions and the confusion-matrix / ROC plots are written there."""
+def _result(name: str, provenance: dict[str, Any], data: ProbeData,
+            scored: dict[str, tuple[np.ndarray, dict[str, Any]]]) -> dict[str, Any]:
+    run = {"expert": name, "protocol": f"finetune:{provenance['adaptation']}",
+           "chosen": {"epoch": provenance.get("epoch"), "select_metric": provenance.get("select_metric")},
+           "val": scored["val"][1], "test": scored["test"][1], "details": {}, "notes": []}
+    return {"data": data.name, "classes": list(provenance["head"]["classes"]), "runs": [run], "comparisons": []}
+
+
+def write_outputs(result: dict[str, Any], data: ProbeData, scored: dict[str, tuple[np.ndarray, dict[str, Any]]],
+                  out_dir: str | Path) -> None:
+    """The reports (results.json/.csv/.md), the test predictions and the confusion-matrix / ROC plots."""
     from multimeditron.probing.plots import confusion_png, roc_png
     from multimeditron.probing.report import write_reports
+
+    out = Path(out_dir)
+    write_reports(result, out)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    probs, labels = scored["test"][0], data.splits["test"].labels
+    run = result["runs"][0]
+    title = f"{run['expert']} ({run['protocol']}), test"
+    if not data.multilabel:
+        confusion_png(labels, probs, result["classes"], plots / "confusion_test.png", title)
+    roc_png(labels, probs, result["classes"], plots / "roc_test.png", title, multilabel=data.multilabel)
+    np.savez(out / "test_predictions.npz", labels=labels, probabilities=probs)
+
+
+def score_checkpoint(classifier: Classifier, record: dict[str, Any], data: ProbeData, args: Any,
+                     name: str) -> dict[str, Any]:
+    """Val and test metrics of a saved classifier as part 1's result dict, written to `args.output_dir`."""
+    from transformers import Trainer
 
     provenance = record["provenance"]
     classes = provenance["head"]["classes"]
@@ -233,20 +249,56 @@ def score_checkpoint(classifier: Classifier, record: dict[str, Any], data: Probe
                               f"checkpoint's head is {'multi-label' if provenance['head'].get('multilabel') else 'not'}")
     if list(classes) != list(data.classes):
         raise AdaptationError(f"{data.name}: classes {data.classes} differ from the checkpoint's {classes}")
-    scored = evaluate_splits(classifier, data, ("val", "test"), batch_size, device)
-    run = {"expert": name, "protocol": f"finetune:{provenance['adaptation']}",
-           "chosen": {"epoch": provenance.get("epoch"), "select_metric": provenance.get("select_metric")},
-           "val": scored["val"][1], "test": scored["test"][1], "details": {}, "notes": []}
-    result = {"data": data.name, "classes": classes, "runs": [run], "comparisons": []}
-    if out_dir is not None:
-        out = Path(out_dir)
-        write_reports(result, out)
-        plots = out / "plots"
-        plots.mkdir(parents=True, exist_ok=True)
-        probs, labels = scored["test"][0], data.splits["test"].labels
-        title = f"{name} ({run['protocol']}), test"
-        if not data.multilabel:
-            confusion_png(labels, probs, classes, plots / "confusion_test.png", title)
-        roc_png(labels, probs, classes, plots / "roc_test.png", title, multilabel=data.multilabel)
-        np.savez(out / "test_predictions.npz", labels=labels, probabilities=probs)
+    objective = ClassificationObjective(classifier, FinetuneSection(), len(classes), multilabel=data.multilabel)
+    trainer = Trainer(model=objective, args=args)
+    scored = evaluate_splits(trainer, data, ("val", "test"), classifier.expert.image_size)
+    result = _result(name, provenance, data, scored)
+    if trainer.is_world_process_zero():
+        write_outputs(result, data, scored, args.output_dir)
     return result
+
+
+def load_finetune_data(recipe: FinetuneRecipe) -> ProbeData:
+    """The labelled splits the recipe names (val carved from train when absent, seeded by the run's seed)."""
+    from multimeditron.probing.datasets import ProbeDataError, load_probe_data
+
+    section = recipe.data
+    try:
+        return load_probe_data(section.path, image_column=section.image_column, label_columns=section.label_columns,
+                               split_column=section.split_column, val_fraction=section.val_fraction,
+                               seed=int(recipe.training_arguments()["seed"]))
+    except ProbeDataError as error:
+        raise AdaptationError(f"data.path: {error}") from error
+
+
+def prepare_finetune_expert(recipe: FinetuneRecipe) -> tuple[VisionExpert, ExpertSpec, str]:
+    """(the expert to train, its resolved spec, the name its results carry); a random-weight expert is the seed's."""
+    from multimeditron.adaptation.experts import load_expert, spec_text
+    from multimeditron.probing.specs import parse_spec
+
+    text = spec_text(recipe.expert.spec)
+    options = {"cls_pool": recipe.finetune.pool} if recipe.finetune.pool else {}
+    torch.manual_seed(int(recipe.training_arguments()["seed"]))
+    expert, spec = load_expert(text, tiny=recipe.expert.tiny, options=options)
+    return expert, spec, parse_spec(text, tiny=recipe.expert.tiny).name
+
+
+def finetune_plan(recipe: FinetuneRecipe, data: ProbeData, expert: VisionExpert, processes: int = 1) -> str:
+    from multimeditron.adaptation.plan import format_plan
+
+    settings = recipe.finetune
+    classifier = build_classifier(expert, len(data.classes), settings)
+    layer_decay = settings.layer_decay if settings.adaptation == "finetune" else 1.0
+    weight_decay = float(recipe.training_arguments(processes)["weight_decay"])
+    groups = param_groups(classifier.expert, classifier.head, weight_decay, layer_decay)
+    sizes = ", ".join(f"{s} {len(p)}" for s, p in data.splits.items())
+    kind = "labels" if data.multilabel else "classes"
+    data_lines = [f"data: {data.name}: {len(data.classes)} {kind} ({', '.join(data.classes)}); images: {sizes}",
+                  *(f"data note: {note}" for note in data.notes),
+                  f"method: {settings.adaptation}, layer decay {layer_decay:g}, drop path "
+                  f"{settings.drop_path if settings.adaptation != 'lp' else 0:g}, label smoothing "
+                  f"{settings.label_smoothing:g}, mixup {settings.mixup:g}, cutmix {settings.cutmix:g}, balance "
+                  f"{settings.balance}, augment {settings.augment}, best epoch by val {settings.select_metric}"]
+    return format_plan("finetune", recipe, data_lines, expert, groups,
+                       ["checkpoint-*/ (resumable)", "best/ (adapted expert + head)", "history.json",
+                        "results.{json,csv,md}", "plots/", "test_predictions.npz"], processes)

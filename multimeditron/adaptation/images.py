@@ -84,23 +84,39 @@ def _table_images(root: Path, image_column: str | None) -> tuple[Sequence[Any], 
 
 
 class CanvasDataset(torch.utils.data.Dataset):
-    """Image values (+ optional labels) -> (canvas (3, S, S) in [0, 1], label tensor); `augment` adds a random resized
-    crop (scale 0.5-1) and a horizontal flip, drawn from torch's global generator (seeded per epoch by the loops)."""
+    """Image values (+ optional labels) -> {"pixel_values": canvas (3, S, S) in [0, 1], "labels": class id or 0/1
+    vector}, the engine's batch keys; `augment` adds a random resized crop (scale 0.5-1) and a horizontal flip.
+
+    Random draws are seeded per sample by (seed, epoch, index) (`engine.sample_seed`; the engine's sampler sets the
+    epoch), so they do not depend on the number of processes or workers, and a resumed run repeats them."""
 
     def __init__(self, images: Sequence[Any], size: int, folder: Path | None = None, labels: Any = None,
-                 augment: bool = False) -> None:
+                 augment: bool = False, seed: int = 0) -> None:
         self.canvases = ImageCanvases(images, size, folder)
-        self.labels, self.augment, self.size = labels, augment, size
+        self.labels, self.augment, self.size, self.seed, self.epoch = labels, augment, size, seed, 0
 
     def __len__(self) -> int:
         return len(self.canvases)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def generator(self, index: int, stream: int = 0) -> torch.Generator:
+        """This sample's generator in this epoch; each `stream` (augmentation 0, others for subclasses) its own."""
+        from multimeditron.adaptation.engine import sample_seed
+
+        return torch.Generator().manual_seed(sample_seed(self.seed + 7_919 * stream, self.epoch, index))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         canvas = self.canvases[index]
         if self.augment:
-            canvas = augment_canvas(canvas, self.size)
-        # a class id, a 0/1 vector (multi-label), or -1 for unlabelled images
-        return canvas, torch.as_tensor(self.labels[index] if self.labels is not None else -1)
+            # torchvision's transforms draw from the global generator: fork it, seeded for this sample
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(self.generator(index).initial_seed()))
+                canvas = augment_canvas(canvas, self.size)
+        if self.labels is None:
+            return {"pixel_values": canvas}
+        return {"pixel_values": canvas, "labels": torch.as_tensor(self.labels[index])}
 
 
 def augment_canvas(canvas: torch.Tensor, size: int) -> torch.Tensor:

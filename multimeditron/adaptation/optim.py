@@ -1,10 +1,9 @@
-"""Optimiser parameter groups (layer-wise learning-rate decay for ViT trunks, no weight decay on 1-d parameters)
-and the warmup + cosine schedule, both from timm."""
+"""Optimiser parameter groups (layer-wise learning-rate decay for ViT trunks, no weight decay on 1-d parameters),
+from timm; the engine (`adaptation.engine`) turns them into the optimiser and runs the schedule."""
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 
@@ -39,20 +38,3 @@ def param_groups(expert: nn.Module, head: nn.Module | None, weight_decay: float,
     for group in param_groups_weight_decay(rest, weight_decay):
         groups.append({**group, "lr_scale": 1.0})
     return [g for g in groups if g["params"]]
-
-
-def build_optimizer(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
-    if not groups:
-        raise ValueError("nothing to train: no parameter requires a gradient")
-    # Every group starts at `lr`: the scheduler (timm) sets each group's rate to the schedule x its `lr_scale`.
-    return torch.optim.AdamW([{**g, "lr": lr} for g in groups], lr=lr, betas=(0.9, 0.999))
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_lr: float = 1e-6):
-    """Linear warmup over `warmup_steps` then cosine to `min_lr`, stepped per update (`step_update(step)`); each
-    group's rate is the schedule's times its `lr_scale`."""
-    from timm.scheduler import CosineLRScheduler
-
-    warmup_steps = min(max(0, warmup_steps), max(0, total_steps - 1))
-    return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=min_lr,
-                             warmup_t=warmup_steps, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)

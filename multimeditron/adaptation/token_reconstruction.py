@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multimeditron.adaptation.errors import AdaptationError
+from multimeditron.adaptation.engine import epoch_history, train_objective
 from multimeditron.adaptation.images import CanvasDataset
-from multimeditron.adaptation.loop import LoopSettings, run_epochs
+from multimeditron.adaptation.recipes import AdaptRecipe, TokenReconstructionSection
 from multimeditron.adaptation.trunk import masked_patches, num_patches, set_drop_path, vit_trunk
 from multimeditron.experts.adapted import save_adapted_expert
 from multimeditron.experts.base import ExpertSpec, VisionExpert
-
-
-@dataclass
-class CorruptionSettings:
-    noise: float = 0.2  # pixel noise std, as a fraction of each image's per-channel std (0: none)
-    mask_max: float = 1 / 3  # each image masks a fraction of its patches drawn from U(0, mask_max) (0: none)
-
-    def __post_init__(self) -> None:
-        if self.noise < 0:
-            raise AdaptationError(f"--noise must be >= 0, got {self.noise}")
-        if not 0 <= self.mask_max < 1:
-            raise AdaptationError(f"--mask-max must lie in [0, 1), got {self.mask_max}")
 
 
 class ResidualProjector(nn.Module):
@@ -55,18 +42,17 @@ class ResidualProjector(nn.Module):
 class TokenReconstruction(nn.Module):
     """The objective as a module: `forward(canvas)` -> loss. `student` is the expert being adapted."""
 
-    def __init__(self, expert: VisionExpert, corruption: CorruptionSettings, layerscale_init: float = 1e-5,
-                 drop_path: float = 0.0) -> None:
+    def __init__(self, expert: VisionExpert, corruption: TokenReconstructionSection) -> None:
         super().__init__()
         self.corruption = corruption
         self.student = expert
         self.reference = copy.deepcopy(expert).requires_grad_(False).eval()
-        if drop_path:
-            set_drop_path(self.trunk, drop_path)
+        if corruption.drop_path:
+            set_drop_path(self.trunk, corruption.drop_path)
         width = int(getattr(self.trunk, "embed_dim", expert.feature_dim))
         self.mask_token = nn.Parameter(torch.zeros(width))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.projector = ResidualProjector(int(self.trunk.num_features), layerscale_init)
+        self.projector = ResidualProjector(int(self.trunk.num_features), corruption.layerscale_init)
 
     @property
     def trunk(self) -> nn.Module:
@@ -81,48 +67,85 @@ class TokenReconstruction(nn.Module):
         self.reference.eval()  # the reference never trains (no dropout / drop path)
         return self
 
-    def corrupt(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(noisy pixels, patch mask (B, N) True = replaced by the mask token); draws from torch's generator."""
-        b = pixels.shape[0]
-        noisy = pixels
-        if self.corruption.noise > 0:
-            std = pixels.float().std(dim=(2, 3), keepdim=True)
-            noisy = pixels + (torch.randn_like(pixels.float()) * std * self.corruption.noise).to(pixels.dtype)
-        n = num_patches(self.trunk)
-        fraction = torch.rand(b, 1, device=pixels.device) * self.corruption.mask_max
-        ranks = torch.rand(b, n, device=pixels.device).argsort(dim=1).argsort(dim=1)
-        masks = ranks < (fraction * n).floor()
-        return noisy, masks
-
-    def forward(self, canvas: torch.Tensor) -> torch.Tensor:
-        pixels = self.student.preprocess(canvas)
+    def forward(self, pixel_values: torch.Tensor, corrupted_values: torch.Tensor,
+                patch_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            target = self.reference_trunk.forward_features(pixels)
-        noisy, masks = self.corrupt(pixels)
-        with masked_patches(self.trunk, self.mask_token, masks):
-            tokens = self.trunk.forward_features(noisy)
-        return F.mse_loss(self.projector(tokens).float(), target.float())
+            target = self.reference_trunk.forward_features(self.reference.preprocess(pixel_values))
+        with masked_patches(self.trunk, self.mask_token, patch_mask):
+            tokens = self.trunk.forward_features(self.student.preprocess(corrupted_values))
+        return {"loss": F.mse_loss(self.projector(tokens).float(), target.float())}
+
+
+def corrupt(canvas: torch.Tensor, settings: TokenReconstructionSection, patches: int,
+            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noisy canvas, patch mask (patches,) True = replaced by the mask token) of one image: Gaussian noise at
+    `noise` x the image's per-channel std (the expert's normalisation is affine per channel, so this is the same
+    noise on its input), and a fraction U(0, `mask_max`) of the patches chosen at random."""
+    noisy = canvas
+    if settings.noise > 0:
+        std = canvas.float().std(dim=(1, 2), keepdim=True)
+        noisy = canvas + torch.randn(canvas.shape, generator=generator) * std * settings.noise
+    fraction = float(torch.rand((), generator=generator)) * settings.mask_max
+    chosen = torch.randperm(patches, generator=generator)[: int(fraction * patches)]
+    mask = torch.zeros(patches, dtype=torch.bool)
+    mask[chosen] = True
+    return noisy, mask
+
+
+class CorruptedCanvases(CanvasDataset):
+    """Each image clean (the reference's input) and corrupted (the trained copy's), drawn per sample and epoch."""
+
+    def __init__(self, images: Sequence[Any], size: int, folder: Path | None, settings: TokenReconstructionSection,
+                 patches: int, seed: int = 0) -> None:
+        super().__init__(images, size, folder, augment=settings.augment, seed=seed)
+        self.settings, self.patches = settings, patches
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = super().__getitem__(index)
+        noisy, mask = corrupt(item["pixel_values"], self.settings, self.patches, self.generator(index, stream=1))
+        return {**item, "corrupted_values": noisy, "patch_mask": mask}
 
 
 def adapt_token_reconstruction(expert: VisionExpert, spec: ExpertSpec, images: Sequence[Any], folder: Path | None,
-                               out_dir: str | Path, loop: LoopSettings, corruption: CorruptionSettings,
-                               *, layerscale_init: float = 1e-5, drop_path: float = 0.0, weight_decay: float = 0.05,
-                               augment: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Train `expert` by token reconstruction on `images`; write `OUT/final/` (an adapted-expert folder the registry
-    loads as `spec`'s expert), `OUT/last/` (resumable state) and `OUT/history.json`. Returns a summary."""
+                               recipe: AdaptRecipe, processes: int = 1) -> dict[str, Any]:
+    """Train `expert` by token reconstruction on `images` on the engine; writes `OUT/final/` (an adapted-expert
+    folder the registry loads as `spec`'s expert), `OUT/checkpoint-*/` (resumable) and `OUT/history.json`."""
     from timm.optim import param_groups_weight_decay
 
-    out = Path(out_dir)
-    objective = TokenReconstruction(expert.requires_grad_(True), corruption, layerscale_init, drop_path)
-    dataset = CanvasDataset(images, expert.image_size, folder, augment=augment)
+    from multimeditron.training.arguments import training_arguments
+
+    args = training_arguments(recipe.training_arguments(processes))
+    out = Path(args.output_dir)
+    method = recipe.token_reconstruction
+    objective = TokenReconstruction(expert.requires_grad_(True), method)
+    dataset = CorruptedCanvases(images, expert.image_size, folder, method, num_patches(objective.trunk), args.seed)
     # The reference is frozen, so the groups hold the trained copy, the projector and the mask token only.
-    groups = param_groups_weight_decay(objective, weight_decay)
-    history = run_epochs(objective, dataset, groups, lambda module, batch: module(batch[0]), loop, out,
-                         resume=resume, desc="token reconstruction")
-    record = {"objective": "token-reconstruction", **asdict(corruption), "layerscale_init": layerscale_init,
-              "drop_path": drop_path, "weight_decay": weight_decay, "augment": augment, "images": len(dataset),
-              "loop": loop.to_dict(), "history": history}
-    final = save_adapted_expert(objective.student.cpu(), spec, out / "final", record)
-    (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    groups = [{**g, "lr_scale": 1.0} for g in param_groups_weight_decay(objective, args.weight_decay)]
+    trainer = train_objective(objective, dataset, args, groups, recipe.schedule, resume=args.resume_from_checkpoint)
+    history = epoch_history(trainer.state.log_history)
+    final = out / "final"
+    if trainer.is_world_process_zero():
+        record = {"objective": recipe.objective, "recipe": recipe.to_dict(), "images": len(dataset),
+                  "history": history}
+        save_adapted_expert(objective.student.cpu(), spec, final, record)
+        (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    losses = [h["loss"] for h in history if "loss" in h]
     return {"final": str(final), "spec": {**spec.to_dict(), "checkpoint": str(final)},
-            "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"], "epochs": len(history)}
+            "first_loss": losses[0] if losses else float("nan"), "last_loss": losses[-1] if losses else float("nan"),
+            "epochs": len(history)}
+
+
+def adapt_plan(recipe: AdaptRecipe, images: int, expert: VisionExpert, processes: int = 1) -> str:
+    from timm.optim import param_groups_weight_decay
+
+    from multimeditron.adaptation.plan import format_plan
+
+    method = recipe.token_reconstruction
+    objective = TokenReconstruction(expert.requires_grad_(True), method)
+    weight_decay = float(recipe.training_arguments(processes)["weight_decay"])
+    data_lines = [f"data: {recipe.data.path}: {images} unlabelled images",
+                  f"method: {recipe.objective}, noise {method.noise:g} x image std, mask U(0, {method.mask_max:.3g}) "
+                  f"of the patches, LayerScale {method.layerscale_init:g}, drop path {method.drop_path:g}, augment "
+                  f"{method.augment}"]
+    return format_plan("adapt", recipe, data_lines, expert, param_groups_weight_decay(objective, weight_decay),
+                       ["checkpoint-*/ (resumable)", "final/ (adapted expert)", "history.json"], processes)

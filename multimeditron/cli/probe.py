@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-SPEC_HELP = ("a registry id with an optional checkpoint: ID[:CHECKPOINT] (everything after the first colon), "
-             "timm:NAME[:CHECKPOINT], a saved MultiMeditron model folder DIR or DIR#i (its i-th expert), or a YAML "
-             "mapping '{id: ..., checkpoint: ..., image_size: ..., normalization: ..., options: {...}}'; repeat "
-             "for several experts")
+from multimeditron.cli.recipe_flags import SPEC_HELP as _ONE_SPEC
+
+SPEC_HELP = _ONE_SPEC + "; repeat for several experts"
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -1,53 +1,72 @@
 """`multimeditron segment`: a segmentation decoder (linear or U-Net-style) on a frozen vision expert, trained on
-image + mask pairs and scored by per-class Dice and Jaccard on test, with overlay PNGs."""
+image + mask pairs on the engine and scored by per-class Dice and Jaccard on test, with overlay PNGs. Every flag is
+a shorthand of a key of the YAML recipe (`--config`)."""
 from __future__ import annotations
 
 import argparse
 
-from multimeditron.cli.adaptation_args import SPEC_HELP, add_loop_arguments, loop_settings
+from multimeditron.cli.recipe_flags import (
+    Shorthand,
+    add_recipe_arguments,
+    expert_shorthands,
+    schedule_shorthands,
+    training_shorthands,
+)
+
+SHORTHANDS = [
+    *expert_shorthands(),
+    Shorthand("--data", "data.path", "ROOT/{train,val,test}/{images,masks}/ or ROOT/{images,masks}/ (same file "
+              "names; mask pixels are class ids, 0 = background), or a table with image, mask and split columns",
+              type=str, metavar="PATH"),
+    Shorthand("--image-column", "data.image_column"),
+    Shorthand("--mask-column", "data.mask_column"),
+    Shorthand("--split-column", "data.split_column"),
+    Shorthand("--decoder", "segment.decoder"),
+    Shorthand("--num-classes", "segment.num_classes", "default: largest train mask id + 1", type=int),
+    Shorthand("--dice-weight", "segment.dice_weight", "loss = cross-entropy + W x Dice loss"),
+    Shorthand("--overlays", "segment.overlays", "test cases drawn as PNGs"),
+    *schedule_shorthands(),
+    *training_shorthands(),
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--expert", required=True, metavar="SPEC", help=SPEC_HELP)
-    parser.add_argument("--data", required=True, metavar="PATH",
-                        help="ROOT/{train,val,test}/{images,masks}/ or ROOT/{images,masks}/ (same file names; mask "
-                             "pixels are class ids, 0 = background), or a table with image, mask and split columns")
-    parser.add_argument("--decoder", default="linear", choices=("linear", "unet"))
-    parser.add_argument("--out", default="runs/segment", metavar="DIR",
-                        help="decoder.safetensors, segmentation.json (per-class Dice/Jaccard), overlays/")
-    parser.add_argument("--tiny", action="store_true", help="build the expert's tiny architecture (smoke runs)")
-    parser.add_argument("--num-classes", type=int, default=None, help="default: largest train mask id + 1")
-    parser.add_argument("--dice-weight", type=float, default=1.0, help="loss = cross-entropy + W x Dice loss")
-    parser.add_argument("--overlays", type=int, default=4, help="test cases drawn as PNGs")
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--mask-column", default="mask")
-    parser.add_argument("--split-column", default="split")
-    add_loop_arguments(parser, epochs=20, batch_size=16, lr=1e-3, warmup_epochs=1, weight_decay=1e-4)
+    from multimeditron.adaptation.recipes import SegmentRecipe
+
+    add_recipe_arguments(parser, SegmentRecipe, SHORTHANDS, {"training_args": "training (HF TrainingArguments)"})
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from multimeditron.adaptation.experts import load_expert
+    from multimeditron.adaptation.experts import load_expert, spec_text
+    from multimeditron.adaptation.recipes import SegmentRecipe
     from multimeditron.adaptation.segmentation.data import load_segmentation_data
-    from multimeditron.adaptation.segmentation.train import SegmentSettings, segment
+    from multimeditron.adaptation.segmentation.train import segment, segment_plan
+    from multimeditron.cli.recipe_flags import load_command_recipe
+    from multimeditron.training.arguments import is_main_process, world_size
 
-    if args.resume:
-        raise SystemExit("multimeditron segment: --resume is not supported (decoders train in seconds to minutes)")
-    data = load_segmentation_data(args.data, args.image_column, args.mask_column, args.split_column, args.seed)
-    torch.manual_seed(args.seed)  # experts without a checkpoint start from random weights
-    expert, spec = load_expert(args.expert, tiny=args.tiny)
+    recipe = load_command_recipe(SegmentRecipe, args, SHORTHANDS)
+    seed = int(recipe.training_arguments()["seed"])
+    section = recipe.data
+    data = load_segmentation_data(section.path, section.image_column, section.mask_column, section.split_column, seed)
+    torch.manual_seed(seed)  # experts without a checkpoint start from random weights
+    expert, spec = load_expert(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny)
+    if args.dry_run:
+        print(segment_plan(recipe, data, expert, world_size()))
+        return 0
+    say = print if is_main_process() else (lambda *_: None)
     sizes = ", ".join(f"{s} {len(p)}" for s, p in data.splits.items())
-    print(f"[segment] data {data.name}: {sizes}; expert {expert.describe()} (frozen); decoder {args.decoder}")
-    result = segment(expert, data, args.out, loop_settings(args),
-                     SegmentSettings(decoder=args.decoder, num_classes=args.num_classes, dice_weight=args.dice_weight,
-                                     weight_decay=args.weight_decay, overlays=args.overlays), spec.to_dict())
-    print("\n| class | Dice | Jaccard | pixels |\n|---|---|---|---|")
+    say(f"[segment] data {data.name}: {sizes}; expert {expert.describe()} (frozen); decoder {recipe.segment.decoder}")
+    result = segment(expert, data, recipe, spec.to_dict(), world_size())
+    say("\n| class | Dice | Jaccard | pixels |\n|---|---|---|---|")
     for name, m in result["test"]["per_class"].items():
         cells = ("-", "-") if m["dice"] is None else (f"{m['dice']:.3f}", f"{m['jaccard']:.3f}")
-        print(f"| {name} | {cells[0]} | {cells[1]} | {m['pixels']} |")
+        say(f"| {name} | {cells[0]} | {cells[1]} | {m['pixels']} |")
     test = result["test"]
     if test["score"] is not None:
-        print(f"\n[segment] test: mean Dice {test['dice']:.3f}, mean Jaccard {test['jaccard']:.3f}, score "
-              f"{test['score']:.3f} (best epoch {result['best_epoch']} on val); results in {args.out}")
+        say(f"\n[segment] test: mean Dice {test['dice']:.3f}, mean Jaccard {test['jaccard']:.3f}, score "
+            f"{test['score']:.3f} (best epoch {result['best_epoch']} on val); results in "
+            f"{recipe.training_arguments()['output_dir']}")
     return 0

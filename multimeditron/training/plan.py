@@ -8,7 +8,7 @@ import torch
 
 from multimeditron.config import RunConfig
 from multimeditron.hub_ids import looks_like_hub_id
-from multimeditron.training.run import world_size
+from multimeditron.training.arguments import world_size
 
 
 def _llm_config(name: str):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 import yaml
 
 from multimeditron.config import ConfigError, RunConfig
+from multimeditron.training.arguments import is_main_process, training_arguments, world_size
 from multimeditron.training.model_setup import load_run_model
 from multimeditron.training.preflight import check_run
 from multimeditron.training.stages import apply_stage, format_table
@@ -27,39 +27,15 @@ class RunResult:
     bad_samples: dict[str, int]
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def build_training_arguments(config: RunConfig, overrides: dict[str, Any] | None = None):
-    from transformers import TrainingArguments
-
     args = {"report_to": "none", "remove_unused_columns": False, "save_strategy": "steps", "logging_steps": 10,
             "seed": config.seed, "data_seed": config.seed}
     args.update(config.training_args)
     args.update(overrides or {})
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        args["use_cpu"] = True
-        for flag in ("bf16", "fp16", "tf32"):
-            if args.get(flag):
-                logger.warning("training_args.%s: no GPU here, training in fp32 on the CPU", flag)
-            args[flag] = False
-        if world_size() > 1:
-            # accelerate fails in one process with gloo set ("Default process group has not been initialized").
-            args.setdefault("ddp_backend", "gloo")
-    if config.deepspeed is not None:
-        args["deepspeed"] = config.deepspeed
-    if args.get("gradient_checkpointing"):
-        args.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
     if config.model.router == "learned" and world_size() > 1 and config.deepspeed is None:
         # Top-k routing leaves unrouted experts without gradients on some ranks.
         args.setdefault("ddp_find_unused_parameters", True)
-    return TrainingArguments(**args)
+    return training_arguments(args, config.deepspeed)
 
 
 def prepare_model(config: RunConfig):

@@ -89,3 +89,10 @@ def dot_masks(tmp_path_factory) -> Path:
             mask[top:top + 2, left:left + 2] = 1
 
     return _segmentation_folder(tmp_path_factory.mktemp("dots"), np.random.default_rng(3), draw)
+
+
+def recipe(schema, **keys):
+    """A recipe of `schema` from dotted keys (`**{"training_args.num_train_epochs": 2}`), as the CLI builds it."""
+    from multimeditron.adaptation.recipes import load_recipe
+
+    return load_recipe(schema, None, [(key, value, key) for key, value in keys.items()])

@@ -29,8 +29,8 @@ def test_multimediset_images_are_read_lazily(tmp_path: Path) -> None:
     expected = sum(m["type"] == "image" for row in dataset["train"]["modalities"] for m in row)
     images, folder = unlabelled_images(tmp_path / "vqa")  # a DatasetDict folder: its train split
     assert len(images) == expected > 0
-    canvas, label = CanvasDataset(images, 28, folder)[len(images) - 1]
-    assert canvas.shape == (3, 28, 28) and label == -1
+    item = CanvasDataset(images, 28, folder)[len(images) - 1]
+    assert item["pixel_values"].shape == (3, 28, 28) and "labels" not in item  # unlabelled: no label key
 
 
 def test_segmentation_pairs_from_a_table(tmp_path: Path) -> None:

@@ -10,15 +10,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from multimeditron.adaptation.engine import ExpertTrainer, Schedule
 from multimeditron.adaptation.experts import load_expert
-from multimeditron.adaptation.finetune import FinetuneSettings, build_classifier, finetune
-from multimeditron.adaptation.loop import LoopSettings
-from multimeditron.adaptation.optim import build_optimizer, build_scheduler, param_groups
-from multimeditron.adaptation.peft_methods import LoraSettings, merged_copy
+from multimeditron.adaptation.finetune import build_classifier, finetune
+from multimeditron.adaptation.optim import param_groups
+from multimeditron.adaptation.peft_methods import merged_copy
+from multimeditron.adaptation.recipes import FinetuneRecipe, FinetuneSection, LoraSection
 from multimeditron.cli import main
 from multimeditron.experts.registry import build_expert
 from multimeditron.probing.datasets import load_probe_data
-from tests.adaptation.conftest import TEXTURE_EXPERT
+from multimeditron.training.arguments import training_arguments
+from tests.adaptation.conftest import TEXTURE_EXPERT, recipe
 
 FAST = {"drop_path": 0.0, "augment": False, "label_smoothing": 0.0, "layer_decay": 0.75}
 
@@ -48,13 +50,18 @@ def test_finetune_beats_the_linear_probe_and_eval_rescores_it(texture_folder: Pa
     assert loaded.image_size == 32 and loaded.patch_grid == 4
 
 
-def test_layer_decay_gives_each_block_its_rate() -> None:
+def test_layer_decay_gives_each_block_its_rate(tmp_path: Path) -> None:
     expert, _ = load_expert(TEXTURE_EXPERT)
-    classifier = build_classifier(expert, 2, FinetuneSettings(adaptation="finetune", drop_path=0.1))
+    classifier = build_classifier(expert, 2, FinetuneSection(adaptation="finetune", drop_path=0.1))
     groups = param_groups(classifier.expert, classifier.head, weight_decay=0.05, layer_decay=0.5)
-    optimizer = build_optimizer(groups, lr=1.0)
-    scheduler = build_scheduler(optimizer, total_steps=100, warmup_steps=10)
-    scheduler.step_update(10)  # end of warmup: the peak rate
+    args = training_arguments({"output_dir": str(tmp_path), "learning_rate": 1.0, "num_train_epochs": 10,
+                               "report_to": "none"})
+    trainer = ExpertTrainer(model=classifier, args=args, groups=groups, schedule=Schedule(warmup_epochs=1, min_lr=1e-6))
+    optimizer = trainer.create_optimizer()
+    scheduler = trainer.create_scheduler(100, optimizer)
+    for _ in range(10):  # one epoch of warm-up: the peak rate
+        optimizer.step()
+        scheduler.step()
     rate = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     vit = classifier.expert.vit
     # 2 blocks: patch embedding 0.5^3, block 0 0.5^2, block 1 and the final norm 0.5, the head 1.
@@ -65,8 +72,11 @@ def test_layer_decay_gives_each_block_its_rate() -> None:
     assert rate[id(vit.norm.weight)] == pytest.approx(0.5)
     assert rate[id(classifier.head.weight)] == pytest.approx(1.0)
     assert len(rate) == sum(1 for p in classifier.parameters() if p.requires_grad)
-    scheduler.step_update(100)
-    assert max(g["lr"] for g in optimizer.param_groups) < 1e-5  # cosine down to min_lr
+    for _ in range(90):
+        optimizer.step()
+        scheduler.step()
+    # cosine down to min_lr, each group at its scale of it
+    assert max(g["lr"] for g in optimizer.param_groups) == pytest.approx(1e-6, rel=1e-3)
     # Drop path rises linearly over the blocks (last block: the full rate).
     assert vit.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
 
@@ -76,7 +86,7 @@ def test_bitfit_and_lora_train_only_their_parameters(adaptation: str, texture_fo
     torch.manual_seed(0)
     expert, spec = load_expert(TEXTURE_EXPERT)
     original = {k: v.clone() for k, v in expert.state_dict().items()}
-    settings = FinetuneSettings(adaptation=adaptation, lora=LoraSettings(r=4, alpha=8, dropout=0.0), **FAST)
+    settings = FinetuneSection(adaptation=adaptation, lora=LoraSection(r=4, alpha=8, dropout=0.0), **FAST)
     classifier = build_classifier(expert, 2, settings)
     trainable = {n for n, p in classifier.expert.named_parameters() if p.requires_grad}
     if adaptation == "bitfit":
@@ -89,8 +99,13 @@ def test_bitfit_and_lora_train_only_their_parameters(adaptation: str, texture_fo
             2 * 4 * ((32 + 96) + (32 + 128) + (128 + 32))
     data = load_probe_data(texture_folder)
     torch.manual_seed(0)  # the same random expert again
-    finetune(load_expert(TEXTURE_EXPERT)[0], spec, data, tmp_path,
-             LoopSettings(epochs=1, batch_size=16, lr=1e-2, warmup_epochs=0, progress=False), settings)
+    run = recipe(FinetuneRecipe, **{"expert.spec": TEXTURE_EXPERT, "data.path": str(texture_folder),
+                                    "finetune.adaptation": adaptation, "finetune.lora.r": 4, "finetune.lora.alpha": 8,
+                                    "finetune.lora.dropout": 0.0, **{f"finetune.{k}": v for k, v in FAST.items()},
+                                    "schedule.warmup_epochs": 0.0, "training_args.output_dir": str(tmp_path),
+                                    "training_args.num_train_epochs": 1, "training_args.learning_rate": 1e-2,
+                                    "training_args.per_device_train_batch_size": 16})
+    finetune(load_expert(TEXTURE_EXPERT)[0], spec, data, run)
     best = load_file(str(tmp_path / "best" / "expert.safetensors"))
     assert best.keys() == original.keys()  # LoRA folded back: the expert's own layout
     changed = {k for k in best if not torch.equal(best[k], original[k])}
@@ -102,8 +117,8 @@ def test_bitfit_and_lora_train_only_their_parameters(adaptation: str, texture_fo
 
 def test_lora_merge_keeps_the_outputs() -> None:
     expert, _ = load_expert(TEXTURE_EXPERT)
-    classifier = build_classifier(expert, 2, FinetuneSettings(adaptation="lora", lora=LoraSettings(r=4, dropout=0.0),
-                                                              **FAST))
+    classifier = build_classifier(expert, 2, FinetuneSection(adaptation="lora", lora=LoraSection(r=4, dropout=0.0),
+                                                             **FAST))
     with torch.no_grad():
         for name, param in classifier.expert.named_parameters():
             if "lora_B" in name:
@@ -115,36 +130,39 @@ def test_lora_merge_keeps_the_outputs() -> None:
     assert not any("lora" in k for k in merged.state_dict())
 
 
-def test_resume_ends_with_the_weights_of_an_uninterrupted_run(texture_folder: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import multimeditron.adaptation.loop as loop_module
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(texture_folder: Path, tmp_path: Path) -> None:
+    """Interrupted after the first epoch's checkpoint, then `--resume`: the same history and the same final
+    weights as one uninterrupted run, with augmentation, drop path and mixup all drawing random numbers."""
+    from transformers import TrainerCallback
 
     data = load_probe_data(texture_folder)
-    loop = LoopSettings(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5, progress=False)
-    settings = FinetuneSettings(adaptation="finetune", drop_path=0.1, augment=True, mixup=0.8)
 
-    def run(out: Path, resume: bool = False) -> None:
-        torch.manual_seed(123)  # the random expert; finetune seeds the head, the loop every epoch
+    class CrashAfterFirstSave(TrainerCallback):
+        def on_save(self, *args, **kwargs):
+            raise KeyboardInterrupt("killed after the first epoch")
+
+    def run(out: Path, resume: bool = False, crash: bool = False) -> None:
+        keys = {"expert.spec": TEXTURE_EXPERT, "data.path": str(texture_folder), "finetune.drop_path": 0.1,
+                "finetune.augment": True, "finetune.mixup": 0.8, "schedule.warmup_epochs": 0.5,
+                "training_args.output_dir": str(out), "training_args.num_train_epochs": 2,
+                "training_args.learning_rate": 3e-3, "training_args.save_total_limit": 2,
+                "training_args.seed": 123, "training_args.resume_from_checkpoint": resume}
+        torch.manual_seed(123)  # the random expert; the engine seeds the head and every draw
         expert, spec = load_expert(TEXTURE_EXPERT)
-        finetune(expert, spec, data, out, loop, settings, resume=resume)
+        finetune(expert, spec, data, recipe(FinetuneRecipe, **keys),
+                 callbacks=[CrashAfterFirstSave()] if crash else None)
 
     run(tmp_path / "whole")
-    real_save = loop_module.save_state
-
-    def save_then_crash(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt("killed after the first epoch")
-
-    monkeypatch.setattr(loop_module, "save_state", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "split")
-    monkeypatch.setattr(loop_module, "save_state", real_save)
+        run(tmp_path / "split", crash=True)
+    assert sorted(p.name for p in (tmp_path / "split").glob("checkpoint-*")) == ["checkpoint-2"]
     run(tmp_path / "split", resume=True)
-    whole = load_file(str(tmp_path / "whole" / "last" / "training_state.safetensors"))
-    split = load_file(str(tmp_path / "split" / "last" / "training_state.safetensors"))
+    whole = load_file(str(tmp_path / "whole" / "checkpoint-4" / "model.safetensors"))
+    split = load_file(str(tmp_path / "split" / "checkpoint-4" / "model.safetensors"))
     assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
     history = json.loads((tmp_path / "split" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
+    assert history == json.loads((tmp_path / "whole" / "history.json").read_text())
 
 
 def test_multilabel_table_trains_one_sigmoid_per_label(tmp_path: Path) -> None:

@@ -8,14 +8,19 @@ from pathlib import Path
 import torch
 
 from multimeditron.adaptation.experts import load_expert
-from multimeditron.adaptation.loop import LoopSettings
+from multimeditron.adaptation.recipes import SegmentRecipe
 from multimeditron.adaptation.segmentation.data import load_segmentation_data
 from multimeditron.adaptation.segmentation.metrics import confusion_counts, segmentation_metrics
-from multimeditron.adaptation.segmentation.train import SegmentSettings, segment
+from multimeditron.adaptation.segmentation.train import segment
 from multimeditron.cli import main
-from tests.adaptation.conftest import SEGMENT_EXPERT
+from tests.adaptation.conftest import SEGMENT_EXPERT, recipe
 
-LOOP = {"batch_size": 8, "lr": 1e-2, "warmup_epochs": 0.5, "progress": False}
+
+def fast_recipe(data: Path, out: Path, decoder: str, epochs: int = 15) -> SegmentRecipe:
+    return recipe(SegmentRecipe, **{"data.path": str(data), "segment.decoder": decoder, "schedule.warmup_epochs": 0.5,
+                                    "training_args.output_dir": str(out), "training_args.num_train_epochs": epochs,
+                                    "training_args.per_device_train_batch_size": 8,
+                                    "training_args.learning_rate": 1e-2})
 
 
 def test_metrics_count_dice_and_jaccard_per_class() -> None:
@@ -32,8 +37,8 @@ def test_linear_decoder_learns_a_square(square_masks: Path, tmp_path: Path) -> N
     torch.manual_seed(0)
     expert, spec = load_expert(SEGMENT_EXPERT)
     before = {k: v.clone() for k, v in expert.state_dict().items()}
-    result = segment(expert, load_segmentation_data(square_masks), tmp_path, LoopSettings(epochs=15, **LOOP),
-                     SegmentSettings(decoder="linear"), spec.to_dict())
+    result = segment(expert, load_segmentation_data(square_masks), fast_recipe(square_masks, tmp_path, "linear"),
+                     spec.to_dict())
     assert result["test"]["per_class"]["class_1"]["dice"] > 0.8, result["test"]
     assert all(torch.equal(v, before[k]) for k, v in expert.state_dict().items())  # the encoder stays frozen
 
@@ -44,8 +49,7 @@ def test_unet_beats_linear_on_structures_smaller_than_a_patch(dot_masks: Path, t
     for decoder in ("linear", "unet"):
         torch.manual_seed(0)
         expert, spec = load_expert(SEGMENT_EXPERT)
-        result = segment(expert, data, tmp_path / decoder, LoopSettings(epochs=15, **LOOP),
-                         SegmentSettings(decoder=decoder), spec.to_dict())
+        result = segment(expert, data, fast_recipe(dot_masks, tmp_path / decoder, decoder), spec.to_dict())
         dice[decoder] = result["test"]["dice"]
     assert dice["unet"] > dice["linear"] + 0.1, dice
 

@@ -9,9 +9,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from multimeditron.adaptation.images import CanvasDataset, unlabelled_images
-from multimeditron.adaptation.loop import LoopSettings, run_epochs
-from multimeditron.adaptation.token_reconstruction import CorruptionSettings, TokenReconstruction
+from multimeditron.adaptation.engine import Schedule, train_objective
+from multimeditron.adaptation.images import unlabelled_images
+from multimeditron.adaptation.recipes import TokenReconstructionSection
+from multimeditron.adaptation.token_reconstruction import CorruptedCanvases, TokenReconstruction, corrupt
+from multimeditron.adaptation.trunk import num_patches
+from multimeditron.training.arguments import training_arguments
 from multimeditron.cli import main
 from multimeditron.experts.registry import build_expert
 
@@ -24,33 +27,48 @@ def test_objective_lowers_loss_and_keeps_reference_frozen(unlabelled_folder: Pat
     torch.manual_seed(0)
     expert = build_expert({"id": "retfound_green", "tiny": True, "output": "cls"})
     before = {k: v.clone() for k, v in expert.state_dict().items()}
-    objective = TokenReconstruction(expert, CorruptionSettings())
+    settings = TokenReconstructionSection()
+    objective = TokenReconstruction(expert, settings)
     images, folder = unlabelled_images(unlabelled_folder)
     assert len(images) == 24
     groups = [{"params": [p for p in objective.parameters() if p.requires_grad]}]
     assert not any(p.requires_grad for p in objective.reference.parameters())
     assert sum(p.numel() for p in groups[0]["params"]) > sum(p.numel() for p in expert.parameters())  # + projector
-    history = run_epochs(objective, CanvasDataset(images, expert.image_size, folder), groups,
-                         lambda module, batch: module(batch[0]),
-                         LoopSettings(epochs=4, batch_size=8, lr=2e-3, warmup_epochs=0.5, progress=False), tmp_path)
-    assert history[-1]["loss"] < 0.7 * history[0]["loss"], [h["loss"] for h in history]
+    args = training_arguments({"output_dir": str(tmp_path), "num_train_epochs": 4, "per_device_train_batch_size": 8,
+                               "learning_rate": 2e-3, "logging_strategy": "epoch", "save_strategy": "no",
+                               "report_to": "none", "disable_tqdm": True})
+    dataset = CorruptedCanvases(images, expert.image_size, folder, settings, num_patches(objective.trunk))
+    trainer = train_objective(objective, dataset, args, groups, Schedule(warmup_epochs=0.5))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 4 and losses[-1] < 0.7 * losses[0], losses
     assert _states_equal(objective.reference.state_dict(), before)
     assert not _states_equal(objective.student.state_dict(), before)
     assert objective.reference.training is False  # train() of the objective leaves the reference in eval mode
 
 
 def test_corruption_masks_the_drawn_fraction_and_adds_noise() -> None:
-    torch.manual_seed(0)
-    objective = TokenReconstruction(build_expert({"id": "retfound_green", "tiny": True}),
-                                    CorruptionSettings(noise=0.2, mask_max=0.5))
-    pixels = torch.randn(64, 3, 28, 28)
-    noisy, masks = objective.corrupt(pixels)
+    generator = torch.Generator().manual_seed(0)
+    canvases = torch.rand(64, 3, 28, 28)
+    drawn = [corrupt(c, TokenReconstructionSection(noise=0.2, mask_max=0.5), 4, generator) for c in canvases]
+    noisy, masks = torch.stack([d[0] for d in drawn]), torch.stack([d[1] for d in drawn])
     assert masks.shape == (64, 4) and masks.float().mean() < 0.5 and masks.any()
-    ratio = (noisy - pixels).std() / pixels.std()
+    ratio = (noisy - canvases).std() / canvases.std()
     assert 0.15 < ratio < 0.25
-    clean, none = TokenReconstruction(build_expert({"id": "retfound_green", "tiny": True}),
-                                      CorruptionSettings(noise=0.0, mask_max=0.0)).corrupt(pixels)
-    assert torch.equal(clean, pixels) and not none.any()
+    clean, none = corrupt(canvases[0], TokenReconstructionSection(noise=0.0, mask_max=0.0), 4, generator)
+    assert torch.equal(clean, canvases[0]) and not none.any()
+
+
+def test_corruption_is_drawn_per_sample_and_epoch(unlabelled_folder: Path) -> None:
+    """The draws depend on (seed, epoch, image), not on the order or the process that reads the image: what makes
+    several processes train as one, and a resumed run repeat the uninterrupted one."""
+    images, folder = unlabelled_images(unlabelled_folder)
+    dataset = CorruptedCanvases(images, 28, folder, TokenReconstructionSection(augment=True), 4, seed=5)
+    first = dataset[3]
+    dataset[7]
+    again = dataset[3]
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[3]["corrupted_values"], first["corrupted_values"])
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,9 @@
 """`multimeditron segment`'s run: the frozen expert's patch grids are computed once per image, a decoder trains on
-them (cross-entropy + Dice loss, AdamW, warmup + cosine), the best epoch on val (mean of Dice and Jaccard) is
-scored on test per class and a few test cases are drawn as overlay PNGs."""
+them on the engine (cross-entropy + Dice loss, AdamW, warmup + cosine), the best epoch on val (mean of Dice and
+Jaccard) is scored on test per class and a few test cases are drawn as overlay PNGs."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from multimeditron.adaptation.engine import epoch_history, train_objective
 from multimeditron.adaptation.errors import AdaptationError, AdaptDataError
-from multimeditron.adaptation.loop import LoopSettings, run_epochs
 from multimeditron.adaptation.optim import param_groups
+from multimeditron.adaptation.recipes import SegmentRecipe
 from multimeditron.adaptation.segmentation.data import Pairs, SegmentationData
 from multimeditron.adaptation.segmentation.decoders import build_decoder
 from multimeditron.adaptation.segmentation.metrics import confusion_counts, dice_loss, segmentation_metrics
@@ -27,15 +27,6 @@ from multimeditron.probing.embed import ImageCanvases
 
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240]], dtype=np.uint8)
-
-
-@dataclass
-class SegmentSettings:
-    decoder: str = "linear"
-    num_classes: int | None = None  # None: the largest class id in the train masks + 1
-    dice_weight: float = 1.0
-    weight_decay: float = 1e-4
-    overlays: int = 4
 
 
 def read_mask(resolver: ImageResolver, value: Any, size: int) -> torch.Tensor:
@@ -81,21 +72,39 @@ def encode_pairs(expert: VisionExpert, pairs: Pairs, folder: Path | None, layers
     return torch.cat(canvases), torch.cat(grids), masks
 
 
-class _Segmenter(nn.Module):
-    def __init__(self, decoder: nn.Module) -> None:
+class Segmenter(nn.Module):
+    """The decoder and its loss as the engine's model: `forward(pixel_values, grids, labels)` -> {"loss", "logits"}
+    with loss = cross-entropy + `dice_weight` x Dice loss."""
+
+    def __init__(self, decoder: nn.Module, dice_weight: float = 1.0) -> None:
         super().__init__()
-        self.decoder = decoder
+        self.decoder, self.dice_weight = decoder, dice_weight
 
-    def forward(self, canvas: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
-        return self.decoder(list(grids.unbind(1)), canvas)
+    def forward(self, pixel_values: torch.Tensor, grids: torch.Tensor,
+                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits = self.decoder(list(grids.unbind(1)), pixel_values).float()
+        if labels is None:
+            return {"logits": logits}
+        return {"loss": F.cross_entropy(logits, labels) + self.dice_weight * dice_loss(logits, labels),
+                "logits": logits}
 
 
-@torch.no_grad()
-def predict(segmenter: _Segmenter, canvases: torch.Tensor, grids: torch.Tensor, batch_size: int,
-            device: str) -> torch.Tensor:
-    segmenter.to(device).eval()
-    return torch.cat([segmenter(canvases[i:i + batch_size].to(device), grids[i:i + batch_size].to(device))
-                      .argmax(1).cpu() for i in range(0, len(canvases), batch_size)])
+class EncodedPairs(torch.utils.data.Dataset):
+    """(canvases, patch grids, masks) as the engine's batch keys."""
+
+    def __init__(self, canvases: torch.Tensor, grids: torch.Tensor, masks: torch.Tensor) -> None:
+        self.canvases, self.grids, self.masks = canvases, grids, masks
+
+    def __len__(self) -> int:
+        return len(self.canvases)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.canvases[index], "grids": self.grids[index], "labels": self.masks[index]}
+
+
+def _class_ids(logits: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
+    # Evaluation keeps each pixel's class, not its C logits: what is gathered across processes stays small.
+    return logits.argmax(1)
 
 
 def overlay_png(canvas: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, path: Path) -> None:
@@ -110,19 +119,23 @@ def overlay_png(canvas: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, p
     Image.fromarray(np.concatenate([image, blend(truth), blend(pred)], axis=1)).save(path)
 
 
-def segment(expert: VisionExpert, data: SegmentationData, out_dir: str | Path, loop: LoopSettings,
-            settings: SegmentSettings, spec_record: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train the decoder, keep the best epoch on val, score it on test; writes `OUT/decoder.safetensors`,
-    `OUT/segmentation.json` (settings, history, val/test metrics) and `OUT/overlays/*.png`."""
-    from safetensors.torch import load_model, save_model
+def segment(expert: VisionExpert, data: SegmentationData, recipe: SegmentRecipe,
+            spec_record: dict[str, Any] | None = None, processes: int = 1) -> dict[str, Any]:
+    """Train the decoder on the engine, keep the best epoch on val, score it on test; writes
+    `OUT/decoder.safetensors`, `OUT/segmentation.json` (recipe, history, val/test metrics) and `OUT/overlays/*.png`."""
+    from safetensors.torch import save_model
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from multimeditron.training.arguments import training_arguments
+
+    args = training_arguments(recipe.training_arguments(processes))
+    method = recipe.segment
+    out = Path(args.output_dir)
     expert.requires_grad_(False)
-    layers = 4 if settings.decoder == "unet" else 1
-    encoded = {s: encode_pairs(expert, data.splits[s], data.folder, layers, loop.batch_size, loop.device)
+    layers = 4 if method.decoder == "unet" else 1
+    device = str(args.device)
+    encoded = {s: encode_pairs(expert, data.splits[s], data.folder, layers, args.per_device_eval_batch_size, device)
                for s in ("train", "val", "test")}
-    num_classes = settings.num_classes or int(encoded["train"][2].max()) + 1
+    num_classes = method.num_classes or int(encoded["train"][2].max()) + 1
     if num_classes < 2:
         raise AdaptDataError(f"{data.name}: the train masks hold only class 0 (background); nothing to segment")
     too_big = {s: int(e[2].max()) for s, e in encoded.items() if int(e[2].max()) >= num_classes}
@@ -130,39 +143,52 @@ def segment(expert: VisionExpert, data: SegmentationData, out_dir: str | Path, l
         raise AdaptDataError(f"{data.name}: masks hold class ids up to {too_big} but there are {num_classes} classes")
     classes = ["background"] + [f"class_{c}" for c in range(1, num_classes)]
     width = encoded["train"][1].shape[2]
-    torch.manual_seed(loop.seed)
-    segmenter = _Segmenter(build_decoder(settings.decoder, width, num_classes))
-    groups = param_groups(nn.Identity(), segmenter, settings.weight_decay)
+    torch.manual_seed(args.seed)
+    segmenter = Segmenter(build_decoder(method.decoder, width, num_classes), method.dice_weight)
+    groups = param_groups(nn.Identity(), segmenter, args.weight_decay)
 
-    def loss_fn(module: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        canvas, grids, mask = batch
-        logits = module(canvas, grids).float()
-        return F.cross_entropy(logits, mask) + settings.dice_weight * dice_loss(logits, mask)
+    def compute_metrics(prediction: Any) -> dict[str, float]:
+        metrics = segmentation_metrics(confusion_counts(torch.as_tensor(prediction.predictions),
+                                                        torch.as_tensor(prediction.label_ids), num_classes), classes)
+        scalars = {k: float(metrics[k]) for k in ("dice", "jaccard") if metrics[k] is not None}
+        return {**scalars, "score": float(metrics["score"]) if metrics["score"] is not None else -1.0}
 
-    def evaluate(split: str) -> dict[str, Any]:
-        canvases, grids, masks = encoded[split]
-        pred = predict(segmenter, canvases, grids, loop.batch_size, loop.device)
-        return segmentation_metrics(confusion_counts(pred, masks, num_classes), classes)
+    trainer = train_objective(segmenter, EncodedPairs(*encoded["train"]), args, groups, recipe.schedule,
+                              eval_dataset=EncodedPairs(*encoded["val"]), compute_metrics=compute_metrics,
+                              preprocess_logits_for_metrics=_class_ids, resume=args.resume_from_checkpoint)
+    history = epoch_history(trainer.state.log_history)
 
-    def on_epoch_end(epoch: int, record: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
-        metrics = evaluate("val")
-        score = metrics["score"] if metrics["score"] is not None else -1.0
-        if score > max((h["val_score"] for h in history), default=-np.inf):
-            save_model(segmenter, str(out / "decoder.safetensors"))
-        return {"val_score": score, "val_dice": metrics["dice"]}
+    def evaluate(split: str) -> tuple[torch.Tensor, dict[str, Any]]:
+        pred = torch.as_tensor(trainer.predict(EncodedPairs(*encoded[split])).predictions)
+        return pred, segmentation_metrics(confusion_counts(pred, encoded[split][2], num_classes), classes)
 
-    train = torch.utils.data.TensorDataset(*encoded["train"])
-    history = run_epochs(segmenter, train, groups, loss_fn, loop, out, on_epoch_end=on_epoch_end,
-                         desc=f"segment ({settings.decoder})")
-    load_model(segmenter, str(out / "decoder.safetensors"))
-    result = {"data": data.name, "decoder": settings.decoder, "classes": classes, "expert": spec_record,
-              "settings": asdict(settings), "loop": loop.to_dict(), "history": history,
-              "best_epoch": int(np.argmax([h["val_score"] for h in history])) + 1,
-              "val": evaluate("val"), "test": evaluate("test")}
-    (out / "segmentation.json").write_text(json.dumps(result, indent=2) + "\n")
-    canvases, grids, masks = encoded["test"]
-    pred = predict(segmenter, canvases, grids, loop.batch_size, loop.device)
-    (out / "overlays").mkdir(exist_ok=True)
-    for i in range(min(settings.overlays, len(canvases))):
-        overlay_png(canvases[i], masks[i], pred[i], out / "overlays" / f"test_{i:03d}.png")
+    val, test = evaluate("val"), evaluate("test")
+    result = {"data": data.name, "decoder": method.decoder, "classes": classes, "expert": spec_record,
+              "recipe": recipe.to_dict(), "history": history,
+              "best_epoch": max(history, key=lambda h: h.get("score", -np.inf))["epoch"] if history else None,
+              "val": val[1], "test": test[1]}
+    if trainer.is_world_process_zero():
+        save_model(segmenter.decoder, str(out / "decoder.safetensors"))
+        (out / "segmentation.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "overlays").mkdir(exist_ok=True)
+        canvases, _, masks = encoded["test"]
+        for i in range(min(method.overlays, len(canvases))):
+            overlay_png(canvases[i], masks[i], test[0][i], out / "overlays" / f"test_{i:03d}.png")
     return result
+
+
+def segment_plan(recipe: SegmentRecipe, data: SegmentationData, expert: VisionExpert, processes: int = 1) -> str:
+    """The dry run: the decoder is sized from the expert's width (its class count from the recipe, or 2 until
+    the train masks are read, which the run does)."""
+    from multimeditron.adaptation.plan import format_plan
+
+    method = recipe.segment
+    width = int(expert.feature_dim)
+    decoder = build_decoder(method.decoder, width, method.num_classes or 2)
+    weight_decay = float(recipe.training_arguments(processes)["weight_decay"])
+    sizes = ", ".join(f"{s} {len(p)}" for s, p in data.splits.items())
+    data_lines = [f"data: {data.name}: image/mask pairs: {sizes}",
+                  f"method: {method.decoder} decoder on the frozen expert, classes "
+                  f"{method.num_classes or 'from the train masks'}, loss cross-entropy + {method.dice_weight:g} x Dice"]
+    return format_plan("segment", recipe, data_lines, expert, param_groups(nn.Identity(), decoder, weight_decay),
+                       ["checkpoint-*/", "decoder.safetensors", "segmentation.json", "overlays/"], processes)

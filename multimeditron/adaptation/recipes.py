@@ -1,0 +1,241 @@
+"""The typed configuration of `finetune`, `adapt` and `segment` (the same schema style as `train`'s: YAML, `--set`,
+environment variables, unknown keys refused with their dotted path), each setting's default written here once.
+
+Every recipe has an `expert`, a `data` section, its method's section, a `schedule` (warmup in epochs, cosine to
+`min_lr`) and `training_args` (HF `TrainingArguments`: epochs, batch, learning rate, precision, DeepSpeed/FSDP,
+`report_to`, checkpoints). `training_arguments()` gives the values the engine runs with: the command's defaults,
+then the user's keys, then the rules that depend on the launch (RETFound's `blr x global batch / 256`, bf16 on CUDA).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from multimeditron.adaptation.engine import Schedule
+from multimeditron.config import ConfigError, check_training_args, parse_section, read_config_mapping
+
+Adaptation = Literal["finetune", "lp", "lora", "bitfit"]
+SelectMetric = Literal["retfound", "accuracy", "balanced_accuracy", "f1_macro", "auroc", "aupr", "kappa"]
+Balance = Literal["none", "weights", "sampler"]
+Pool = Literal["token", "avg", "avg_all"]
+Decoder = Literal["linear", "unet"]
+
+# The engine's own settings for every expert command: one log line per epoch, a checkpoint per epoch (the newest
+# kept, plus the best when one is selected), no gradient clipping unless asked (RETFound's fine-tuning has none),
+# the expert half's datasets hand tensors straight to the model.
+ENGINE_DEFAULTS: dict[str, Any] = {"seed": 0, "max_grad_norm": 0.0, "logging_strategy": "epoch", "save_strategy": "epoch",
+                                   "save_total_limit": 1, "report_to": "none", "remove_unused_columns": False,
+                                   "dataloader_num_workers": 0}
+# Commands that choose their best epoch on val: evaluated each epoch, the best model loaded at the end.
+SELECTION_DEFAULTS: dict[str, Any] = {"eval_strategy": "epoch", "load_best_model_at_end": True,
+                                      "metric_for_best_model": "score", "greater_is_better": True}
+# The engine owns the schedule (`schedule` section) and the best-epoch metric; these keys would contradict it.
+ENGINE_OWNED = ("lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "metric_for_best_model",
+                "greater_is_better")
+
+
+@dataclass
+class ExpertSection:
+    spec: str | dict[str, Any] | None = None  # required to train: a SPEC string (`ID[:CHECKPOINT]`, `timm:NAME`, an adapted folder, `DIR#i`) or a mapping
+    tiny: bool = False  # the family's tiny architecture (smoke runs)
+
+
+@dataclass
+class LabelledDataSection:
+    path: str  # an image folder ROOT/{train,val,test}/<class>/ or a parquet/arrow/save_to_disk table
+    image_column: str | None = None
+    label_columns: list[str] = field(default_factory=list)  # several: multi-label, each 0/1
+    split_column: str = "split"
+    val_fraction: float = 0.2  # of train, carved into val when there is none
+
+
+@dataclass
+class UnlabelledDataSection:
+    path: str  # any folder of images (searched recursively) or a table (`image` column / MultiMediset rows)
+    image_column: str | None = None
+
+
+@dataclass
+class SegmentationDataSection:
+    path: str  # ROOT/{train,val,test}/{images,masks}/, ROOT/{images,masks}/ or a table
+    image_column: str = "image"
+    mask_column: str = "mask"
+    split_column: str = "split"
+
+
+@dataclass
+class LoraSection:
+    r: int = 48
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["qkv", "fc1", "fc2"])
+
+
+@dataclass
+class FinetuneSection:
+    adaptation: Adaptation = "finetune"  # finetune: everything trains; lp: the head; lora: adapters; bitfit: biases
+    pool: Pool | None = None  # the global output the head reads; None: the family's
+    blr: float = 5e-3  # base rate: learning_rate = blr x global batch / 256 unless training_args.learning_rate
+    layer_decay: float = 0.65  # finetune only; 1 = one rate for the whole expert
+    drop_path: float = 0.2  # not for lp
+    label_smoothing: float = 0.1
+    mixup: float = 0.0  # timm Mixup alpha (0: off)
+    cutmix: float = 0.0  # timm CutMix alpha (0: off)
+    balance: Balance = "none"  # weights: inverse-frequency class weights; sampler: balanced batches
+    augment: bool = True  # random resized crop (scale 0.5-1) + horizontal flip
+    select_metric: SelectMetric = "retfound"  # what the best epoch maximises on val
+    lora: LoraSection = field(default_factory=LoraSection)
+
+    @property
+    def mixing(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+
+@dataclass
+class TokenReconstructionSection:
+    noise: float = 0.2  # Gaussian pixel noise std, as a fraction of each image's per-channel std (0: none)
+    mask_max: float = 1 / 3  # each image masks a fraction U(0, mask_max) of its patch embeddings (0: none)
+    layerscale_init: float = 1e-5  # the residual projector's LayerScale start
+    drop_path: float = 0.0  # stochastic depth of the trained copy
+    augment: bool = False  # random resized crops and flips of the clean image
+
+    def __post_init__(self) -> None:
+        if self.noise < 0:
+            raise ValueError(f"noise must be >= 0, got {self.noise}")
+        if not 0 <= self.mask_max < 1:
+            raise ValueError(f"mask_max must lie in [0, 1), got {self.mask_max}")
+
+
+@dataclass
+class SegmentSection:
+    decoder: Decoder = "linear"
+    num_classes: int | None = None  # None: the largest class id in the train masks + 1
+    dice_weight: float = 1.0  # loss = cross-entropy + dice_weight x Dice loss
+    overlays: int = 4  # test cases drawn as PNGs
+
+
+@dataclass
+class _Recipe:
+    """What every trained expert command shares; subclasses add `expert`, `data` and their method's section."""
+    TRAINING_DEFAULTS: ClassVar[dict[str, Any]] = {}
+    SELECTS_BEST: ClassVar[bool] = True
+
+    @classmethod
+    def engine_training_defaults(cls) -> dict[str, Any]:
+        """The TrainingArguments values of this command before the user's `training_args`."""
+        return {**ENGINE_DEFAULTS, **(SELECTION_DEFAULTS if cls.SELECTS_BEST else {}), **cls.TRAINING_DEFAULTS}
+
+    def training_arguments(self, processes: int = 1) -> dict[str, Any]:
+        """The TrainingArguments values this run uses, for a launch of `processes` processes."""
+        values = {**self.engine_training_defaults(), **self.training_args}
+        if "per_device_eval_batch_size" not in self.training_args:
+            values["per_device_eval_batch_size"] = values["per_device_train_batch_size"]
+        if "bf16" not in self.training_args and "fp16" not in self.training_args:
+            import torch
+
+            values["bf16"] = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if self.deepspeed is not None:
+            values["deepspeed"] = self.deepspeed
+        return values
+
+    def global_batch(self, processes: int = 1) -> int:
+        values = {**self.TRAINING_DEFAULTS, **self.training_args}
+        return (int(values["per_device_train_batch_size"]) * int(values.get("gradient_accumulation_steps", 1))
+                * max(1, processes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class FinetuneRecipe(_Recipe):
+    data: LabelledDataSection
+    expert: ExpertSection = field(default_factory=ExpertSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    schedule: Schedule = field(default_factory=lambda: Schedule(warmup_epochs=10.0))
+    training_args: dict[str, Any] = field(default_factory=dict)
+    deepspeed: str | None = None  # a DeepSpeed JSON (ZeRO); FSDP goes in training_args
+    # RETFound's `main_finetune.py`: 50 epochs, batch 16, weight decay 0.05.
+    TRAINING_DEFAULTS: ClassVar[dict[str, Any]] = {"output_dir": "runs/finetune", "num_train_epochs": 50,
+                                                   "per_device_train_batch_size": 16, "weight_decay": 0.05}
+
+    def training_arguments(self, processes: int = 1) -> dict[str, Any]:
+        values = super().training_arguments(processes)
+        if "learning_rate" not in self.training_args:  # RETFound: absolute lr = blr x effective batch / 256
+            values["learning_rate"] = self.finetune.blr * self.global_batch(processes) / 256
+        return values
+
+
+@dataclass
+class AdaptRecipe(_Recipe):
+    data: UnlabelledDataSection
+    expert: ExpertSection = field(default_factory=ExpertSection)
+    objective: Literal["token-reconstruction"] = "token-reconstruction"
+    token_reconstruction: TokenReconstructionSection = field(default_factory=TokenReconstructionSection)
+    schedule: Schedule = field(default_factory=lambda: Schedule(warmup_epochs=1.0))
+    training_args: dict[str, Any] = field(default_factory=dict)
+    deepspeed: str | None = None
+    TRAINING_DEFAULTS: ClassVar[dict[str, Any]] = {"output_dir": "runs/adapt", "num_train_epochs": 10,
+                                                   "per_device_train_batch_size": 32, "learning_rate": 5e-5,
+                                                   "weight_decay": 0.05}
+    SELECTS_BEST: ClassVar[bool] = False
+
+
+@dataclass
+class SegmentRecipe(_Recipe):
+    data: SegmentationDataSection
+    expert: ExpertSection = field(default_factory=ExpertSection)
+    segment: SegmentSection = field(default_factory=SegmentSection)
+    schedule: Schedule = field(default_factory=lambda: Schedule(warmup_epochs=1.0))
+    training_args: dict[str, Any] = field(default_factory=dict)
+    deepspeed: str | None = None
+    TRAINING_DEFAULTS: ClassVar[dict[str, Any]] = {"output_dir": "runs/segment", "num_train_epochs": 20,
+                                                   "per_device_train_batch_size": 16, "learning_rate": 1e-3,
+                                                   "weight_decay": 1e-4}
+
+
+RecipeT = typing.TypeVar("RecipeT", bound=_Recipe)
+
+
+def load_recipe(cls: type[RecipeT], path: str | None = None, values: list[tuple[str, Any, str]] | None = None,
+                overrides: list[str] | None = None) -> RecipeT:
+    """A recipe from a YAML file (or none), command-line values and `--set` overrides, validated in one pass: the
+    schema, then `training_args` against TrainingArguments, then the rules between sections."""
+    import os
+    from pathlib import Path
+
+    data = read_config_mapping(path, overrides, values)
+    if path is not None and isinstance(data.get("deepspeed"), str) and not os.path.isabs(data["deepspeed"]):
+        data["deepspeed"] = str((Path(path).parent / data["deepspeed"]).resolve())  # relative to the YAML
+    recipe = parse_section(cls, data)
+    owned = sorted(set(recipe.training_args) & set(ENGINE_OWNED))
+    if owned:
+        raise ConfigError(f"training_args.{owned[0]}: set by the expert engine (the `schedule` section sets warmup "
+                          f"and the cosine floor; the best epoch is chosen by the method's select metric)")
+    check_training_args({k: v for k, v in recipe.training_arguments().items() if k != "deepspeed"})
+    _check_rules(recipe)
+    return recipe
+
+
+def _check_rules(recipe: _Recipe) -> None:
+    epochs = float(recipe.training_arguments()["num_train_epochs"])
+    if recipe.schedule.warmup_epochs < 0 or recipe.schedule.min_lr < 0:
+        raise ConfigError("schedule: warmup_epochs and min_lr must be >= 0")
+    if recipe.schedule.warmup_epochs > epochs > 0:
+        raise ConfigError(f"schedule.warmup_epochs: {recipe.schedule.warmup_epochs:g} warm-up epochs are longer than "
+                          f"the run ({epochs:g}, training_args.num_train_epochs): it would never reach its learning "
+                          f"rate; shorten the warm-up (--warmup-epochs)")
+    if isinstance(recipe, FinetuneRecipe):
+        method = recipe.finetune
+        if method.mixing and len(recipe.data.label_columns) > 1:
+            raise ConfigError("finetune.mixup / finetune.cutmix: they mix class ids and do not apply to multi-label "
+                              "data (several data.label_columns)")
+        if method.balance == "sampler" and len(recipe.data.label_columns) > 1:
+            raise ConfigError("finetune.balance: sampler needs one class per image; multi-label data takes weights")
+        if method.mixing and int(recipe.training_arguments()["per_device_train_batch_size"]) % 2:
+            raise ConfigError("training_args.per_device_train_batch_size: mixup/cutmix mix pairs within a batch, "
+                              "so it must be even")
+
+
