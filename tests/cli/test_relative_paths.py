@@ -129,7 +129,8 @@ def test_quickstart_expert_half_with_a_relative_out(tmp_path, monkeypatch):
     spec = {"id": "retfound_green", "tiny": True}
     warmed = warm_up_expert(Path("qs"), spec, seed=0, num_images=40, epochs=1)
     assert (tmp_path / "qs" / "expert_warmup" / "best").is_dir()
-    assert Path(warmed.checkpoint).is_dir() and "finding_images" in warmed.command
+    assert warmed.command == "multimeditron finetune --config qs/expert_warmup.yaml"
+    assert main(["finetune", "--config", "qs/expert_warmup.yaml", "--dry-run"]) == 0  # its relative paths resolve
 
 
 # ---- the README's expert examples, run as written -----------------------------------------------------------------
