@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from multimeditron.adaptation.engine import Schedule
+from multimeditron.probing.recipe import LabelledDataSection
 from multimeditron.config import ConfigError, check_training_args, parse_section, read_config_mapping
 
 Adaptation = Literal["finetune", "lp", "lora", "bitfit"]
@@ -40,15 +41,6 @@ ENGINE_OWNED = ("lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "war
 class ExpertSection:
     spec: str | dict[str, Any] | None = None  # required to train: a SPEC string (`ID[:CHECKPOINT]`, `timm:NAME`, an adapted folder, `DIR#i`) or a mapping
     tiny: bool = False  # the family's tiny architecture (smoke runs)
-
-
-@dataclass
-class LabelledDataSection:
-    path: str  # an image folder ROOT/{train,val,test}/<class>/ or a parquet/arrow/save_to_disk table
-    image_column: str | None = None
-    label_columns: list[str] = field(default_factory=list)  # several: multi-label, each 0/1
-    split_column: str = "split"
-    val_fraction: float = 0.2  # of train, carved into val when there is none
 
 
 @dataclass

@@ -5,95 +5,101 @@ import argparse
 from pathlib import Path
 
 from multimeditron.cli.recipe_flags import SPEC_HELP as _ONE_SPEC
+from multimeditron.cli.recipe_flags import SWITCH, Shorthand, add_recipe_arguments, comma_ints
+from multimeditron.probing.recipe import protocol_list
 
 SPEC_HELP = _ONE_SPEC + "; repeat for several experts"
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v.strip())
+SHORTHANDS = [
+    Shorthand("--expert", "experts", SPEC_HELP, type=str, append=True, metavar="SPEC"),
+    Shorthand("--tiny", "tiny", "build every expert's tiny architecture (smoke runs)", type=SWITCH),
+    Shorthand("--data", "data.path", "an image folder ROOT/{train,val,test}/<class>/ or a parquet/arrow table (file, "
+              "folder or save_to_disk dataset)", type=str, metavar="PATH"),
+    Shorthand("--protocol", "probe.protocols", "knn, linear, logreg, fewshot, a comma-separated list, or all",
+              type=protocol_list, metavar="NAMES"),
+    Shorthand("--out", "out", "write results.json/.csv/.md and plots/ here (default: print only)", type=str,
+              metavar="DIR"),
+    Shorthand("--image-column", "data.image_column", "table: the image column (default: `image`)", type=str),
+    Shorthand("--label-column", "data.label_columns", "table: the label column (default: `label`); several = "
+              "multi-label, each 0/1", type=str, append=True, metavar="NAME"),
+    Shorthand("--split-column", "data.split_column", "table: the column with train/val/test"),
+    Shorthand("--val-fraction", "data.val_fraction", "share of train carved into val when there is no val split "
+              "(whole patients/studies)"),
+    Shorthand("--intensity", "data.intensity", "ct ([-1024, 600] HU), mri (5th-95th percentile), range:LOW,HIGH or "
+              "percentile:LOW,HIGH", type=str, metavar="WINDOW"),
+    Shorthand("--ordinal", "data.ordinal", "classes are ordered grades: quadratic-weighted kappa", type=SWITCH),
+    Shorthand("--batch-size", "embedding.batch_size"),
+    Shorthand("--workers", "embedding.workers", "image-decoding worker processes"),
+    Shorthand("--device", "embedding.device", "default: cuda when available, else cpu", type=str),
+    Shorthand("--dtype", "embedding.dtype"),
+    Shorthand("--cache-dir", "embedding.cache_dir", "embedding cache (default: OUT/cache, or "
+              "~/.cache/multimeditron/probe without --out)", type=str, metavar="DIR"),
+    Shorthand("--no-cache", "embedding.cache", "always recompute the embeddings", type=SWITCH, value=False),
+    Shorthand("--k", "probe.k", "kNN k grid, comma-separated", type=comma_ints),
+    Shorthand("--shots", "probe.shots", "few-shot N per class, comma-separated", type=comma_ints),
+    Shorthand("--draws", "probe.draws", "few-shot random draws per N"),
+    Shorthand("--linear-epochs", "probe.linear_epochs"),
+    Shorthand("--select-metric", "probe.select_metric", "what hyperparameters maximise on val (retfound: mean of "
+              "macro F1, AUROC and kappa)"),
+    Shorthand("--bootstrap", "probe.bootstrap", "bootstrap resamples (0: no intervals)"),
+    Shorthand("--seed", "probe.seed"),
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--expert", action="append", required=True, metavar="SPEC", help=SPEC_HELP)
-    parser.add_argument("--data", required=True, metavar="PATH",
-                        help="an image folder ROOT/{train,val,test}/<class>/ or a parquet/arrow table (file, folder "
-                             "or save_to_disk dataset)")
-    parser.add_argument("--protocol", default="all", metavar="NAMES",
-                        help="knn, linear, logreg, fewshot, a comma-separated list, or all (default)")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="write results.json/.csv/.md and plots/ here (default: print only)")
-    parser.add_argument("--tiny", action="store_true", help="build every expert's tiny architecture (smoke runs)")
-    data = parser.add_argument_group("data")
-    data.add_argument("--image-column", default=None, help="table: the image column (default: `image`)")
-    data.add_argument("--label-column", action="append", default=[], metavar="NAME",
-                      help="table: the label column (default: `label`); several = multi-label, each 0/1")
-    data.add_argument("--split-column", default="split", help="table: the column with train/val/test")
-    data.add_argument("--val-fraction", type=float, default=0.2,
-                      help="share of train carved into val when there is no val split (whole patients/studies)")
-    data.add_argument("--intensity", default=None, metavar="WINDOW",
-                      help="ct ([-1024, 600] HU), mri (5th-95th percentile), range:LOW,HIGH or percentile:LOW,HIGH")
-    data.add_argument("--ordinal", action="store_true", help="classes are ordered grades: quadratic-weighted kappa")
-    emb = parser.add_argument_group("embedding")
-    emb.add_argument("--batch-size", type=int, default=64)
-    emb.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
-    emb.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    emb.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    emb.add_argument("--cache-dir", default=None, metavar="DIR",
-                     help="embedding cache (default: OUT/cache, or ~/.cache/multimeditron/probe without --out)")
-    emb.add_argument("--no-cache", action="store_true", help="always recompute the embeddings")
-    proto = parser.add_argument_group("protocols")
-    proto.add_argument("--k", type=_ints, default=None, help="kNN k grid (default 5,10,20,50,100,200,400,800,1000)")
-    proto.add_argument("--shots", type=_ints, default=None, help="few-shot N per class (default 1,2,4,8,16)")
-    proto.add_argument("--draws", type=int, default=5, help="few-shot random draws per N")
-    proto.add_argument("--linear-epochs", type=int, default=100)
-    proto.add_argument("--select-metric", default="auroc",
-                       choices=("auroc", "aupr", "accuracy", "balanced_accuracy", "f1_macro", "kappa", "retfound"),
-                       help="what hyperparameters maximise on val (retfound: mean of macro F1, AUROC and kappa)")
-    proto.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no intervals)")
-    proto.add_argument("--seed", type=int, default=0)
+    from multimeditron.probing.recipe import ProbeRecipe
+
+    add_recipe_arguments(parser, ProbeRecipe, SHORTHANDS)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from multimeditron.adaptation.experts import spec_text
+    from multimeditron.cli.recipe_flags import load_command_recipe
     from multimeditron.data.intensity import parse_window
-    from multimeditron.errors import UserError
+    from multimeditron.errors import UsageError
     from multimeditron.inference import resolve_device
     from multimeditron.probing.datasets import load_probe_data
-    from multimeditron.probing.protocols import PROTOCOLS
+    from multimeditron.probing.recipe import ProbeRecipe
     from multimeditron.probing.report import comparison_table, markdown_table
     from multimeditron.probing.run import ProbeSettings, probe
     from multimeditron.probing.specs import build_probe_expert, parse_spec
 
-    names = [p.strip() for p in args.protocol.split(",") if p.strip()]
-    protocols = tuple(PROTOCOLS) if names == ["all"] else tuple(names)
-    unknown = sorted(set(protocols) - set(PROTOCOLS))
-    if unknown:
-        raise UserError(f"--protocol: unknown protocol(s) {unknown}; valid: {', '.join(PROTOCOLS)}, all")
-    data = load_probe_data(args.data, image_column=args.image_column, label_columns=args.label_column,
-                           split_column=args.split_column, val_fraction=args.val_fraction, seed=args.seed)
-    cache_dir = None if args.no_cache else Path(args.cache_dir or (Path(args.out) / "cache" if args.out else
-                                                                    Path.home() / ".cache/multimeditron/probe"))
+    recipe = load_command_recipe(ProbeRecipe, args, SHORTHANDS, expert_required=False)
+    if not recipe.experts:
+        raise UsageError("--expert SPEC is required (or experts: [...] in the --config file)")
+    parsed_specs = [parse_spec(spec_text(spec), tiny=recipe.tiny) for spec in recipe.experts]
+    section, method, embedding = recipe.data, recipe.probe, recipe.embedding
+    data = load_probe_data(section.path, image_column=section.image_column, label_columns=section.label_columns,
+                           split_column=section.split_column, val_fraction=section.val_fraction, seed=method.seed)
+    cache_dir = recipe.cache_folder()
     settings = ProbeSettings(
-        protocols=protocols, batch_size=args.batch_size, num_workers=args.workers,
-        device=str(resolve_device(args.device)), dtype=args.dtype, cache_dir=cache_dir,
-        window=parse_window(args.intensity) if args.intensity else None, bootstrap=args.bootstrap, seed=args.seed,
-        ordinal=args.ordinal, select_metric=args.select_metric, draws=args.draws, linear_epochs=args.linear_epochs,
-        **({"ks": args.k} if args.k else {}), **({"shots": args.shots} if args.shots else {}))
+        protocols=tuple(method.protocols), batch_size=embedding.batch_size, num_workers=embedding.workers,
+        device=str(resolve_device(embedding.device)), dtype=embedding.dtype, cache_dir=cache_dir,
+        window=parse_window(section.intensity) if section.intensity else None, bootstrap=method.bootstrap,
+        seed=method.seed, ordinal=section.ordinal, select_metric=method.select_metric, draws=method.draws,
+        linear_epochs=method.linear_epochs, ks=tuple(method.k), shots=tuple(method.shots))
     sizes = ", ".join(f"{s} {len(p)}" for s, p in data.splits.items())
     print(f"[probe] data {data.name}: {len(data.classes)} {'labels' if data.multilabel else 'classes'} "
           f"({', '.join(data.classes[:8])}{' ...' if len(data.classes) > 8 else ''}); images: {sizes}")
     for note in data.notes:
         print(f"[probe] note: {note}")
     experts = []
-    for text in args.expert:
-        parsed = parse_spec(text, tiny=args.tiny)
-        torch.manual_seed(args.seed)  # an expert without a checkpoint gets the same random weights on every run
+    for parsed in parsed_specs:
+        torch.manual_seed(method.seed)  # an expert without a checkpoint gets the same random weights on every run
         expert = build_probe_expert(parsed)
         print(f"[probe] expert {parsed.name}: {expert.describe()}"
               f"{'' if expert.supports_layers else ' (no intermediate layers: linear heads on its global output)'}")
         experts.append((parsed.name, expert))
-    result = probe(experts, data, settings, out_dir=args.out)
+    if args.dry_run:
+        print(f"[probe] dry run: protocols {', '.join(method.protocols)}; select on val by {method.select_metric}; "
+              f"k grid {method.k}; shots {method.shots} x {method.draws} draws; bootstrap {method.bootstrap}; "
+              f"embeddings batch {embedding.batch_size} ({embedding.dtype}, cache {cache_dir or 'off'}); writes "
+              f"{recipe.out + '/ results.{json,csv,md}, plots/' if recipe.out else 'nothing (print only)'}")
+        return 0
+    result = probe(experts, data, settings, out_dir=recipe.out)
     hits = settings.stats.get("cache_hits", [])
     print(f"[probe] embeddings: {len(settings.stats.get('computed', []))} splits computed, {len(hits)} from the "
           f"cache" + (f" ({cache_dir})" if cache_dir else ""))
@@ -106,6 +112,6 @@ def run(args: argparse.Namespace) -> int:
     if comparisons:
         print()
         print(comparisons)
-    if args.out:
-        print(f"\n[probe] results in {args.out} (results.json, results.csv, results.md, plots/)")
+    if recipe.out:
+        print(f"\n[probe] results in {recipe.out} (results.json, results.csv, results.md, plots/)")
     return 0

@@ -122,11 +122,13 @@ def recipe_values(args: argparse.Namespace, shorthands: Sequence[Shorthand]) -> 
     return [(item.key, getattr(args, item.dest), item.flag) for item in shorthands if hasattr(args, item.dest)]
 
 
-def missing_key_hint(message: str, shorthands: Sequence[Shorthand]) -> str:
-    """A missing required key's error, with the flag that gives it."""
-    for item in shorthands:
-        if message.startswith(f"{item.key}: required key is missing"):
-            return f"{message} (give {item.flag}, or set {item.key} in the --config file)"
+def key_hint(message: str, shorthands: Sequence[Shorthand]) -> str:
+    """An error about a key, with the flag that sets it: `probe.protocols[0] (--protocol): ...`."""
+    for item in sorted(shorthands, key=lambda s: -len(s.key)):
+        for suffix in (":", "["):
+            if message.startswith(item.key + suffix):
+                head, _, rest = message.partition(":")
+                return f"{head} ({item.flag}):{rest}"
     return message
 
 
@@ -173,13 +175,17 @@ def load_command_recipe(schema: type, args: argparse.Namespace, shorthands: Sequ
     """The command's recipe from `--config`, its flags and `--set`, validated before anything heavy; errors name
     the key (and the flag that sets it) and the config file."""
     from multimeditron.adaptation.recipes import load_recipe
-    from multimeditron.config import ConfigError
+    from multimeditron.config import ConfigError, parse_section, read_config_mapping
 
     try:
-        recipe = load_recipe(schema, args.config, recipe_values(args, shorthands), args.overrides)
+        if hasattr(schema, "training_arguments"):  # trained on the engine: training_args checked too
+            recipe = load_recipe(schema, args.config, recipe_values(args, shorthands), args.overrides)
+        else:
+            recipe = parse_section(schema, read_config_mapping(args.config, args.overrides,
+                                                               recipe_values(args, shorthands)))
     except ConfigError as error:
-        message = missing_key_hint(str(error), shorthands)
+        message = key_hint(str(error), shorthands)
         raise ConfigError(f"{args.config}: {message}" if args.config else message) from None
     if expert_required and getattr(getattr(recipe, "expert", None), "spec", "") is None:
-        raise ConfigError(missing_key_hint("expert.spec: required key is missing", shorthands))
+        raise ConfigError(key_hint("expert.spec: required to train (a SPEC)", shorthands))
     return recipe

@@ -39,7 +39,7 @@ def test_probe_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["probe", "--expert", "retfound_green", "--tiny", "--data", str(tmp_path / "missing")]) == 2
     assert "error: no such data" in capsys.readouterr().err
     assert main(["probe", "--expert", "retfound_green", "--tiny", "--data", str(tmp_path), "--protocol", "svm"]) == 2
-    assert "unknown protocol(s) ['svm']" in capsys.readouterr().err
+    assert "error: probe.protocols[0] (--protocol): 'svm' is not one of" in capsys.readouterr().err
     data = write_folder(tmp_path / "images", {"train": 2, "test": 2})
     assert main(["probe", "--expert", "retfound_gren", "--tiny", "--data", str(data)]) == 2
     assert "unknown expert id 'retfound_gren'" in capsys.readouterr().err
