@@ -55,13 +55,13 @@ def warm_up_expert(out: Path, expert_spec: dict[str, Any], seed: int, num_images
     from multimeditron.adaptation.experts import load_expert
     from multimeditron.adaptation.finetune import FinetuneSettings, finetune
     from multimeditron.adaptation.loop import LoopSettings
+    from multimeditron.data.labelled_images import load_labelled_images
     from multimeditron.data.synthetic_findings import LABEL_COLUMNS, generate_finding_images
     from multimeditron.inference import resolve_device
-    from multimeditron.probing.datasets import load_probe_data
 
     data_dir, run_dir = out / "finding_images", out / "expert_warmup"
     generate_finding_images(data_dir, num_images, num_images // 10, num_images // 10, seed=seed)
-    data = load_probe_data(data_dir, label_columns=list(LABEL_COLUMNS))
+    data = load_labelled_images(data_dir, label_columns=list(LABEL_COLUMNS))
     torch.manual_seed(seed)  # as the CLI does: the random start is the seed's
     expert, spec = load_expert(json.dumps(expert_spec))
     initial = copy.deepcopy(expert).eval()

@@ -23,9 +23,9 @@ from multimeditron.adaptation.loop import LoopSettings, run_epochs
 from multimeditron.adaptation.optim import param_groups
 from multimeditron.adaptation.peft_methods import LoraSettings, merged_copy, prepare_expert
 from multimeditron.adaptation.trunk import set_drop_path, vit_trunk
+from multimeditron.data.labelled_images import LabelledImages
 from multimeditron.experts.adapted import read_adapted_record, save_adapted_expert
 from multimeditron.experts.base import ExpertSpec, VisionExpert
-from multimeditron.probing.datasets import ProbeData
 from multimeditron.probing.metrics import classification_metrics, is_defined
 
 HEAD_FILE = "head.safetensors"
@@ -161,7 +161,7 @@ def load_finetuned(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
     return Classifier(expert, head, frozen_expert=True).eval(), record
 
 
-def evaluate_splits(classifier: Classifier, data: ProbeData, splits: tuple[str, ...], batch_size: int,
+def evaluate_splits(classifier: Classifier, data: LabelledImages, splits: tuple[str, ...], batch_size: int,
                     device: str) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
     """split -> (probabilities, metrics) with part 1's `classification_metrics`."""
     out = {}
@@ -173,7 +173,7 @@ def evaluate_splits(classifier: Classifier, data: ProbeData, splits: tuple[str, 
     return out
 
 
-def finetune(expert: VisionExpert, spec: ExpertSpec, data: ProbeData, out_dir: str | Path, loop: LoopSettings,
+def finetune(expert: VisionExpert, spec: ExpertSpec, data: LabelledImages, out_dir: str | Path, loop: LoopSettings,
              settings: FinetuneSettings, *, resume: bool = False, name: str | None = None) -> dict[str, Any]:
     """Train, keep the best epoch on val in `OUT/best/`, score it on val and test; returns part 1's result dict
     (`probing.report.write_reports` writes it) with this run's history."""
@@ -219,7 +219,7 @@ def finetune(expert: VisionExpert, spec: ExpertSpec, data: ProbeData, out_dir: s
     return result
 
 
-def score_checkpoint(classifier: Classifier, record: dict[str, Any], data: ProbeData, batch_size: int, device: str,
+def score_checkpoint(classifier: Classifier, record: dict[str, Any], data: LabelledImages, batch_size: int, device: str,
                      out_dir: str | Path | None, name: str) -> dict[str, Any]:
     """Val and test metrics of a saved classifier as part 1's result dict; with `out_dir`, the reports, the
     test predictions and the confusion-matrix / ROC plots are written there."""

@@ -60,15 +60,16 @@ def run(args: argparse.Namespace) -> int:
 
     from multimeditron.adaptation.finetune import FinetuneSettings, finetune, load_finetuned, score_checkpoint
     from multimeditron.adaptation.peft_methods import LoraSettings
-    from multimeditron.probing.datasets import ProbeDataError, load_probe_data
+    from multimeditron.data.labelled_images import load_labelled_images
+    from multimeditron.data.splits import ImageDataError
     from multimeditron.probing.report import markdown_table
     from multimeditron.probing.specs import parse_spec
 
     try:
-        data = load_probe_data(args.data, image_column=args.image_column,
+        data = load_labelled_images(args.data, image_column=args.image_column,
                                label_columns=args.label_column,
                                split_column=args.split_column, val_fraction=args.val_fraction, seed=args.seed)
-    except ProbeDataError as error:
+    except ImageDataError as error:
         raise SystemExit(f"multimeditron finetune: {error}") from error
     sizes = ", ".join(f"{s} {len(p)}" for s, p in data.splits.items())
     print(f"[finetune] data {data.name}: {len(data.classes)} classes; images: {sizes}")

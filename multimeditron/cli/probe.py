@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from multimeditron.data.intensity import parse_window
+    from multimeditron.data.labelled_images import load_labelled_images
     from multimeditron.errors import UserError
     from multimeditron.inference import resolve_device
-    from multimeditron.probing.datasets import load_probe_data
     from multimeditron.probing.protocols import PROTOCOLS
     from multimeditron.probing.report import comparison_table, markdown_table
     from multimeditron.probing.run import ProbeSettings, probe
@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(protocols) - set(PROTOCOLS))
     if unknown:
         raise UserError(f"--protocol: unknown protocol(s) {unknown}; valid: {', '.join(PROTOCOLS)}, all")
-    data = load_probe_data(args.data, image_column=args.image_column, label_columns=args.label_column,
-                           split_column=args.split_column, val_fraction=args.val_fraction, seed=args.seed)
+    data = load_labelled_images(args.data, image_column=args.image_column, label_columns=args.label_column,
+                                split_column=args.split_column, val_fraction=args.val_fraction, seed=args.seed)
     cache_dir = None if args.no_cache else Path(args.cache_dir or (Path(args.out) / "cache" if args.out else
                                                                     Path.home() / ".cache/multimeditron/probe"))
     settings = ProbeSettings(

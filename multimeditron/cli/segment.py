@@ -29,12 +29,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from multimeditron.adaptation.experts import load_expert
-    from multimeditron.adaptation.segmentation.data import load_segmentation_data
     from multimeditron.adaptation.segmentation.train import SegmentSettings, segment
+    from multimeditron.data.segmentation_pairs import load_segmentation_pairs
 
     if args.resume:
         raise SystemExit("multimeditron segment: --resume is not supported (decoders train in seconds to minutes)")
-    data = load_segmentation_data(args.data, args.image_column, args.mask_column, args.split_column, args.seed)
+    data = load_segmentation_pairs(args.data, args.image_column, args.mask_column, args.split_column, args.seed)
     torch.manual_seed(args.seed)  # experts without a checkpoint start from random weights
     expert, spec = load_expert(args.expert, tiny=args.tiny)
     sizes = ", ".join(f"{s} {len(p)}" for s, p in data.splits.items())

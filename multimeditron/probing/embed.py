@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from multimeditron.data.images import ImageResolver
 from multimeditron.data.intensity import IntensityWindow, load_windowed
 from multimeditron.data.report import BadSample
+from multimeditron.data.splits import ImageDataError
 from multimeditron.experts.base import VisionExpert
-from multimeditron.probing.datasets import ProbeDataError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -129,7 +129,7 @@ def aggregate(embeddings: Embeddings, labels: np.ndarray, groups: np.ndarray | N
     wrong = (labels != group_labels[inverse]).reshape(len(labels), -1).any(axis=1)
     disagree = names[order][np.unique(inverse[wrong])]
     if len(disagree):
-        raise ProbeDataError(f"images of group {str(disagree[0])!r} carry different labels ({len(disagree)} such groups); "
+        raise ImageDataError(f"images of group {str(disagree[0])!r} carry different labels ({len(disagree)} such groups); "
                          f"a study or patient must have one label")
     pooled = mean(embeddings.pooled)
     assert pooled is not None

@@ -16,8 +16,8 @@ from multimeditron.adaptation.loop import LoopSettings
 from multimeditron.adaptation.optim import build_optimizer, build_scheduler, param_groups
 from multimeditron.adaptation.peft_methods import LoraSettings, merged_copy
 from multimeditron.cli import main
+from multimeditron.data.labelled_images import load_labelled_images
 from multimeditron.experts.registry import build_expert
-from multimeditron.probing.datasets import load_probe_data
 from tests.adaptation.conftest import TEXTURE_EXPERT
 
 FAST = {"drop_path": 0.0, "augment": False, "label_smoothing": 0.0, "layer_decay": 0.75}
@@ -87,7 +87,7 @@ def test_bitfit_and_lora_train_only_their_parameters(adaptation: str, texture_fo
         # r x (in + out) per adapted linear: qkv, fc1 and fc2 of 2 blocks of width 32 (mlp 128, qkv 96).
         assert sum(p.numel() for p in classifier.expert.parameters() if p.requires_grad) == \
             2 * 4 * ((32 + 96) + (32 + 128) + (128 + 32))
-    data = load_probe_data(texture_folder)
+    data = load_labelled_images(texture_folder)
     torch.manual_seed(0)  # the same random expert again
     finetune(load_expert(TEXTURE_EXPERT)[0], spec, data, tmp_path,
              LoopSettings(epochs=1, batch_size=16, lr=1e-2, warmup_epochs=0, progress=False), settings)
@@ -119,7 +119,7 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(texture_folder: Pa
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import multimeditron.adaptation.loop as loop_module
 
-    data = load_probe_data(texture_folder)
+    data = load_labelled_images(texture_folder)
     loop = LoopSettings(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=0.5, progress=False)
     settings = FinetuneSettings(adaptation="finetune", drop_path=0.1, augment=True, mixup=0.8)
 

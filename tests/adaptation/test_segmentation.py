@@ -9,7 +9,7 @@ import torch
 
 from multimeditron.adaptation.experts import load_expert
 from multimeditron.adaptation.loop import LoopSettings
-from multimeditron.adaptation.segmentation.data import load_segmentation_data
+from multimeditron.data.segmentation_pairs import load_segmentation_pairs
 from multimeditron.adaptation.segmentation.metrics import confusion_counts, segmentation_metrics
 from multimeditron.adaptation.segmentation.train import SegmentSettings, segment
 from multimeditron.cli import main
@@ -32,14 +32,14 @@ def test_linear_decoder_learns_a_square(square_masks: Path, tmp_path: Path) -> N
     torch.manual_seed(0)
     expert, spec = load_expert(SEGMENT_EXPERT)
     before = {k: v.clone() for k, v in expert.state_dict().items()}
-    result = segment(expert, load_segmentation_data(square_masks), tmp_path, LoopSettings(epochs=15, **LOOP),
+    result = segment(expert, load_segmentation_pairs(square_masks), tmp_path, LoopSettings(epochs=15, **LOOP),
                      SegmentSettings(decoder="linear"), spec.to_dict())
     assert result["test"]["per_class"]["class_1"]["dice"] > 0.8, result["test"]
     assert all(torch.equal(v, before[k]) for k, v in expert.state_dict().items())  # the encoder stays frozen
 
 
 def test_unet_beats_linear_on_structures_smaller_than_a_patch(dot_masks: Path, tmp_path: Path) -> None:
-    data = load_segmentation_data(dot_masks)
+    data = load_segmentation_pairs(dot_masks)
     dice = {}
     for decoder in ("linear", "unet"):
         torch.manual_seed(0)
