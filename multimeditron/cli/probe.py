@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from multimeditron.dtypes import DTYPES
+
 SPEC_HELP = ("a registry id with an optional checkpoint: ID[:CHECKPOINT] (everything after the first colon), "
              "timm:NAME[:CHECKPOINT], a saved MultiMeditron model folder DIR or DIR#i (its i-th expert), or a YAML "
              "mapping '{id: ..., checkpoint: ..., image_size: ..., normalization: ..., options: {...}}'; repeat "
@@ -38,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     emb.add_argument("--batch-size", type=int, default=64)
     emb.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
     emb.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    emb.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    emb.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
     emb.add_argument("--cache-dir", default=None, metavar="DIR",
                      help="embedding cache (default: OUT/cache, or ~/.cache/multimeditron/probe without --out)")
     emb.add_argument("--no-cache", action="store_true", help="always recompute the embeddings")

@@ -20,9 +20,9 @@ from multimeditron.data.images import ImageResolver
 from multimeditron.data.intensity import IntensityWindow, load_windowed
 from multimeditron.data.report import BadSample
 from multimeditron.data.splits import ImageDataError
+from multimeditron.dtypes import parse_dtype
 from multimeditron.experts.base import VisionExpert
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -79,9 +79,7 @@ def embed(expert: VisionExpert, images: Sequence[Any], *, folder: Path | None = 
           device: str | torch.device = "cpu", dtype: str = "float32", n_layers: int = 4,
           progress: bool | None = None, desc: str = "embedding") -> Embeddings:
     """Embed every image with the frozen `expert` (moved to `device` / `dtype`); float32 numpy results."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    expert = expert.to(device=device, dtype=DTYPES[dtype]).eval()
+    expert = expert.to(device=device, dtype=parse_dtype(dtype)).eval()
     loader = torch.utils.data.DataLoader(ImageCanvases(images, expert.image_size, folder, window),
                                          batch_size=batch_size, num_workers=num_workers, shuffle=False)
     pooled, cls_layers, patch_mean = [], [], []

@@ -15,6 +15,7 @@ from typing import Any
 from multimeditron.data.intensity import IntensityWindow
 from multimeditron.data.labelled_images import LabelledImages
 from multimeditron.data.splits import SPLITS
+from multimeditron.dtypes import dtype_name
 from multimeditron.experts.base import VisionExpert
 from multimeditron.probing.bootstrap import bootstrap_metrics, paired_bootstrap
 from multimeditron.probing.cache import cache_key, load_cached, save_cached
@@ -59,7 +60,7 @@ def embedding_fields(expert: VisionExpert, data: LabelledImages, split: str, set
     return {"weights": digest, "class": f"{type(expert).__module__}.{type(expert).__qualname__}",
             "expert_id": expert.expert_id, "image_size": expert.image_size, "mean": list(expert.mean),
             "std": list(expert.std), "pool": getattr(expert, "cls_pool", None), "layers": settings.n_layers,
-            "dtype": settings.dtype, "window": settings.window.describe() if settings.window else None,
+            "dtype": dtype_name(settings.dtype), "window": settings.window.describe() if settings.window else None,
             "split": split, "data": data.fingerprint(split)}
 
 
