@@ -26,12 +26,9 @@ from multimeditron.adaptation.trunk import set_drop_path, vit_trunk
 from multimeditron.data.labelled_images import LabelledImages
 from multimeditron.experts.adapted import read_adapted_record, save_adapted_expert
 from multimeditron.experts.base import ExpertSpec, VisionExpert
-from multimeditron.probing.metrics import classification_metrics, is_defined
+from multimeditron.probing.metrics import SELECTION_METRICS, classification_metrics, selection_value
 
 HEAD_FILE = "head.safetensors"
-# RETFound chooses the best epoch by the mean of these three validation metrics.
-RETFOUND_SCORE = ("f1_macro", "auroc", "kappa")
-SELECT_METRICS = ("retfound", "accuracy", "balanced_accuracy", "f1_macro", "auroc", "aupr", "kappa")
 BALANCE = ("none", "weights", "sampler")
 
 
@@ -50,18 +47,10 @@ class FinetuneSettings:
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
-        if self.select_metric not in SELECT_METRICS:
-            raise AdaptationError(f"select metric {self.select_metric!r} is not one of {list(SELECT_METRICS)}")
+        if self.select_metric not in SELECTION_METRICS:
+            raise AdaptationError(f"select metric {self.select_metric!r} is not one of {list(SELECTION_METRICS)}")
         if self.balance not in BALANCE:
             raise AdaptationError(f"balance {self.balance!r} is not one of {list(BALANCE)}")
-
-
-def selection_value(metrics: dict[str, Any], name: str) -> float:
-    """What the best epoch maximises: `retfound` = mean of macro F1, AUROC and kappa (those defined), else one
-    metric; accuracy when none of them is defined on val."""
-    names = RETFOUND_SCORE if name == "retfound" else (name,)
-    values = [float(metrics[m]) for m in names if is_defined(metrics.get(m, "undefined"))]
-    return float(np.mean(values)) if values else float(metrics["accuracy"])
 
 
 def build_classifier(expert: VisionExpert, num_classes: int, settings: FinetuneSettings) -> Classifier:

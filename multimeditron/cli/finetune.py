@@ -10,8 +10,9 @@ from multimeditron.cli.adaptation_args import SPEC_HELP, add_loop_arguments, loo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from multimeditron.adaptation.finetune import BALANCE, SELECT_METRICS
+    from multimeditron.adaptation.finetune import BALANCE
     from multimeditron.adaptation.peft_methods import ADAPTATIONS
+    from multimeditron.probing.metrics import SELECTION_METRICS
 
     parser.add_argument("--expert", default=None, metavar="SPEC", help=SPEC_HELP)
     parser.add_argument("--data", required=True, metavar="PATH",
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--balance", default="none", choices=BALANCE,
                         help="imbalanced data: inverse-frequency class weights, or a balanced sampler")
     method.add_argument("--no-augment", action="store_true", help="no random resized crop / flip")
-    method.add_argument("--select-metric", default="retfound", choices=SELECT_METRICS,
+    method.add_argument("--select-metric", default="retfound", choices=SELECTION_METRICS,
                         help="what the best epoch maximises on val (retfound: mean of macro F1, AUROC, kappa)")
     method.add_argument("--lora-r", type=int, default=48)
     method.add_argument("--lora-alpha", type=int, default=16)

@@ -17,6 +17,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from multimeditron.probing.metrics import SELECTION_METRICS
+
     parser.add_argument("--expert", action="append", required=True, metavar="SPEC", help=SPEC_HELP)
     parser.add_argument("--data", required=True, metavar="PATH",
                         help="an image folder ROOT/{train,val,test}/<class>/ or a parquet/arrow table (file, folder "
@@ -50,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     proto.add_argument("--draws", type=int, default=5, help="few-shot random draws per N")
     proto.add_argument("--linear-epochs", type=int, default=100)
     proto.add_argument("--select-metric", default="auroc",
-                       choices=("auroc", "aupr", "accuracy", "balanced_accuracy", "f1_macro", "kappa", "retfound"),
+                       choices=SELECTION_METRICS,
                        help="what hyperparameters maximise on val (retfound: mean of macro F1, AUROC and kappa)")
     proto.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no intervals)")
     proto.add_argument("--seed", type=int, default=0)

@@ -6,7 +6,14 @@ import pytest
 
 from multimeditron.probing.bootstrap import bootstrap_metrics
 from multimeditron.probing.fast_metrics import fast_metrics
-from multimeditron.probing.metrics import METRICS, ONE_CLASS, classification_metrics, selection_score
+from multimeditron.probing.metrics import (
+    METRICS,
+    ONE_CLASS,
+    SELECTION_METRICS,
+    classification_metrics,
+    selection_score,
+    selection_value,
+)
 
 
 @pytest.mark.parametrize("n_classes,multilabel", [(2, False), (3, False), (5, False), (3, True)])
@@ -75,3 +82,19 @@ def test_selection_scores():
     assert selection_score(metrics) == (0.9, 0.8)
     assert selection_score(metrics, "aupr") == (0.8, 0.8)  # undefined: falls back to accuracy
     assert selection_score(metrics, "retfound") == (pytest.approx(0.6), 0.8)
+
+
+def test_one_selection_score_for_probes_and_fine_tuning():
+    from multimeditron.adaptation.errors import AdaptationError
+    from multimeditron.adaptation.finetune import FinetuneSettings
+
+    partly = {"accuracy": 0.8, "f1_macro": 0.6, "auroc": ONE_CLASS, "kappa": 0.2, "aupr": ONE_CLASS}
+    assert selection_value(partly, "retfound") == pytest.approx(0.4)  # the mean of the defined ones only
+    none = {"accuracy": 0.7, "f1_macro": ONE_CLASS, "auroc": ONE_CLASS, "kappa": ONE_CLASS}
+    assert selection_score(none, "retfound") == (0.7, 0.7)  # nothing defined: accuracy, not nan
+    with pytest.raises(ValueError, match="'f2' is not one of"):
+        selection_value(partly, "f2")
+    for name in SELECTION_METRICS:  # fine-tuning's best epoch takes the same names
+        FinetuneSettings(select_metric=name)
+    with pytest.raises(AdaptationError, match="'f2' is not one of"):
+        FinetuneSettings(select_metric="f2")
