@@ -54,8 +54,7 @@ def main() -> None:
         print(f"device {args.device}, dtype {args.dtype}, {n} images, batch {args.batch_size}, "
               f"{torch.get_num_threads()} torch threads")
         for spec in args.experts.split(","):
-            torch.manual_seed(0)
-            expert = build_probe_expert(parse_spec(spec))
+            expert = build_probe_expert(parse_spec(spec), seed=0)
             times = []
             for _ in range(2):
                 settings = ProbeSettings(cache_dir=Path(tmp) / f"cache-{len(rows)}", batch_size=args.batch_size,

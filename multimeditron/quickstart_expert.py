@@ -50,8 +50,6 @@ def finetune_command(expert: dict[str, Any], data_dir: Path, out_dir: Path, seed
 def warm_up_expert(out: Path, expert_spec: dict[str, Any], seed: int, num_images: int = WARMUP_IMAGES,
                    epochs: int = WARMUP_EPOCHS, lr: float = WARMUP_LR) -> WarmedExpert:
     """Draw the labelled images into `out/finding_images`, fine-tune into `out/expert_warmup`, probe both."""
-    import torch
-
     from multimeditron.adaptation.experts import load_expert
     from multimeditron.adaptation.finetune import FinetuneSettings, finetune
     from multimeditron.adaptation.loop import LoopSettings
@@ -62,8 +60,7 @@ def warm_up_expert(out: Path, expert_spec: dict[str, Any], seed: int, num_images
     data_dir, run_dir = out / "finding_images", out / "expert_warmup"
     generate_finding_images(data_dir, num_images, num_images // 10, num_images // 10, seed=seed)
     data = load_labelled_images(data_dir, label_columns=list(LABEL_COLUMNS))
-    torch.manual_seed(seed)  # as the CLI does: the random start is the seed's
-    expert, spec = load_expert(json.dumps(expert_spec))
+    expert, spec = load_expert(json.dumps(expert_spec), seed=seed)  # as the CLI does: the random start is the seed's
     initial = copy.deepcopy(expert).eval()
     loop = LoopSettings(epochs=epochs, batch_size=32, lr=lr, warmup_epochs=1.0, seed=seed,
                         device=str(resolve_device(None)))

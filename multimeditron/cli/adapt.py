@@ -32,15 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from multimeditron.adaptation.experts import load_expert
     from multimeditron.adaptation.images import unlabelled_images
     from multimeditron.adaptation.token_reconstruction import CorruptionSettings, adapt_token_reconstruction
 
     images, folder = unlabelled_images(args.data, args.image_column)
-    torch.manual_seed(args.seed)  # experts without a checkpoint start from random weights
-    expert, spec = load_expert(args.expert, tiny=args.tiny)
+    expert, spec = load_expert(args.expert, tiny=args.tiny, seed=args.seed)
     print(f"[adapt] {len(images)} images from {args.data}; expert {expert.describe()}")
     summary = adapt_token_reconstruction(
         expert, spec, images, folder, args.out, loop_settings(args),

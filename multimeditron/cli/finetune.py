@@ -57,8 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from multimeditron.adaptation.finetune import FinetuneSettings, finetune, load_finetuned, score_checkpoint
     from multimeditron.adaptation.peft_methods import LoraSettings
     from multimeditron.data.labelled_images import load_labelled_images
@@ -87,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("multimeditron finetune: --expert SPEC is required (or --eval --checkpoint DIR)")
         from multimeditron.adaptation.experts import load_expert
 
-        torch.manual_seed(args.seed)  # experts without a checkpoint start from random weights
-        expert, spec = load_expert(args.expert, tiny=args.tiny, options={"cls_pool": args.pool} if args.pool else {})
+        expert, spec = load_expert(args.expert, tiny=args.tiny, options={"cls_pool": args.pool} if args.pool else {},
+                                   seed=args.seed)
         print(f"[finetune] expert {expert.describe()}; adaptation {args.adaptation}, lr {loop.lr:.3g}")
         settings = FinetuneSettings(
             adaptation=args.adaptation, layer_decay=args.layer_decay, drop_path=args.drop_path,

@@ -59,8 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from multimeditron.data.intensity import parse_window
     from multimeditron.data.labelled_images import load_labelled_images
     from multimeditron.errors import UserError
@@ -93,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
     experts = []
     for text in args.expert:
         parsed = parse_spec(text, tiny=args.tiny)
-        torch.manual_seed(args.seed)  # an expert without a checkpoint gets the same random weights on every run
-        expert = build_probe_expert(parsed)
+        expert = build_probe_expert(parsed, seed=args.seed)
         print(f"[probe] expert {parsed.name}: {expert.describe()}"
               f"{'' if expert.supports_layers else ' (no intermediate layers: linear heads on its global output)'}")
         experts.append((parsed.name, expert))

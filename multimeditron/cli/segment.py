@@ -26,8 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from multimeditron.adaptation.experts import load_expert
     from multimeditron.adaptation.segmentation.train import SegmentSettings, segment
     from multimeditron.data.segmentation_pairs import load_segmentation_pairs
@@ -35,8 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         raise SystemExit("multimeditron segment: --resume is not supported (decoders train in seconds to minutes)")
     data = load_segmentation_pairs(args.data, args.image_column, args.mask_column, args.split_column, args.seed)
-    torch.manual_seed(args.seed)  # experts without a checkpoint start from random weights
-    expert, spec = load_expert(args.expert, tiny=args.tiny)
+    expert, spec = load_expert(args.expert, tiny=args.tiny, seed=args.seed)
     sizes = ", ".join(f"{s} {len(p)}" for s, p in data.splits.items())
     print(f"[segment] data {data.name}: {sizes}; expert {expert.describe()} (frozen); decoder {args.decoder}")
     result = segment(expert, data, args.out, loop_settings(args),
