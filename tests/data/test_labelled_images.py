@@ -7,7 +7,7 @@ import pytest
 
 from multimeditron.data.labelled_images import load_labelled_images
 from multimeditron.data.splits import SPLIT_ALIASES, ImageDataError, canonical_split, carve_validation
-from tests.probing.conftest import draw, png_bytes, write_folder
+from tests.probing.conftest import draw, png_bytes, write_folder, write_study_table
 
 
 def test_folder_without_val_gets_a_seeded_stratified_val(tmp_path):
@@ -50,15 +50,7 @@ def _table(tmp_path, rows, name="table.parquet"):
 
 
 def test_multilabel_table_with_studies(tmp_path):
-    rng = np.random.default_rng(0)
-    rows = []
-    for split, n_studies in (("train", 6), ("val", 2), ("test", 3)):
-        for s in range(n_studies):
-            effusion, nodule = s % 2, (s // 2) % 2
-            for _ in range(3):  # three slices per study
-                rows.append({"image": {"bytes": png_bytes(draw(effusion, rng, 16)), "path": None}, "split": split,
-                             "study": f"{split}-{s}", "effusion": effusion, "nodule": nodule})
-    data = load_labelled_images(_table(tmp_path, rows), label_columns=["effusion", "nodule"])
+    data = load_labelled_images(write_study_table(tmp_path / "studies.parquet"), label_columns=["effusion", "nodule"])
     assert data.multilabel and data.classes == ["effusion", "nodule"] and data.group_kind == "study"
     assert data.splits["train"].labels.shape == (18, 2)
     assert len(set(data.splits["test"].groups.tolist())) == 3

@@ -9,22 +9,11 @@ from multimeditron.data.labelled_images import load_labelled_images
 from multimeditron.probing import ProbeSettings, build_probe_expert, embed_splits, parse_spec
 from multimeditron.probing.run import probe_inputs
 
-from .conftest import draw, png_bytes
+from .conftest import write_study_table
 
 
 def test_studies_are_probed_as_one_case(tmp_path):
-    import datasets
-
-    rng = np.random.default_rng(0)
-    rows = []
-    for split, n_studies in (("train", 6), ("val", 2), ("test", 3)):
-        for s in range(n_studies):
-            effusion, nodule = s % 2, (s // 2) % 2
-            for _ in range(3):  # three slices per study
-                rows.append({"image": {"bytes": png_bytes(draw(effusion, rng, 16)), "path": None}, "split": split,
-                             "study": f"{split}-{s}", "effusion": effusion, "nodule": nodule})
-    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "table.parquet"))
-    data = load_labelled_images(tmp_path / "table.parquet", label_columns=["effusion", "nodule"])
+    data = load_labelled_images(write_study_table(tmp_path / "studies.parquet"), label_columns=["effusion", "nodule"])
     expert = build_probe_expert(parse_spec("retfound_green", tiny=True))
     inputs = probe_inputs(data, embed_splits(expert, data, ProbeSettings(cache_dir=None, progress=False)))
     assert len(inputs.train) == 6 and len(inputs.test) == 3  # one row per study
