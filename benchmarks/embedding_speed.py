@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from multimeditron.data.labelled_images import read_labelled_folder
 from multimeditron.probing import ProbeSettings, build_probe_expert, embed_splits, parse_spec
-from multimeditron.probing.datasets import read_image_folder
 
 DEFAULT_EXPERTS = ("dinov2_vits14", "retfound_green", "mermed_fm", "biomedclip", "dinov3_vits16",
                    "timm:vit_small_patch16_224")
@@ -49,13 +49,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = read_image_folder(write_images(Path(tmp) / "images", args.images))
+        data = read_labelled_folder(write_images(Path(tmp) / "images", args.images))
         n = sum(len(s) for s in data.splits.values())
         print(f"device {args.device}, dtype {args.dtype}, {n} images, batch {args.batch_size}, "
               f"{torch.get_num_threads()} torch threads")
         for spec in args.experts.split(","):
-            torch.manual_seed(0)
-            expert = build_probe_expert(parse_spec(spec))
+            expert = build_probe_expert(parse_spec(spec), seed=0)
             times = []
             for _ in range(2):
                 settings = ProbeSettings(cache_dir=Path(tmp) / f"cache-{len(rows)}", batch_size=args.batch_size,

@@ -15,6 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from multimeditron.data.images import ImageResolver
+from multimeditron.dtypes import parse_dtype
 from multimeditron.errors import UserError
 from multimeditron.hub_ids import looks_like_hub_id
 from multimeditron.model.modeling import MultiMeditronForCausalLM
@@ -27,8 +28,6 @@ Request = tuple[Chat | str, Sequence[Image.Image]]
 class ModelFolderError(UserError, FileNotFoundError):
     """A model path that is neither a saved model folder nor a loadable hub id."""
 
-DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-          "half": torch.float16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -49,12 +48,8 @@ def load_pretrained(
     attn_implementation: str | None = None,
 ) -> tuple[MultiMeditronForCausalLM, MultiMeditronProcessor]:
     """A saved model folder (`model.save_pretrained(d); processor.save_pretrained(d)`) -> (model in eval mode on
-    `device`, processor). `dtype`: "auto" (as saved), "bfloat16", "float16", "float32" or a torch dtype."""
-    if isinstance(dtype, str) and dtype != "auto":
-        if dtype.lower() not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(sorted(DTYPES))}")
-        dtype = DTYPES[dtype.lower()]
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    `device`, processor). `dtype`: "auto" (as saved), a name of `multimeditron.dtypes.DTYPES` or a torch dtype."""
+    kwargs: dict[str, Any] = {"dtype": parse_dtype(dtype, allow_auto=True)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     folder = Path(path).expanduser()

@@ -55,7 +55,11 @@ def warm_up_expert(out: Path, expert_spec: dict[str, Any], seed: int, num_images
     import yaml
 
     from multimeditron.adaptation.experts import load_expert
-    from multimeditron.adaptation.finetune import finetune, load_finetune_data, prepare_finetune_expert
+    from multimeditron.adaptation.finetune import (
+        finetune,
+        load_finetune_data,
+        prepare_finetune_expert,
+    )
     from multimeditron.adaptation.recipes import FinetuneRecipe, load_recipe
     from multimeditron.data.synthetic_findings import generate_finding_images
 
@@ -77,7 +81,12 @@ def probe_table(data: Any, experts: dict[str, Any], seed: int) -> str:
     """Test AUROC of a kNN and a linear probe per label, for each expert (frozen), side by side."""
     from sklearn.metrics import roc_auc_score
 
-    from multimeditron.probing.run import ProbeSettings, embed_splits, probe_inputs, run_protocol
+    from multimeditron.probing.run import (
+        ProbeSettings,
+        embed_splits,
+        probe_inputs,
+        run_protocol,
+    )
 
     settings = ProbeSettings(protocols=("knn", "linear"), bootstrap=0, seed=seed, progress=False,
                              log=lambda *_: None)

@@ -10,16 +10,17 @@ from multimeditron.experts.registry import resolved_spec
 from multimeditron.probing.specs import build_probe_expert, parse_spec
 
 
-def load_expert(text: str, tiny: bool = False, options: dict[str, Any] | None = None,
+def load_expert(text: str, tiny: bool = False, options: dict[str, Any] | None = None, seed: int | None = None,
                 ) -> tuple[VisionExpert, ExpertSpec]:
     """(the expert with its weights, in train mode with gradients on; its resolved spec for the adapted folder).
 
-    `options` are added to the spec's (an explicit option in SPEC wins)."""
+    `options` are added to the spec's (an explicit option in SPEC wins); `seed` is `build_probe_expert`'s (the
+    random start of an expert without a checkpoint)."""
     parsed = parse_spec(text, tiny=tiny)
     if options:
         parsed = dataclasses.replace(parsed, spec=dataclasses.replace(
             parsed.spec, options={**options, **parsed.spec.options}))
-    expert = build_probe_expert(parsed).requires_grad_(True).train()
+    expert = build_probe_expert(parsed, seed).requires_grad_(True).train()
     return expert, resolved_spec(parsed.spec, expert)
 
 

@@ -23,22 +23,16 @@ from multimeditron.adaptation.optim import param_groups
 from multimeditron.adaptation.peft_methods import merged_copy, prepare_expert
 from multimeditron.adaptation.recipes import FinetuneRecipe, FinetuneSection
 from multimeditron.adaptation.trunk import set_drop_path, vit_trunk
+from multimeditron.data.labelled_images import LabelledImages
 from multimeditron.experts.adapted import read_adapted_record, save_adapted_expert
 from multimeditron.experts.base import ExpertSpec, VisionExpert
-from multimeditron.probing.datasets import ProbeData
-from multimeditron.probing.metrics import classification_metrics, is_defined
+from multimeditron.probing.metrics import (
+    classification_metrics,
+    is_defined,
+    selection_value,
+)
 
 HEAD_FILE = "head.safetensors"
-# RETFound chooses the best epoch by the mean of these three validation metrics.
-RETFOUND_SCORE = ("f1_macro", "auroc", "kappa")
-
-
-def selection_value(metrics: dict[str, Any], name: str) -> float:
-    """What the best epoch maximises: `retfound` = mean of macro F1, AUROC and kappa (those defined), else one
-    metric; accuracy when none of them is defined on val."""
-    names = RETFOUND_SCORE if name == "retfound" else (name,)
-    values = [float(metrics[m]) for m in names if is_defined(metrics.get(m, "undefined"))]
-    return float(np.mean(values)) if values else float(metrics["accuracy"])
 
 
 def build_classifier(expert: VisionExpert, num_classes: int, settings: FinetuneSection) -> Classifier:
@@ -144,12 +138,12 @@ def load_finetuned(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
     return Classifier(expert, head, frozen_expert=True).eval(), record
 
 
-def labelled_canvases(data: ProbeData, split: str, size: int, augment: bool = False, seed: int = 0) -> CanvasDataset:
+def labelled_canvases(data: LabelledImages, split: str, size: int, augment: bool = False, seed: int = 0) -> CanvasDataset:
     part = data.splits[split]
     return CanvasDataset(part.images, size, data.folder, part.labels, augment=augment, seed=seed)
 
 
-def evaluate_splits(trainer: Any, data: ProbeData, splits: tuple[str, ...], size: int,
+def evaluate_splits(trainer: Any, data: LabelledImages, splits: tuple[str, ...], size: int,
                     ) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
     """split -> (probabilities, metrics) with part 1's `classification_metrics`; the predictions of every process
     are gathered by the engine (each image once, whatever the number of processes)."""
@@ -170,7 +164,7 @@ def _metrics_fn(select_metric: str, multilabel: bool):
     return compute
 
 
-def finetune(expert: VisionExpert, spec: ExpertSpec, data: ProbeData, recipe: FinetuneRecipe, *,
+def finetune(expert: VisionExpert, spec: ExpertSpec, data: LabelledImages, recipe: FinetuneRecipe, *,
              name: str | None = None, processes: int = 1, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Train on the engine, keep the best epoch on val in `OUT/best/`, score it on val and test; returns part 1's
     result dict (`probing.report.write_reports` writes it, on the main process) with this run's history."""
@@ -210,7 +204,7 @@ def finetune(expert: VisionExpert, spec: ExpertSpec, data: ProbeData, recipe: Fi
     return result
 
 
-def _result(name: str, provenance: dict[str, Any], data: ProbeData,
+def _result(name: str, provenance: dict[str, Any], data: LabelledImages,
             scored: dict[str, tuple[np.ndarray, dict[str, Any]]]) -> dict[str, Any]:
     run = {"expert": name, "protocol": f"finetune:{provenance['adaptation']}",
            "chosen": {"epoch": provenance.get("epoch"), "select_metric": provenance.get("select_metric")},
@@ -218,7 +212,7 @@ def _result(name: str, provenance: dict[str, Any], data: ProbeData,
     return {"data": data.name, "classes": list(provenance["head"]["classes"]), "runs": [run], "comparisons": []}
 
 
-def write_outputs(result: dict[str, Any], data: ProbeData, scored: dict[str, tuple[np.ndarray, dict[str, Any]]],
+def write_outputs(result: dict[str, Any], data: LabelledImages, scored: dict[str, tuple[np.ndarray, dict[str, Any]]],
                   out_dir: str | Path) -> None:
     """The reports (results.json/.csv/.md), the test predictions and the confusion-matrix / ROC plots."""
     from multimeditron.probing.plots import confusion_png, roc_png
@@ -237,7 +231,7 @@ def write_outputs(result: dict[str, Any], data: ProbeData, scored: dict[str, tup
     np.savez(out / "test_predictions.npz", labels=labels, probabilities=probs)
 
 
-def score_checkpoint(classifier: Classifier, record: dict[str, Any], data: ProbeData, args: Any,
+def score_checkpoint(classifier: Classifier, record: dict[str, Any], data: LabelledImages, args: Any,
                      name: str) -> dict[str, Any]:
     """Val and test metrics of a saved classifier as part 1's result dict, written to `args.output_dir`."""
     from transformers import Trainer
@@ -258,16 +252,17 @@ def score_checkpoint(classifier: Classifier, record: dict[str, Any], data: Probe
     return result
 
 
-def load_finetune_data(recipe: FinetuneRecipe) -> ProbeData:
+def load_finetune_data(recipe: FinetuneRecipe) -> LabelledImages:
     """The labelled splits the recipe names (val carved from train when absent, seeded by the run's seed)."""
-    from multimeditron.probing.datasets import ProbeDataError, load_probe_data
+    from multimeditron.data.labelled_images import load_labelled_images
+    from multimeditron.data.splits import ImageDataError
 
     section = recipe.data
     try:
-        return load_probe_data(section.path, image_column=section.image_column, label_columns=section.label_columns,
+        return load_labelled_images(section.path, image_column=section.image_column, label_columns=section.label_columns,
                                split_column=section.split_column, val_fraction=section.val_fraction,
                                seed=int(recipe.training_arguments()["seed"]))
-    except ProbeDataError as error:
+    except ImageDataError as error:
         raise AdaptationError(f"data.path: {error}") from error
 
 
@@ -278,12 +273,12 @@ def prepare_finetune_expert(recipe: FinetuneRecipe) -> tuple[VisionExpert, Exper
 
     text = spec_text(recipe.expert.spec)
     options = {"cls_pool": recipe.finetune.pool} if recipe.finetune.pool else {}
-    torch.manual_seed(int(recipe.training_arguments()["seed"]))
-    expert, spec = load_expert(text, tiny=recipe.expert.tiny, options=options)
+    expert, spec = load_expert(text, tiny=recipe.expert.tiny, options=options,
+                               seed=int(recipe.training_arguments()["seed"]))
     return expert, spec, parse_spec(text, tiny=recipe.expert.tiny).name
 
 
-def finetune_plan(recipe: FinetuneRecipe, data: ProbeData, expert: VisionExpert, processes: int = 1) -> str:
+def finetune_plan(recipe: FinetuneRecipe, data: LabelledImages, expert: VisionExpert, processes: int = 1) -> str:
     from multimeditron.adaptation.plan import format_plan
 
     settings = recipe.finetune

@@ -14,11 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from multimeditron.adaptation.engine import Schedule
+from multimeditron.config import (
+    ConfigError,
+    check_training_args,
+    parse_section,
+    read_config_mapping,
+)
+from multimeditron.probing.metrics import SelectionMetric
 from multimeditron.probing.recipe import LabelledDataSection
-from multimeditron.config import ConfigError, check_training_args, parse_section, read_config_mapping
 
 Adaptation = Literal["finetune", "lp", "lora", "bitfit"]
-SelectMetric = Literal["retfound", "accuracy", "balanced_accuracy", "f1_macro", "auroc", "aupr", "kappa"]
 Balance = Literal["none", "weights", "sampler"]
 Pool = Literal["token", "avg", "avg_all"]
 Decoder = Literal["linear", "unet"]
@@ -77,7 +82,7 @@ class FinetuneSection:
     cutmix: float = 0.0  # timm CutMix alpha (0: off)
     balance: Balance = "none"  # weights: inverse-frequency class weights; sampler: balanced batches
     augment: bool = True  # random resized crop (scale 0.5-1) + horizontal flip
-    select_metric: SelectMetric = "retfound"  # what the best epoch maximises on val
+    select_metric: SelectionMetric = "retfound"  # what the best epoch maximises on val
     lora: LoraSection = field(default_factory=LoraSection)
 
     @property

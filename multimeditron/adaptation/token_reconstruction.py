@@ -21,7 +21,12 @@ from torch import nn
 from multimeditron.adaptation.engine import epoch_history, train_objective
 from multimeditron.adaptation.images import CanvasDataset
 from multimeditron.adaptation.recipes import AdaptRecipe, TokenReconstructionSection
-from multimeditron.adaptation.trunk import masked_patches, num_patches, set_drop_path, vit_trunk
+from multimeditron.adaptation.trunk import (
+    masked_patches,
+    num_patches,
+    set_drop_path,
+    vit_trunk,
+)
 from multimeditron.experts.adapted import save_adapted_expert
 from multimeditron.experts.base import ExpertSpec, VisionExpert
 

@@ -46,16 +46,17 @@ def run(args: argparse.Namespace) -> int:
     from multimeditron.adaptation.experts import load_expert, spec_text
     from multimeditron.adaptation.images import unlabelled_images
     from multimeditron.adaptation.recipes import AdaptRecipe
-    from multimeditron.adaptation.token_reconstruction import adapt_token_reconstruction, adapt_plan
+    from multimeditron.adaptation.token_reconstruction import (
+        adapt_plan,
+        adapt_token_reconstruction,
+    )
     from multimeditron.cli.recipe_flags import load_command_recipe
     from multimeditron.training.arguments import is_main_process, world_size
 
     recipe = load_command_recipe(AdaptRecipe, args, SHORTHANDS)
     images, folder = unlabelled_images(recipe.data.path, recipe.data.image_column)
-    import torch
-
-    torch.manual_seed(int(recipe.training_arguments()["seed"]))  # experts without a checkpoint: the seed's weights
-    expert, spec = load_expert(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny)
+    expert, spec = load_expert(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny,
+                               seed=int(recipe.training_arguments()["seed"]))
     if args.dry_run:
         print(adapt_plan(recipe, len(images), expert, world_size()))
         return 0

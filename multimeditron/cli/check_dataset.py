@@ -11,7 +11,11 @@ import collections
 from multimeditron.config import DatasetEntry
 from multimeditron.data.conversation import parse_row
 from multimeditron.data.images import DEFAULT_MAX_PIXELS, ImageResolver
-from multimeditron.data.placeholders import AUTO, KNOWN_PLACEHOLDERS, resolve_attachment_token
+from multimeditron.data.placeholders import (
+    AUTO,
+    KNOWN_PLACEHOLDERS,
+    resolve_attachment_token,
+)
 from multimeditron.data.report import BadSample, DataError
 from multimeditron.data.sources import load_source
 from multimeditron.model.configuration import DEFAULT_ATTACHMENT_TOKEN

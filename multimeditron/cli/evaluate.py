@@ -47,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     if args.tasks_dir:
         print(TASKS_DIR)
         return 0
-    from multimeditron.evaluation.evaluator import describe_tasks, evaluate_task, markdown_table, save_results
+    from multimeditron.evaluation.evaluator import (
+        describe_tasks,
+        evaluate_task,
+        markdown_table,
+        save_results,
+    )
 
     if args.list_tasks:
         print(describe_tasks())

@@ -72,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
     from multimeditron.cli.recipe_flags import load_command_recipe
     from multimeditron.errors import UsageError
     from multimeditron.probing.report import markdown_table
-    from multimeditron.training.arguments import is_main_process, training_arguments, world_size
+    from multimeditron.training.arguments import (
+        is_main_process,
+        training_arguments,
+        world_size,
+    )
 
     recipe = load_command_recipe(FinetuneRecipe, args, SHORTHANDS, expert_required=not args.eval)
     if args.eval and not args.checkpoint:

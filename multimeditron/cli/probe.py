@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from multimeditron.cli.recipe_flags import SPEC_HELP as _ONE_SPEC
-from multimeditron.cli.recipe_flags import SWITCH, Shorthand, add_recipe_arguments, comma_ints
+from multimeditron.cli.recipe_flags import (
+    SWITCH,
+    Shorthand,
+    add_recipe_arguments,
+    comma_ints,
+)
+from multimeditron.dtypes import DTYPES
 from multimeditron.probing.recipe import protocol_list
 
 SPEC_HELP = _ONE_SPEC + "; repeat for several experts"
@@ -32,7 +37,7 @@ SHORTHANDS = [
     Shorthand("--batch-size", "embedding.batch_size"),
     Shorthand("--workers", "embedding.workers", "image-decoding worker processes"),
     Shorthand("--device", "embedding.device", "default: cuda when available, else cpu", type=str),
-    Shorthand("--dtype", "embedding.dtype"),
+    Shorthand("--dtype", "embedding.dtype", "one of " + ", ".join(DTYPES), type=str),
     Shorthand("--cache-dir", "embedding.cache_dir", "embedding cache (default: OUT/cache, or "
               "~/.cache/multimeditron/probe without --out)", type=str, metavar="DIR"),
     Shorthand("--no-cache", "embedding.cache", "always recompute the embeddings", type=SWITCH, value=False),
@@ -54,14 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from multimeditron.adaptation.experts import spec_text
     from multimeditron.cli.recipe_flags import load_command_recipe
     from multimeditron.data.intensity import parse_window
+    from multimeditron.data.labelled_images import load_labelled_images
     from multimeditron.errors import UsageError
     from multimeditron.inference import resolve_device
-    from multimeditron.probing.datasets import load_probe_data
     from multimeditron.probing.recipe import ProbeRecipe
     from multimeditron.probing.report import comparison_table, markdown_table
     from multimeditron.probing.run import ProbeSettings, probe
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--expert SPEC is required (or experts: [...] in the --config file)")
     parsed_specs = [parse_spec(spec_text(spec), tiny=recipe.tiny) for spec in recipe.experts]
     section, method, embedding = recipe.data, recipe.probe, recipe.embedding
-    data = load_probe_data(section.path, image_column=section.image_column, label_columns=section.label_columns,
+    data = load_labelled_images(section.path, image_column=section.image_column, label_columns=section.label_columns,
                            split_column=section.split_column, val_fraction=section.val_fraction, seed=method.seed)
     cache_dir = recipe.cache_folder()
     settings = ProbeSettings(
@@ -88,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[probe] note: {note}")
     experts = []
     for parsed in parsed_specs:
-        torch.manual_seed(method.seed)  # an expert without a checkpoint gets the same random weights on every run
-        expert = build_probe_expert(parsed)
+        expert = build_probe_expert(parsed, seed=method.seed)  # a random-weight expert is the seed's
         print(f"[probe] expert {parsed.name}: {expert.describe()}"
               f"{'' if expert.supports_layers else ' (no intermediate layers: linear heads on its global output)'}")
         experts.append((parsed.name, expert))

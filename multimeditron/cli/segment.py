@@ -38,21 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from multimeditron.adaptation.experts import load_expert, spec_text
     from multimeditron.adaptation.recipes import SegmentRecipe
-    from multimeditron.adaptation.segmentation.data import load_segmentation_data
     from multimeditron.adaptation.segmentation.train import segment, segment_plan
     from multimeditron.cli.recipe_flags import load_command_recipe
+    from multimeditron.data.segmentation_pairs import load_segmentation_pairs
     from multimeditron.training.arguments import is_main_process, world_size
 
     recipe = load_command_recipe(SegmentRecipe, args, SHORTHANDS)
     seed = int(recipe.training_arguments()["seed"])
     section = recipe.data
-    data = load_segmentation_data(section.path, section.image_column, section.mask_column, section.split_column, seed)
-    torch.manual_seed(seed)  # experts without a checkpoint start from random weights
-    expert, spec = load_expert(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny)
+    data = load_segmentation_pairs(section.path, section.image_column, section.mask_column, section.split_column, seed)
+    expert, spec = load_expert(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny, seed=seed)
     if args.dry_run:
         print(segment_plan(recipe, data, expert, world_size()))
         return 0

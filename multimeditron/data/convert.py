@@ -20,14 +20,15 @@ from tqdm.auto import tqdm
 
 from multimeditron.choices import DEFAULT_ATTACHMENT_TOKEN
 from multimeditron.data.conversation import check_messages
-from multimeditron.data.images import IMAGE_EXTENSIONS, ImageResolver, list_image_files
+from multimeditron.data.images import ImageResolver
+from multimeditron.data.labelled_images import scan_image_folder
 from multimeditron.data.report import MISSING_IMAGE, PATH_ESCAPE, BadSample
 from multimeditron.data.schema import conversation_features, image_modality, make_row
+from multimeditron.data.splits import ImageDataError
 
 LLAVA_PLACEHOLDER = "<image>"
 # LLaVA writes human/gpt; ShareGPT-style exports sometimes already use the chat roles.
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-SPLIT_DIRS = ("train", "val", "validation", "test")
 DEFAULT_FOLDER_QUESTION = "Which class does this image show? Options: {classes}. Answer with the class name."
 # Marker files of a `save_to_disk` directory: only such a directory is ever deleted by `overwrite`.
 _SAVED_MARKERS = ("state.json", "dataset_dict.json", "dataset_info.json")
@@ -278,34 +279,7 @@ def convert_llava(json_path: str | Path, images_dir: str | Path | None, out_dir:
     return ConversionReport(out, {"train": len(dataset)}, bad)
 
 
-# ---- image folders ---------------------------------------------------------------------------------------------
-def scan_image_folder(root: str | Path, extensions: frozenset[str] = IMAGE_EXTENSIONS,
-                      ) -> tuple[list[str], dict[str, list[tuple[Path, str]]], list[str]]:
-    """The classes (sorted union over splits), each split's `(image, class)` pairs in a stable order, and notes
-    about files that were ignored. Hidden files and files whose suffix is not in `extensions` are skipped; the image
-    paths are absolute (`list_image_files`)."""
-    base = Path(root).expanduser().absolute()
-    if not base.is_dir():
-        raise ConversionError(f"no such folder: {base}")
-    splits = [name for name in SPLIT_DIRS if (base / name).is_dir()]
-    if not splits:
-        raise ConversionError(f"{base} has none of the split folders {', '.join(SPLIT_DIRS)} "
-                              "(expected ROOT/<split>/<class>/<image>)")
-    notes: list[str] = []
-    classes: set[str] = set()
-    items: dict[str, list[tuple[Path, str]]] = {}
-    for split in splits:
-        entries = sorted((base / split).iterdir())
-        stray = [e for e in entries if e.is_file() and not e.name.startswith(".")]
-        if stray:
-            notes.append(f"ignored {len(stray)} files directly under {split}/ (images belong in {split}/<class>/)")
-        items[split] = []
-        for class_dir in (e for e in entries if e.is_dir() and not e.name.startswith(".")):
-            classes.add(class_dir.name)
-            items[split].extend((path, class_dir.name) for path in list_image_files(class_dir, extensions=extensions))
-    return sorted(classes), items, notes
-
-
+# ---- image folders ----------------------------------------------------------------------------------------------
 def folder_question(classes: list[str], question: str | None = None) -> str:
     """The classification question; `{classes}` in a custom question is replaced by the class list, and a custom
     question without it gets the list appended, so every question names the answer set."""
@@ -328,11 +302,15 @@ def convert_image_folder(root: str | Path, out_dir: str | Path, question: str | 
                          overwrite: bool = False, progress: bool = True,
                          notes: Callable[[str], None] | None = None) -> ConversionReport:
     """`ROOT/<split>/<class>/*.png|jpg` -> a DatasetDict of classification VQA rows (one per image, the answer is the
-    class folder's name) with the splits present, saved at `out_dir`. Unreadable images raise `BadRowsError`
+    class folder's name) with the splits present, each named as its folder (`val/`, `valid/`, `validation/` or `dev/`
+    hold val: `multimeditron.data.splits`), saved at `out_dir`. Unreadable images raise `BadRowsError`
     unless `skip_bad`."""
     if not attachment_token:
         raise ConversionError("the attachment token must not be empty")
-    classes, items, scan_notes = scan_image_folder(root)
+    try:  # the folder layout (split names included) is the labelled image sets' rule
+        classes, items, scan_notes = scan_image_folder(root)
+    except ImageDataError as error:
+        raise ConversionError(str(error)) from error
     for note in scan_notes:
         (notes or (lambda text: print(text, file=sys.stderr)))(note)
     if not classes:
@@ -383,5 +361,4 @@ def convert_image_folder(root: str | Path, out_dir: str | Path, question: str | 
 
 
 __all__ = ["DEFAULT_ATTACHMENT_TOKEN", "LLAVA_ROLES", "BadRow", "BadRowsError", "ConversionError", "ConversionReport",
-           "RowError", "convert_image_folder", "convert_llava", "folder_question", "llava_row", "read_llava_records",
-           "scan_image_folder"]
+           "RowError", "convert_image_folder", "convert_llava", "folder_question", "llava_row", "read_llava_records"]

@@ -3,6 +3,8 @@ decoder used by training, `generate`, `eval`, the lmms-eval model, the benchmark
 
 Pillow and numpy only. Problems raise `BadSample` with a stable reason (see `multimeditron.data.report`). The pixel
 normalisation itself (`to_rgb`) is the image processor's, so a PIL image given to the processor gets the same.
+DICOM has one decoder here (`read_dicom`); its raw mode gives the modality values (HU) that the intensity windows of
+`multimeditron.data.intensity` clip, with the same size guard and rescale handling as the display mode.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -104,7 +106,8 @@ class ImageResolver:
         raise BadSample(MISSING_IMAGE, "the image holds neither bytes nor a path")
 
 
-def _is_dicom(source: bytes | Path) -> bool:
+def is_dicom(source: bytes | Path) -> bool:
+    """A DICOM file: by its suffix, else by the `DICM` marker after the 128-byte preamble."""
     if isinstance(source, Path):
         if source.suffix.lower() in DICOM_SUFFIXES:
             return True
@@ -115,7 +118,9 @@ def _is_dicom(source: bytes | Path) -> bool:
     return head[128:132] == b"DICM"
 
 
-def _open(source: bytes | Path, max_pixels: int) -> Image.Image:
+def open_image(source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A non-DICOM image opened lazily (header only), refused when it is over `max_pixels` (decompression bomb
+    guard) or unidentifiable."""
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():
@@ -135,9 +140,9 @@ def _open(source: bytes | Path, max_pixels: int) -> Image.Image:
 
 def verify_image(source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """Header and integrity check (PNG chunk CRCs, truncation) without a full decode; the stored (width, height)."""
-    if _is_dicom(source):
-        return _read_dicom(source, max_pixels, pixels=False)
-    image = _open(source, max_pixels)
+    if is_dicom(source):
+        return read_dicom(source, "check", max_pixels)
+    image = open_image(source, max_pixels)
     try:
         image.verify()
     except Exception as error:  # Pillow raises many types here (SyntaxError, OSError, struct.error, ...)
@@ -147,9 +152,9 @@ def verify_image(source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
 
 def decode_image(source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Bytes or a file -> RGB PIL image (EXIF orientation applied, high bit depth scaled, alpha on black)."""
-    if _is_dicom(source):
-        return _read_dicom(source, max_pixels, pixels=True)
-    image = _open(source, max_pixels)
+    if is_dicom(source):
+        return read_dicom(source, "image", max_pixels)
+    image = open_image(source, max_pixels)
     try:
         image.load()  # with Pillow's default LOAD_TRUNCATED_IMAGES=False a truncated file raises here
     except Exception as error:
@@ -176,8 +181,18 @@ def _first(value: Any) -> float:
         return float("nan")
 
 
-def _read_dicom(source: bytes | Path, max_pixels: int, pixels: bool) -> Image.Image | tuple[int, int]:
-    """The image, or with `pixels=False` only the checks and its (width, height)."""
+DicomMode = Literal["check", "image", "raw"]
+
+
+def read_dicom(source: bytes | Path, mode: DicomMode = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
+               ) -> Image.Image | np.ndarray | tuple[int, int]:
+    """The one DICOM decoder. Every mode checks the header, the size (`max_pixels`, the decompression bomb guard)
+    and that there is pixel data, then returns:
+    - "check": the (width, height), without decoding the pixels;
+    - "image": the RGB PIL image for display (modality values through the file's own window, `_dicom_grey`);
+    - "raw": the greyscale values as float64 (H, W) in modality units (RescaleSlope/Intercept applied, e.g. HU for
+      CT), MONOCHROME1 flipped so that high values are bright: what intensity windows clip.
+    A multi-frame series stands for its first frame."""
     try:
         import pydicom
     except ImportError as error:
@@ -193,8 +208,11 @@ def _read_dicom(source: bytes | Path, max_pixels: int, pixels: bool) -> Image.Im
         raise BadSample(IMAGE_TOO_LARGE, f"DICOM {columns}x{rows} exceeds the limit of {max_pixels} pixels")
     if "PixelData" not in ds:
         raise BadSample(CORRUPT_IMAGE, "DICOM without pixel data")
-    if not pixels:
+    if mode == "check":
         return columns, rows
+    colour = int(ds.get("SamplesPerPixel", 1)) == 3
+    if mode == "raw" and colour:
+        raise BadSample(UNSUPPORTED_IMAGE, "an intensity window needs a greyscale DICOM, got a colour one")
     try:
         array = ds.pixel_array
     except Exception as error:  # compressed transfer syntaxes need optional decoders
@@ -203,7 +221,12 @@ def _read_dicom(source: bytes | Path, max_pixels: int, pixels: bool) -> Image.Im
             from error
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         array = array[0]  # a multi-frame series: the first frame stands for it
-    if int(ds.get("SamplesPerPixel", 1)) == 3:
+    if mode == "raw":
+        values = _modality_values(ds, array)
+        if _monochrome1(ds):
+            values = values.max() + values.min() - values  # low values are white: flip so that high = bright
+        return values
+    if colour:
         photometric = str(ds.get("PhotometricInterpretation", "RGB"))
         if photometric.startswith("YBR"):
             from pydicom.pixels import convert_color_space
@@ -215,12 +238,22 @@ def _read_dicom(source: bytes | Path, max_pixels: int, pixels: bool) -> Image.Im
     return Image.fromarray(_dicom_grey(ds, array), "L").convert("RGB")
 
 
-def _dicom_grey(ds: Any, array: np.ndarray) -> np.ndarray:
-    """Stored values -> modality values (rescale slope/intercept) -> display values (window centre/width)."""
+def _monochrome1(ds: Any) -> bool:
+    return str(ds.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1"
+
+
+def _modality_values(ds: Any, array: np.ndarray) -> np.ndarray:
+    """Stored values -> modality values: RescaleSlope and RescaleIntercept (their first value when a file repeats
+    them; slope 1 and intercept 0 when absent or unreadable)."""
     slope = _first(ds.get("RescaleSlope", 1.0))
     intercept = _first(ds.get("RescaleIntercept", 0.0))
     slope, intercept = (1.0 if np.isnan(slope) else slope), (0.0 if np.isnan(intercept) else intercept)
-    values = array.astype(np.float64) * slope + intercept
+    return array.astype(np.float64) * slope + intercept
+
+
+def _dicom_grey(ds: Any, array: np.ndarray) -> np.ndarray:
+    """Stored values -> modality values (`_modality_values`) -> display values (window centre/width)."""
+    values = _modality_values(ds, array)
     centre, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if np.isnan(centre) or np.isnan(width) or width < 1:
         grey = scale_to_uint8(values).astype(np.float64) / 255.0
@@ -229,6 +262,6 @@ def _dicom_grey(ds: Any, array: np.ndarray) -> np.ndarray:
     else:
         # DICOM PS3.3 C.11.2.1.2 linear VOI function, mapped onto [0, 1]
         grey = np.clip((values - (centre - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
-    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
+    if _monochrome1(ds):
         grey = 1.0 - grey  # MONOCHROME1: low values are white
     return np.round(grey * 255.0).astype(np.uint8)

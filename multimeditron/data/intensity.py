@@ -2,12 +2,11 @@
 
 The plain decoder (`multimeditron.data.images`) maps a DICOM through its own window and a 16-bit image through its
 full range; evaluation protocols for radiology encoders instead clip CT to [-1024, 600] HU and MRI to its 5th-95th
-percentile before scaling to 8 bits. These functions read the raw values (DICOM rescaled to modality units, other
-greyscale files at their stored depth) and apply such a window.
+percentile before scaling to 8 bits. These functions read the raw values (DICOM rescaled to modality units by the
+project's one DICOM decoder, other greyscale files at their stored depth) and apply such a window.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from multimeditron.data.images import DICOM_SUFFIXES, ImageResolver
+from multimeditron.data.images import DEFAULT_MAX_PIXELS, ImageResolver, is_dicom, open_image, read_dicom
 from multimeditron.data.report import CORRUPT_IMAGE, UNSUPPORTED_IMAGE, BadSample
 
 CT_WINDOW = (-1024.0, 600.0)
@@ -58,43 +57,20 @@ def parse_window(text: str) -> IntensityWindow:
     raise ValueError(f"intensity window {text!r}: use ct, mri, range:LOW,HIGH or percentile:LOW,HIGH")
 
 
-def raw_values(source: bytes | Path) -> np.ndarray:
-    """A greyscale image's stored values as float64 (H, W): DICOM in modality units (slope/intercept applied,
-    first frame of a series), other files at their stored bit depth."""
-    is_dicom = (isinstance(source, Path) and source.suffix.lower() in DICOM_SUFFIXES) or (
-        (source[:132] if isinstance(source, bytes) else source.open("rb").read(132))[128:132] == b"DICM")
-    if is_dicom:
-        return _dicom_values(source)
+def raw_values(source: bytes | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A greyscale image's stored values as float64 (H, W): DICOM in modality units (`read_dicom`'s raw mode:
+    slope/intercept applied, first frame of a series), other files at their stored bit depth; both refused over
+    `max_pixels` (the decoder's decompression bomb guard)."""
+    if is_dicom(source):
+        return read_dicom(source, "raw", max_pixels)  # type: ignore[return-value]
+    image = open_image(source, max_pixels)
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         image.load()
     except Exception as error:
         raise BadSample(CORRUPT_IMAGE, f"cannot decode the image: {error}") from error
     if image.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         raise BadSample(UNSUPPORTED_IMAGE, f"an intensity window needs a greyscale image, got mode {image.mode}")
     return np.asarray(image).astype(np.float64)
-
-
-def _dicom_values(source: bytes | Path) -> np.ndarray:
-    try:
-        import pydicom
-    except ImportError as error:
-        raise BadSample(UNSUPPORTED_IMAGE, "DICOM image but pydicom is missing: pip install 'multimeditron[dicom]'") \
-            from error
-    try:
-        ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else str(source), force=True)
-        array = ds.pixel_array
-    except Exception as error:
-        raise BadSample(CORRUPT_IMAGE, f"unreadable DICOM pixel data: {error}") from error
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise BadSample(UNSUPPORTED_IMAGE, "an intensity window needs a greyscale DICOM, got a colour one")
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        array = array[0]
-    slope, intercept = float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    values = array.astype(np.float64) * slope + intercept
-    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
-        values = values.max() + values.min() - values  # low values are white: flip so that high = bright
-    return values
 
 
 def apply_window(values: np.ndarray, window: IntensityWindow) -> np.ndarray:
@@ -112,5 +88,5 @@ def apply_window(values: np.ndarray, window: IntensityWindow) -> np.ndarray:
 def load_windowed(resolver: ImageResolver, value: Any, window: IntensityWindow) -> Image.Image:
     """A stored image (as `ImageResolver.load` takes it) -> RGB PIL image through `window`."""
     data, path = resolver.locate(value)
-    grey = apply_window(raw_values(data if data is not None else path), window)
+    grey = apply_window(raw_values(data if data is not None else path, resolver.max_pixels), window)
     return Image.fromarray(grey, "L").convert("RGB")

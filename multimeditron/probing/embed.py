@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 from multimeditron.data.images import ImageResolver
 from multimeditron.data.intensity import IntensityWindow, load_windowed
 from multimeditron.data.report import BadSample
+from multimeditron.data.splits import ImageDataError
+from multimeditron.dtypes import parse_dtype
 from multimeditron.experts.base import VisionExpert
-from multimeditron.probing.datasets import ProbeDataError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -79,9 +79,7 @@ def embed(expert: VisionExpert, images: Sequence[Any], *, folder: Path | None = 
           device: str | torch.device = "cpu", dtype: str = "float32", n_layers: int = 4,
           progress: bool | None = None, desc: str = "embedding") -> Embeddings:
     """Embed every image with the frozen `expert` (moved to `device` / `dtype`); float32 numpy results."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    expert = expert.to(device=device, dtype=DTYPES[dtype]).eval()
+    expert = expert.to(device=device, dtype=parse_dtype(dtype)).eval()
     loader = torch.utils.data.DataLoader(ImageCanvases(images, expert.image_size, folder, window),
                                          batch_size=batch_size, num_workers=num_workers, shuffle=False)
     pooled, cls_layers, patch_mean = [], [], []
@@ -129,7 +127,7 @@ def aggregate(embeddings: Embeddings, labels: np.ndarray, groups: np.ndarray | N
     wrong = (labels != group_labels[inverse]).reshape(len(labels), -1).any(axis=1)
     disagree = names[order][np.unique(inverse[wrong])]
     if len(disagree):
-        raise ProbeDataError(f"images of group {str(disagree[0])!r} carry different labels ({len(disagree)} such groups); "
+        raise ImageDataError(f"images of group {str(disagree[0])!r} carry different labels ({len(disagree)} such groups); "
                          f"a study or patient must have one label")
     pooled = mean(embeddings.pooled)
     assert pooled is not None

@@ -7,6 +7,7 @@ the classes where it is defined (AUROC/AUPR/kappa/balanced accuracy need both va
 """
 from __future__ import annotations
 
+import typing
 import warnings
 
 import numpy as np
@@ -94,16 +95,24 @@ def _multilabel(y_true: np.ndarray, scores: np.ndarray, ordinal: bool) -> dict[s
     return {name: out[name] for name in METRICS}
 
 
-SELECTION_METRICS = (*METRICS, "retfound")
+# RETFound's model-selection score (`main_finetune.py`): the mean of these validation metrics, those defined.
+RETFOUND_SCORE = ("f1_macro", "auroc", "kappa")
+# What a recipe's `select_metric` may name, in `probe` and `finetune`: "retfound", then METRICS.
+SelectionMetric = typing.Literal["retfound", "accuracy", "balanced_accuracy", "f1_macro", "auroc", "aupr", "kappa"]
+SELECTION_METRICS: tuple[str, ...] = typing.get_args(SelectionMetric)
+
+
+def selection_value(metrics: dict[str, float | str], metric: str = "auroc") -> float:
+    """The one selection score, for probes' hyperparameters and fine-tuning's best epoch alike: `retfound` = the
+    mean of macro F1, AUROC and kappa (of those defined), any other name that metric; accuracy (always defined) when
+    none of them is defined on val."""
+    if metric not in SELECTION_METRICS:
+        raise ValueError(f"select metric {metric!r} is not one of {list(SELECTION_METRICS)}")
+    names = RETFOUND_SCORE if metric == "retfound" else (metric,)
+    values = [float(metrics[m]) for m in names if is_defined(metrics.get(m, "undefined"))]
+    return float(np.mean(values)) if values else float(metrics["accuracy"])
 
 
 def selection_score(metrics: dict[str, float | str], metric: str = "auroc") -> tuple[float, float]:
-    """What a protocol maximises on val: (`metric`, accuracy as the tie-break); accuracy alone when `metric` is
-    undefined there. `retfound` is RETFound's model-selection score, the mean of macro F1, AUROC and kappa (of those
-    defined)."""
-    accuracy = float(metrics["accuracy"])  # always defined
-    if metric == "retfound":
-        parts = [float(metrics[m]) for m in ("f1_macro", "auroc", "kappa") if is_defined(metrics[m])]
-        return (float(np.mean(parts)), accuracy)
-    value = metrics.get(metric)
-    return (float(value), accuracy) if is_defined(value) else (accuracy, accuracy)  # type: ignore[arg-type]
+    """What a protocol maximises on val: (`selection_value`, accuracy as the tie-break)."""
+    return (selection_value(metrics, metric), float(metrics["accuracy"]))

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from multimeditron.probing.metrics import SelectionMetric
 from multimeditron.probing.protocols.fewshot import SHOTS
 from multimeditron.probing.protocols.knn import KS
 
 Protocol = Literal["knn", "linear", "logreg", "fewshot"]
 PROTOCOL_NAMES: tuple[str, ...] = ("knn", "linear", "logreg", "fewshot")
-ProbeMetric = Literal["auroc", "aupr", "accuracy", "balanced_accuracy", "f1_macro", "kappa", "retfound"]
 
 
 @dataclass
@@ -48,7 +48,7 @@ class ProtocolSection:
     shots: list[int] = field(default_factory=lambda: list(SHOTS))  # few-shot N per class
     draws: int = 5  # few-shot random draws per N
     linear_epochs: int = 100
-    select_metric: ProbeMetric = "auroc"  # what hyperparameters maximise on val
+    select_metric: SelectionMetric = "auroc"  # what hyperparameters maximise on val
     bootstrap: int = 1000  # resamples for the test intervals (0: none)
     seed: int = 0
 
@@ -68,13 +68,16 @@ class EmbeddingSection:
     batch_size: int = 64
     workers: int = 0  # image-decoding worker processes
     device: str | None = None  # None: cuda when available, else cpu
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: str = "float32"  # a name of multimeditron.dtypes.DTYPES (float32, bfloat16, bf16, fp16, ...)
     cache: bool = True  # reuse embeddings computed before (keyed by weights, input, data)
     cache_dir: str | None = None  # None: OUT/cache, or ~/.cache/multimeditron/probe without an output folder
 
     def __post_init__(self) -> None:
+        from multimeditron.dtypes import dtype_name
+
         if self.batch_size < 1 or self.workers < 0:
             raise ValueError(f"batch_size must be >= 1 and workers >= 0, got {self.batch_size} / {self.workers}")
+        self.dtype = dtype_name(self.dtype)
 
 
 @dataclass

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from multimeditron.data.intensity import IntensityWindow
+from multimeditron.data.labelled_images import LabelledImages
+from multimeditron.data.splits import SPLITS
+from multimeditron.dtypes import dtype_name
 from multimeditron.experts.base import VisionExpert
 from multimeditron.probing.bootstrap import bootstrap_metrics, paired_bootstrap
 from multimeditron.probing.cache import cache_key, load_cached, save_cached
-from multimeditron.probing.datasets import SPLITS, ProbeData
 from multimeditron.probing.embed import Embeddings, aggregate, embed
 from multimeditron.probing.protocols import PROTOCOLS, Labelled, ProbeInputs, ProbeResult
 from multimeditron.probing.protocols.fewshot import SHOTS
@@ -52,17 +54,17 @@ class ProbeSettings:
             raise ValueError(f"unknown protocol(s) {unknown}; valid: {sorted(PROTOCOLS)} or all")
 
 
-def embedding_fields(expert: VisionExpert, data: ProbeData, split: str, settings: ProbeSettings,
+def embedding_fields(expert: VisionExpert, data: LabelledImages, split: str, settings: ProbeSettings,
                      digest: str) -> dict[str, Any]:
     """Everything the embeddings of one split depend on: the cache key's content."""
     return {"weights": digest, "class": f"{type(expert).__module__}.{type(expert).__qualname__}",
             "expert_id": expert.expert_id, "image_size": expert.image_size, "mean": list(expert.mean),
             "std": list(expert.std), "pool": getattr(expert, "cls_pool", None), "layers": settings.n_layers,
-            "dtype": settings.dtype, "window": settings.window.describe() if settings.window else None,
+            "dtype": dtype_name(settings.dtype), "window": settings.window.describe() if settings.window else None,
             "split": split, "data": data.fingerprint(split)}
 
 
-def embed_splits(expert: VisionExpert, data: ProbeData, settings: ProbeSettings,
+def embed_splits(expert: VisionExpert, data: LabelledImages, settings: ProbeSettings,
                  name: str = "expert") -> dict[str, Embeddings]:
     """Every split's embeddings, from the cache when it holds exactly these, else computed (and cached)."""
     digest = weights_digest(expert) if settings.cache_dir is not None else ""
@@ -89,7 +91,7 @@ def embed_splits(expert: VisionExpert, data: ProbeData, settings: ProbeSettings,
     return out
 
 
-def probe_inputs(data: ProbeData, embeddings: dict[str, Embeddings], ordinal: bool = False) -> ProbeInputs:
+def probe_inputs(data: LabelledImages, embeddings: dict[str, Embeddings], ordinal: bool = False) -> ProbeInputs:
     """Labelled embeddings per split, one row per study/patient when the data groups images."""
     labelled = {}
     for split in SPLITS:
@@ -111,7 +113,7 @@ def run_protocol(name: str, inputs: ProbeInputs, settings: ProbeSettings) -> Pro
     return result
 
 
-def probe(experts: list[tuple[str, VisionExpert]], data: ProbeData, settings: ProbeSettings,
+def probe(experts: list[tuple[str, VisionExpert]], data: LabelledImages, settings: ProbeSettings,
           out_dir: str | Path | None = None) -> dict[str, Any]:
     """Run every protocol for every expert; with `out_dir`, also write the reports and the plots."""
     from multimeditron.probing.report import write_reports
@@ -163,7 +165,7 @@ def compare(kept: dict[tuple[str, str], ProbeResult], names: list[str], settings
     return out
 
 
-def write_plots(kept: dict[tuple[str, str], ProbeResult], data: ProbeData, out_dir: str | Path) -> list[Path]:
+def write_plots(kept: dict[tuple[str, str], ProbeResult], data: LabelledImages, out_dir: str | Path) -> list[Path]:
     from multimeditron.probing.plots import confusion_png, roc_png
 
     folder = Path(out_dir) / "plots"

@@ -91,9 +91,14 @@ def _default_name(spec: ExpertSpec) -> str:
     return name + (f"@{spec.image_size}" if spec.image_size else "")
 
 
-def build_probe_expert(parsed: ParsedSpec) -> VisionExpert:
-    """The expert with its weights, in eval mode, emitting its global (`cls`) output."""
+def build_probe_expert(parsed: ParsedSpec, seed: int | None = None) -> VisionExpert:
+    """The expert with its weights, in eval mode, emitting its global (`cls`) output.
+
+    `seed` seeds torch just before building (every command passes its `--seed`): an expert without a checkpoint
+    (or with layers its checkpoint lacks) starts from the seed's random weights, the same on every run."""
     spec = dataclasses.replace(parsed.spec, output="cls")
+    if seed is not None:
+        torch.manual_seed(seed)
     if parsed.model_dir is None:
         try:
             expert = build_expert(spec)

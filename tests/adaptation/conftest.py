@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-
 # A tiny timm ViT with a 4 x 4 grid of 8-px patches on 32-px images.
 TEXTURE_EXPERT = '{id: "timm:vit_small_patch16_224", tiny: true, image_size: 32, options: {patch_size: 8}}'
 

@@ -15,10 +15,14 @@ from multimeditron.adaptation.experts import load_expert
 from multimeditron.adaptation.finetune import build_classifier, finetune
 from multimeditron.adaptation.optim import param_groups
 from multimeditron.adaptation.peft_methods import merged_copy
-from multimeditron.adaptation.recipes import FinetuneRecipe, FinetuneSection, LoraSection
+from multimeditron.adaptation.recipes import (
+    FinetuneRecipe,
+    FinetuneSection,
+    LoraSection,
+)
 from multimeditron.cli import main
+from multimeditron.data.labelled_images import load_labelled_images
 from multimeditron.experts.registry import build_expert
-from multimeditron.probing.datasets import load_probe_data
 from multimeditron.training.arguments import training_arguments
 from tests.adaptation.conftest import TEXTURE_EXPERT, recipe
 
@@ -97,7 +101,7 @@ def test_bitfit_and_lora_train_only_their_parameters(adaptation: str, texture_fo
         # r x (in + out) per adapted linear: qkv, fc1 and fc2 of 2 blocks of width 32 (mlp 128, qkv 96).
         assert sum(p.numel() for p in classifier.expert.parameters() if p.requires_grad) == \
             2 * 4 * ((32 + 96) + (32 + 128) + (128 + 32))
-    data = load_probe_data(texture_folder)
+    data = load_labelled_images(texture_folder)
     torch.manual_seed(0)  # the same random expert again
     run = recipe(FinetuneRecipe, **{"expert.spec": TEXTURE_EXPERT, "data.path": str(texture_folder),
                                     "finetune.adaptation": adaptation, "finetune.lora.r": 4, "finetune.lora.alpha": 8,
@@ -135,7 +139,7 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(texture_folder: Pa
     weights as one uninterrupted run, with augmentation, drop path and mixup all drawing random numbers."""
     from transformers import TrainerCallback
 
-    data = load_probe_data(texture_folder)
+    data = load_labelled_images(texture_folder)
 
     class CrashAfterFirstSave(TrainerCallback):
         def on_save(self, *args, **kwargs):

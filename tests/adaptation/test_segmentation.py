@@ -9,10 +9,13 @@ import torch
 
 from multimeditron.adaptation.experts import load_expert
 from multimeditron.adaptation.recipes import SegmentRecipe
-from multimeditron.adaptation.segmentation.data import load_segmentation_data
-from multimeditron.adaptation.segmentation.metrics import confusion_counts, segmentation_metrics
+from multimeditron.adaptation.segmentation.metrics import (
+    confusion_counts,
+    segmentation_metrics,
+)
 from multimeditron.adaptation.segmentation.train import segment
 from multimeditron.cli import main
+from multimeditron.data.segmentation_pairs import load_segmentation_pairs
 from tests.adaptation.conftest import SEGMENT_EXPERT, recipe
 
 
@@ -37,14 +40,14 @@ def test_linear_decoder_learns_a_square(square_masks: Path, tmp_path: Path) -> N
     torch.manual_seed(0)
     expert, spec = load_expert(SEGMENT_EXPERT)
     before = {k: v.clone() for k, v in expert.state_dict().items()}
-    result = segment(expert, load_segmentation_data(square_masks), fast_recipe(square_masks, tmp_path, "linear"),
+    result = segment(expert, load_segmentation_pairs(square_masks), fast_recipe(square_masks, tmp_path, "linear"),
                      spec.to_dict())
     assert result["test"]["per_class"]["class_1"]["dice"] > 0.8, result["test"]
     assert all(torch.equal(v, before[k]) for k, v in expert.state_dict().items())  # the encoder stays frozen
 
 
 def test_unet_beats_linear_on_structures_smaller_than_a_patch(dot_masks: Path, tmp_path: Path) -> None:
-    data = load_segmentation_data(dot_masks)
+    data = load_segmentation_pairs(dot_masks)
     dice = {}
     for decoder in ("linear", "unet"):
         torch.manual_seed(0)

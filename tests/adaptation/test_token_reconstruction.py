@@ -12,11 +12,15 @@ from safetensors.torch import load_file
 from multimeditron.adaptation.engine import Schedule, train_objective
 from multimeditron.adaptation.images import unlabelled_images
 from multimeditron.adaptation.recipes import TokenReconstructionSection
-from multimeditron.adaptation.token_reconstruction import CorruptedCanvases, TokenReconstruction, corrupt
+from multimeditron.adaptation.token_reconstruction import (
+    CorruptedCanvases,
+    TokenReconstruction,
+    corrupt,
+)
 from multimeditron.adaptation.trunk import num_patches
-from multimeditron.training.arguments import training_arguments
 from multimeditron.cli import main
 from multimeditron.experts.registry import build_expert
+from multimeditron.training.arguments import training_arguments
 
 
 def _states_equal(a: dict, b: dict) -> bool:

@@ -4,7 +4,6 @@ relative folder twice. Paths inside a table stay relative to the table's folder.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

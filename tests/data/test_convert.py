@@ -164,6 +164,16 @@ def test_image_folder_cli(folder: dict, capsys: pytest.CaptureFixture[str]) -> N
     assert row["modalities"] == [{"type": "image", "value": {"bytes": folder["bytes"]["test/DR/5.png"], "path": None}}]
 
 
+@pytest.mark.parametrize("name", ["valid", "dev"])
+def test_image_folder_knows_every_spelling_of_val(folder: dict, name: str) -> None:
+    (folder["root"] / "val").rename(folder["root"] / name)  # the split keeps its folder's name
+    report = convert_image_folder(folder["root"], folder["tmp"] / "out", progress=False, notes=lambda _: None)
+    assert list(load_from_disk(str(report.out_dir))) == ["train", name, "test"]
+    (folder["root"] / "val" / "normal").mkdir(parents=True)  # now two folders name val: which one is a guess
+    with pytest.raises(ConversionError, match="both name the val split"):
+        convert_image_folder(folder["root"], folder["tmp"] / "again", progress=False, notes=lambda _: None)
+
+
 @pytest.mark.parametrize(("question", "expected"), [
     ("Diagnosis among {classes}?", "Diagnosis among AMD, DR, normal?"),
     ("What is the diagnosis?", "What is the diagnosis? Options: AMD, DR, normal."),

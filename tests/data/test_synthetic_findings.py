@@ -62,10 +62,10 @@ def test_deterministic_and_independent_splits() -> None:
 
 
 def test_the_probe_and_finetune_commands_read_it_as_multilabel(findings) -> None:
-    from multimeditron.probing.datasets import load_probe_data
+    from multimeditron.data.labelled_images import load_labelled_images
 
     out, _ = findings
-    data = load_probe_data(out, label_columns=list(LABEL_COLUMNS))
+    data = load_labelled_images(out, label_columns=list(LABEL_COLUMNS))
     assert data.multilabel and data.classes == list(LABEL_COLUMNS)
     assert {split: len(part) for split, part in data.splits.items()} == {"train": 48, "val": 12, "test": 24}
     labels = data.splits["train"].labels  # columns: 3 modalities, finding_left/right, count_0..3

@@ -36,6 +36,23 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def write_study_table(path: Path) -> Path:
+    """A parquet table of 3 slices per study (train 6 / val 2 / test 3 studies) and two 0/1 label columns,
+    `effusion` (brightness; alternating studies) and `nodule` (every other pair of studies)."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, n_studies in (("train", 6), ("val", 2), ("test", 3)):
+        for s in range(n_studies):
+            effusion, nodule = s % 2, (s // 2) % 2
+            for _ in range(3):  # three slices per study
+                rows.append({"image": {"bytes": png_bytes(draw(effusion, rng, 16)), "path": None}, "split": split,
+                             "study": f"{split}-{s}", "effusion": effusion, "nodule": nodule})
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def folder_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train 24 / val 8 / test 16 images per class."""

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from multimeditron.data.labelled_images import read_labelled_folder
 from multimeditron.experts.registry import build_expert
 from multimeditron.probing import Embeddings, ProbeSettings, aggregate, build_probe_expert, embed, embed_splits
-from multimeditron.probing.datasets import read_image_folder
 from multimeditron.probing.specs import parse_spec
 
 
@@ -37,7 +37,7 @@ def _settings(tmp_path, **kwargs) -> ProbeSettings:
 
 
 def test_cache_equals_recomputation_and_is_invalidated(folder_data, tmp_path):
-    data = read_image_folder(folder_data)
+    data = read_labelled_folder(folder_data)
     parsed = parse_spec("mermed_fm", tiny=True)
     expert = build_probe_expert(parsed)
     settings = _settings(tmp_path)
@@ -80,7 +80,7 @@ def test_changed_image_invalidates_the_cache(tmp_path):
     from .conftest import write_folder
 
     root = write_folder(tmp_path / "img", {"train": 3, "test": 3})
-    data = read_image_folder(root)
+    data = read_labelled_folder(root)
     expert = build_probe_expert(parse_spec("timm:vit_small_patch16_224", tiny=True))
     settings = _settings(tmp_path)
     embed_splits(expert, data, settings)
@@ -89,7 +89,7 @@ def test_changed_image_invalidates_the_cache(tmp_path):
 
     Image.new("RGB", (24, 24), (10, 200, 30)).save(target)
     stats = _settings(tmp_path)
-    embed_splits(expert, read_image_folder(root), stats)
+    embed_splits(expert, read_labelled_folder(root), stats)
     assert [s for _, s, _ in stats.stats["computed"]] == ["test"]  # train and val come from the cache
 
 

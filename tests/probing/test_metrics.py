@@ -6,7 +6,14 @@ import pytest
 
 from multimeditron.probing.bootstrap import bootstrap_metrics
 from multimeditron.probing.fast_metrics import fast_metrics
-from multimeditron.probing.metrics import METRICS, ONE_CLASS, classification_metrics, selection_score
+from multimeditron.probing.metrics import (
+    METRICS,
+    ONE_CLASS,
+    SELECTION_METRICS,
+    classification_metrics,
+    selection_score,
+    selection_value,
+)
 
 
 @pytest.mark.parametrize("n_classes,multilabel", [(2, False), (3, False), (5, False), (3, True)])
@@ -75,3 +82,24 @@ def test_selection_scores():
     assert selection_score(metrics) == (0.9, 0.8)
     assert selection_score(metrics, "aupr") == (0.8, 0.8)  # undefined: falls back to accuracy
     assert selection_score(metrics, "retfound") == (pytest.approx(0.6), 0.8)
+
+
+def test_one_selection_score_for_probes_and_fine_tuning():
+    from multimeditron.adaptation.recipes import FinetuneRecipe, load_recipe
+    from multimeditron.config import ConfigError
+    from multimeditron.probing.recipe import ProbeRecipe
+
+    partly = {"accuracy": 0.8, "f1_macro": 0.6, "auroc": ONE_CLASS, "kappa": 0.2, "aupr": ONE_CLASS}
+    assert selection_value(partly, "retfound") == pytest.approx(0.4)  # the mean of the defined ones only
+    none = {"accuracy": 0.7, "f1_macro": ONE_CLASS, "auroc": ONE_CLASS, "kappa": ONE_CLASS}
+    assert selection_score(none, "retfound") == (0.7, 0.7)  # nothing defined: accuracy, not nan
+    with pytest.raises(ValueError, match="'f2' is not one of"):
+        selection_value(partly, "f2")
+    # the recipes of probe and finetune take exactly these names (one Literal, SelectionMetric)
+    import typing
+
+    for schema, section in ((FinetuneRecipe, "finetune"), (ProbeRecipe, "probe")):
+        field = typing.get_type_hints(typing.get_type_hints(schema)[section])["select_metric"]
+        assert typing.get_args(field) == SELECTION_METRICS
+    with pytest.raises(ConfigError, match="finetune.select_metric: 'f2' is not one of"):
+        load_recipe(FinetuneRecipe, None, [("data.path", "x", "--data"), ("finetune.select_metric", "f2", "--x")])

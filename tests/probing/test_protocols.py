@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from multimeditron.data.labelled_images import load_labelled_images
 from multimeditron.probing import (
     Embeddings,
     Labelled,
@@ -14,7 +15,6 @@ from multimeditron.probing import (
     fewshot_probe,
     knn_probe,
     linear_probe,
-    load_probe_data,
     logreg_probe,
     parse_spec,
     probe_inputs,
@@ -33,7 +33,7 @@ def image_inputs(tmp_path_factory) -> ProbeInputs:
     """Embeddings of a tiny RETFound-Green (global = mean of all tokens) on 40 / 10 / 60 drawn images per class
     (dark vs bright)."""
     root = write_folder(tmp_path_factory.mktemp("control") / "images", {"train": 40, "val": 10, "test": 60}, seed=1)
-    data = load_probe_data(root)
+    data = load_labelled_images(root)
     expert = build_probe_expert(parse_spec("retfound_green", tiny=True))
     settings = ProbeSettings(cache_dir=None, progress=False)
     return probe_inputs(data, embed_splits(expert, data, settings))

@@ -47,3 +47,18 @@ def test_expert_of_a_saved_model(tmp_path):
         torch.testing.assert_close(value, saved[key])
     with pytest.raises(ValueError, match="no #5"):
         parse_spec(f"{tmp_path / 'model'}#5")
+
+
+def test_seeded_builder_gives_the_seeds_random_weights():
+    from multimeditron.adaptation.experts import load_expert
+
+    parsed = parse_spec("retfound_green", tiny=True)  # no checkpoint: random weights
+    torch.manual_seed(123)  # what the global generator held before does not matter
+    first = build_probe_expert(parsed, seed=7).state_dict()
+    torch.rand(5)
+    again = build_probe_expert(parsed, seed=7).state_dict()
+    other = build_probe_expert(parsed, seed=8).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+    trained, _ = load_expert("retfound_green", tiny=True, seed=7)  # the adaptation commands' entry: the same start
+    assert all(torch.equal(first[k], v) for k, v in trained.state_dict().items())

@@ -17,10 +17,14 @@ from multimeditron.adaptation.engine import epoch_history, train_objective
 from multimeditron.adaptation.errors import AdaptationError, AdaptDataError
 from multimeditron.adaptation.optim import param_groups
 from multimeditron.adaptation.recipes import SegmentRecipe
-from multimeditron.adaptation.segmentation.data import Pairs, SegmentationData
 from multimeditron.adaptation.segmentation.decoders import build_decoder
-from multimeditron.adaptation.segmentation.metrics import confusion_counts, dice_loss, segmentation_metrics
+from multimeditron.adaptation.segmentation.metrics import (
+    confusion_counts,
+    dice_loss,
+    segmentation_metrics,
+)
 from multimeditron.data.images import ImageResolver
+from multimeditron.data.segmentation_pairs import Pairs, SegmentationData
 from multimeditron.experts.base import VisionExpert
 from multimeditron.model.image_processing import fit_size
 from multimeditron.probing.embed import ImageCanvases

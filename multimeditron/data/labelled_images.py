@@ -1,8 +1,10 @@
-"""Labelled image sets for probing: a `train|val|test/<class>/` folder or an Arrow/parquet table, read as splits.
+"""Labelled image sets, the data of `probe` and `finetune` (and the quickstart's warm-up): a
+`train|val|test/<class>/` folder (RETFound's layout) or an Arrow/parquet table, read as train, val and test splits.
 
 A table has an image column, one label column (multi-class) or several 0/1 label columns (multi-label), a `split`
 column (or is a `save_to_disk` DatasetDict), and optionally `study` / `patient` columns that group images (slices
-of a 3D study, views of one patient) so that they are embedded one by one and scored as one case.
+of a 3D study, views of one patient) so that they are embedded one by one and scored as one case. Split names and
+their aliases, and the carving of a val split when the data has none, are `multimeditron.data.splits`'s.
 """
 from __future__ import annotations
 
@@ -15,33 +17,24 @@ from typing import Any
 
 import numpy as np
 
-from multimeditron.data.convert import ConversionError, scan_image_folder
-from multimeditron.errors import UserError
+from multimeditron.data.images import IMAGE_EXTENSIONS, list_image_files
+from multimeditron.data.splits import (
+    SPLITS,
+    ImageDataError,
+    TableImages,
+    canonical_split,
+    carve_validation,
+    split_column_rows,
+    split_folders,
+    split_names_message,
+    take_rows,
+)
 
-SPLITS = ("train", "val", "test")
-SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 GROUP_COLUMNS = ("study", "patient")  # a study (3D volume) is the finer unit when both are present
 
 
-class ProbeDataError(UserError, ValueError):
-    """The probing data cannot be read as labelled splits; the message names the file, column or row."""
-
-
-class TableImages(Sequence):
-    """The image values of some rows of a `datasets.Dataset`, read lazily (no copy of the image bytes)."""
-
-    def __init__(self, dataset: Any, column: str, rows: np.ndarray) -> None:
-        self.dataset, self.column, self.rows = dataset, column, np.asarray(rows, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
-        return self.dataset[int(self.rows[index])][self.column]
-
-
 @dataclass
-class Split:
+class LabelledSplit:
     images: Sequence[Any]  # stored image values (paths or {bytes, path}) for `ImageResolver.load`
     labels: np.ndarray  # (n,) class ids, or (n, C) 0/1 for multi-label
     groups: np.ndarray | None = None  # (n,) study/patient id of each image, or None
@@ -51,11 +44,11 @@ class Split:
 
 
 @dataclass
-class ProbeData:
+class LabelledImages:
     name: str
     classes: list[str]
     multilabel: bool
-    splits: dict[str, Split]
+    splits: dict[str, LabelledSplit]
     folder: Path | None = None  # relative image paths resolve against it
     group_kind: str | None = None  # "study" or "patient" when images are grouped
     notes: list[str] = field(default_factory=list)
@@ -78,70 +71,73 @@ def _image_identity(value: Any, folder: Path | None) -> bytes:
         return hashlib.blake2b(bytes(value), digest_size=16).digest()
     path = value.get("path") if isinstance(value, dict) else value
     if not isinstance(path, (str, os.PathLike)):
-        raise ProbeDataError(f"unreadable image value of type {type(value).__name__}")
+        raise ImageDataError(f"unreadable image value of type {type(value).__name__}")
     full = Path(path) if Path(path).is_absolute() or folder is None else folder / path
     stat = full.stat() if full.is_file() else None
     return f"{full.resolve()}|{stat.st_size if stat else -1}|{stat.st_mtime_ns if stat else -1}\n".encode()
 
 
-def carve_validation(labels: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int,
-                     multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, val rows): a seeded `fraction` of train, whole groups at a time, stratified by class when
-    the data is multi-class and ungrouped."""
-    from sklearn.model_selection import GroupShuffleSplit, train_test_split
-
-    rows = np.arange(len(labels))
-    if not 0 < fraction < 1:
-        raise ProbeDataError(f"val fraction must lie in (0, 1), got {fraction}")
-    if groups is not None:
-        splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-        train, val = next(splitter.split(rows, groups=groups))
-        return np.sort(train), np.sort(val)
-    counts = np.bincount(labels) if not multilabel else None
-    n_val = int(np.ceil(fraction * len(labels)))
-    # stratifying needs two rows of every class and room in val for each class
-    stratify = labels if counts is not None and counts[counts > 0].min() >= 2 and n_val >= (counts > 0).sum() \
-        else None
-    train, val = train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
-    return np.sort(train), np.sort(val)
-
-
-def _finish(name: str, classes: list[str], multilabel: bool, parts: dict[str, Split], folder: Path | None,
-            group_kind: str | None, notes: list[str], val_fraction: float, seed: int) -> ProbeData:
+def _finish(name: str, classes: list[str], multilabel: bool, parts: dict[str, LabelledSplit], folder: Path | None,
+            group_kind: str | None, notes: list[str], val_fraction: float, seed: int) -> LabelledImages:
     for required in ("train", "test"):
         if required not in parts or len(parts[required]) == 0:
-            raise ProbeDataError(f"{name}: no {required} split (found: {sorted(parts) or 'none'})")
+            raise ImageDataError(f"{name}: no {required} split (found: {sorted(parts) or 'none'}; split names: "
+                                 f"{split_names_message()})")
     if "val" not in parts or len(parts["val"]) == 0:
         train = parts["train"]
-        keep, val = carve_validation(train.labels, train.groups, val_fraction, seed, multilabel)
+        keep, val = carve_validation(len(train), val_fraction, seed, train.labels, train.groups)
         pick = (lambda s, r: s[r] if s is not None else None)
-        images = train.images
-        take = (lambda r: TableImages(images.dataset, images.column, images.rows[r])
-                if isinstance(images, TableImages) else [images[i] for i in r])
-        parts["val"] = Split(take(val), train.labels[val], pick(train.groups, val))
-        parts["train"] = Split(take(keep), train.labels[keep], pick(train.groups, keep))
+        parts["val"] = LabelledSplit(take_rows(train.images, val), train.labels[val], pick(train.groups, val))
+        parts["train"] = LabelledSplit(take_rows(train.images, keep), train.labels[keep], pick(train.groups, keep))
         unit = f"{group_kind}s" if group_kind else "images"
         notes.append(f"no val split: carved {len(val)} of {len(keep) + len(val)} train images "
                      f"({val_fraction:.0%} of the {unit}, seed {seed})")
-    return ProbeData(name, classes, multilabel, {s: parts[s] for s in SPLITS}, folder, group_kind, notes)
+    return LabelledImages(name, classes, multilabel, {s: parts[s] for s in SPLITS}, folder, group_kind, notes)
 
 
-def read_image_folder(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> ProbeData:
-    """RETFound's layout: ROOT/{train,val,test}/<class>/<image> (PNG, JPEG, TIFF, ..., DICOM)."""
-    try:
-        classes, items, notes = scan_image_folder(root)
-    except ConversionError as error:
-        raise ProbeDataError(str(error)) from error
+def scan_image_folder(root: str | Path, extensions: frozenset[str] = IMAGE_EXTENSIONS,
+                      ) -> tuple[list[str], dict[str, list[tuple[Path, str]]], list[str]]:
+    """`ROOT/<split>/<class>/<image>`: the classes (sorted union over splits), each split folder's `(image, class)`
+    pairs in a stable order (keyed by the folder's own name: `validation`, `dev`, ...; `canonical_split` maps it),
+    and notes about files that were ignored. Hidden files and files whose suffix is not in `extensions` are skipped;
+    the image paths are absolute (`list_image_files`)."""
+    base = Path(root).expanduser().absolute()
+    if not base.is_dir():
+        raise ImageDataError(f"no such folder: {base}")
+    folders = split_folders(base)
+    if not folders:
+        raise ImageDataError(f"{base} has none of the split folders {split_names_message()} "
+                             "(expected ROOT/<split>/<class>/<image>)")
+    notes: list[str] = []
+    classes: set[str] = set()
+    items: dict[str, list[tuple[Path, str]]] = {}
+    for folder in folders.values():
+        split = folder.name
+        entries = sorted(folder.iterdir())
+        stray = [e for e in entries if e.is_file() and not e.name.startswith(".")]
+        if stray:
+            notes.append(f"ignored {len(stray)} files directly under {split}/ (images belong in {split}/<class>/)")
+        items[split] = []
+        for class_dir in (e for e in entries if e.is_dir() and not e.name.startswith(".")):
+            classes.add(class_dir.name)
+            items[split].extend((path, class_dir.name) for path in list_image_files(class_dir, extensions=extensions))
+    return sorted(classes), items, notes
+
+
+def read_labelled_folder(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> LabelledImages:
+    """RETFound's layout: ROOT/{train,val,test}/<class>/<image> (PNG, JPEG, TIFF, ..., DICOM); `valid/`,
+    `validation/` or `dev/` hold val."""
+    classes, items, notes = scan_image_folder(root)
     index = {name: i for i, name in enumerate(classes)}
     parts = {}
     for split, pairs in items.items():
-        parts[SPLIT_ALIASES[split]] = Split([str(path) for path, _ in pairs],
-                                            np.array([index[c] for _, c in pairs], dtype=np.int64))
+        parts[canonical_split(split)] = LabelledSplit([str(path) for path, _ in pairs],
+                                                      np.array([index[c] for _, c in pairs], dtype=np.int64))
     return _finish(str(root), classes, False, parts, Path(root), None, notes, val_fraction, seed)
 
 
-def read_table(path: str | Path, image_column: str | None = None, label_columns: Sequence[str] = (),
-               split_column: str = "split", val_fraction: float = 0.2, seed: int = 0) -> ProbeData:
+def read_labelled_table(path: str | Path, image_column: str | None = None, label_columns: Sequence[str] = (),
+               split_column: str = "split", val_fraction: float = 0.2, seed: int = 0) -> LabelledImages:
     """A parquet/arrow file or folder, or a `save_to_disk` Dataset/DatasetDict, as labelled splits."""
     import datasets
 
@@ -157,16 +153,16 @@ def read_table(path: str | Path, image_column: str | None = None, label_columns:
         else:
             tables = {None: load_source(DatasetEntry(str(local)), "train").dataset}
     except DataError as error:
-        raise ProbeDataError(str(error)) from error
+        raise ImageDataError(str(error)) from error
     first = next(iter(tables.values()))
     columns = list(first.column_names)
     image_column = image_column or _guess_image_column(first, str(path))
     labels = list(label_columns) or [c for c in ("label", "labels") if c in columns][:1]
     for column in [image_column, *labels]:
         if column not in columns:
-            raise ProbeDataError(f"{path}: no column {column!r}; its columns: {columns}")
+            raise ImageDataError(f"{path}: no column {column!r}; its columns: {columns}")
     if not labels:
-        raise ProbeDataError(f"{path}: name the label column(s) (no `label` column); its columns: {columns}")
+        raise ImageDataError(f"{path}: name the label column(s) (no `label` column); its columns: {columns}")
     group_kind = next((c for c in GROUP_COLUMNS if c in columns), None)
     multilabel = len(labels) > 1
     if not multilabel:
@@ -176,28 +172,27 @@ def read_table(path: str | Path, image_column: str | None = None, label_columns:
         classes = list(labels)
     notes = [f"images grouped by `{group_kind}`: one embedding per {group_kind} (mean of its images)"] \
         if group_kind else []
-    parts: dict[str, Split] = {}
+    parts: dict[str, LabelledSplit] = {}
     for table_split, table in tables.items():
         if isinstance(table.features.get(image_column), datasets.Image):
             table = table.cast_column(image_column, datasets.Image(decode=False))
         y = _labels(table, labels, classes, multilabel, str(path))
         groups = np.array([str(g) for g in table[group_kind]]) if group_kind else None
         if table_split is not None:
-            row_splits = {SPLIT_ALIASES.get(table_split, table_split): np.arange(len(table))}
+            split = canonical_split(table_split)
+            if split is None:
+                raise ImageDataError(f"{path}: split {table_split!r} is not one of {split_names_message()}")
+            if split in parts:
+                raise ImageDataError(f"{path}: two splits name the {split} split; keep one")
+            row_splits = {split: np.arange(len(table))}
         elif split_column in columns:
-            names = np.array([SPLIT_ALIASES.get(str(s).lower(), str(s)) for s in table[split_column]])
-            unknown = sorted(set(names) - set(SPLITS))
-            if unknown:
-                raise ProbeDataError(f"{path}: column {split_column!r} holds {unknown}; expected train/val/test")
-            row_splits = {s: np.flatnonzero(names == s) for s in SPLITS}
+            row_splits = split_column_rows(table[split_column], split_column, str(path))
         else:
-            raise ProbeDataError(f"{path}: no {split_column!r} column and no DatasetDict splits; say which rows are "
+            raise ImageDataError(f"{path}: no {split_column!r} column and no DatasetDict splits; say which rows are "
                                  f"train, val and test")
         for split, rows in row_splits.items():
-            if split not in SPLITS:
-                raise ProbeDataError(f"{path}: split {split!r} is not one of train/val/test")
-            parts[split] = Split(TableImages(table, image_column, rows), y[rows],
-                                 groups[rows] if groups is not None else None)
+            parts[split] = LabelledSplit(TableImages(table, image_column, rows), y[rows],
+                                         groups[rows] if groups is not None else None)
     folder = local if local.is_dir() else local.parent
     return _finish(str(path), classes, multilabel, parts, folder, group_kind, notes, val_fraction, seed)
 
@@ -214,7 +209,7 @@ def _guess_image_column(table: Any, where: str) -> str:
     typed = [c for c, f in table.features.items() if isinstance(f, datasets.Image)]
     if len(typed) == 1:
         return typed[0]
-    raise ProbeDataError(f"{where}: name the image column (--image-column); its columns: {table.column_names}")
+    raise ImageDataError(f"{where}: name the image column (--image-column); its columns: {table.column_names}")
 
 
 def _labels(table: Any, columns: list[str], classes: list[str], multilabel: bool, where: str) -> np.ndarray:
@@ -223,24 +218,29 @@ def _labels(table: Any, columns: list[str], classes: list[str], multilabel: bool
         values = table[columns[0]]
         missing = [i for i, v in enumerate(values) if v is None]
         if missing:
-            raise ProbeDataError(f"{where}: row {missing[0]} has no label in {columns[0]!r} ({len(missing)} rows)")
+            raise ImageDataError(f"{where}: row {missing[0]} has no label in {columns[0]!r} ({len(missing)} rows)")
         return np.array([index[str(v)] for v in values], dtype=np.int64)
     matrix = np.zeros((len(table), len(columns)), dtype=np.int64)
     for j, column in enumerate(columns):
         values = table[column]
         for i, v in enumerate(values):
             if v not in (0, 1, True, False):
-                raise ProbeDataError(f"{where}: row {i}, column {column!r}: a multi-label column holds 0/1, got {v!r}")
+                raise ImageDataError(f"{where}: row {i}, column {column!r}: a multi-label column holds 0/1, got {v!r}")
         matrix[:, j] = np.asarray(values, dtype=np.int64)
     return matrix
 
 
-def load_probe_data(path: str | Path, **kwargs: Any) -> ProbeData:
-    """An image folder (train/ and test/ subfolders) or a table, whichever `path` is."""
+def load_labelled_images(path: str | Path, **kwargs: Any) -> LabelledImages:
+    """An image folder (split sub-folders, `train/` or `test/` among them) or a table, whichever `path` is;
+    `kwargs` are `read_labelled_table`'s (a folder takes only `val_fraction` and `seed`)."""
     local = Path(path)
     if not local.exists():
-        raise ProbeDataError(f"no such data: {path}")
-    if local.is_dir() and any((local / s).is_dir() for s in ("train", "test")) \
-            and not (local / "dataset_dict.json").is_file():
-        return read_image_folder(local, **{k: v for k, v in kwargs.items() if k in ("val_fraction", "seed")})
-    return read_table(local, **kwargs)
+        raise ImageDataError(f"no such data: {path}")
+    if local.is_dir() and not (local / "dataset_dict.json").is_file() \
+            and {"train", "test"} & set(split_folders(local)):
+        return read_labelled_folder(local, **{k: v for k, v in kwargs.items() if k in ("val_fraction", "seed")})
+    return read_labelled_table(local, **kwargs)
+
+
+__all__ = ["GROUP_COLUMNS", "LabelledImages", "LabelledSplit", "load_labelled_images", "read_labelled_folder",
+           "read_labelled_table", "scan_image_folder"]
