@@ -19,6 +19,7 @@ import yaml
 
 from multimeditron.choices import (
     DEFAULT_ATTACHMENT_TOKEN,
+    AttnVariant,
     Fusion,
     ImageGeometry,
     Projection,
@@ -93,6 +94,7 @@ class ModelSection:
     image_geometry: ImageGeometry = "pad"
     generalist_index: int = 0  # negative: counted from the end (-1 = the last expert)
     attn_heads: int = 8
+    attn_variant: AttnVariant = "residual"  # the attn fusion's layer: residual (ours) or published
     router_aux_loss_coef: float = 0.01  # weight of the learned router's balance loss (0 = off); a training setting
     attachment_token: str = DEFAULT_ATTACHMENT_TOKEN
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "flex_attention", "eager"] = "auto"
@@ -101,7 +103,7 @@ class ModelSection:
     # Architecture keys: given together with base_model they must agree with the checkpoint.
     ARCHITECTURE_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "llm", "experts", "fusion", "projection", "projector_type", "router", "router_top_k", "router_classifier",
-        "image_geometry", "generalist_index", "attn_heads", "attachment_token")
+        "image_geometry", "generalist_index", "attn_heads", "attn_variant", "attachment_token")
 
     def router_classifier_dict(self) -> dict[str, Any] | None:
         return self.router_classifier.as_dict() if self.router_classifier is not None else None

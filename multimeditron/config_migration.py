@@ -125,7 +125,7 @@ def convert_published(data: dict[str, Any], gate: str = "pretrained", base_dir: 
     if data:
         key = sorted(data)[0]
         raise ConfigError(f"{key}: not a key of the published schema this converter knows; nothing to map it to")
-    order = ("llm", "base_model", "experts", "fusion", "projection", "projector_type", "router", "router_top_k",
+    order = ("llm", "base_model", "experts", "fusion", "attn_variant", "attn_heads", "projection", "projector_type", "router", "router_top_k",
              "router_classifier", "generalist_index", "image_geometry")
     out["model"] = {key: model[key] for key in order if key in model}
     return Conversion(out, notes)
@@ -186,6 +186,11 @@ def _map_modalities(modalities: Any, model: dict[str, Any], notes: list[str], ga
         if method not in FUSIONS:
             raise ConfigError(f"{where}.fusion_method: {method!r} is not one of {list(FUSIONS)}")
         model["fusion"] = FUSIONS[method]
+        if method == "cross_attn":
+            model["attn_variant"] = "published"  # the published cross-attention layer, not this toolkit's default
+        heads = modality.pop("cross_attn_heads", None)
+        if heads is not None:
+            model["attn_heads"] = heads
         index = modality.pop("generalist_idx", 0)
         if not isinstance(index, int) or not -len(names) <= index < len(names):
             raise ConfigError(f"{where}.generalist_idx: {index!r} is outside the {len(names)} experts")

@@ -260,3 +260,10 @@ def test_published_moe_config_with_its_gate_converts_and_trains(tmp_path, monkey
     # frozen through alignment: the saved classifier is the published gate, BatchNorm statistics included
     for key, value in gate.state_dict().items():
         assert torch.equal(weights[f"vision.router.classifier.model.{key}"], value), key
+
+
+def test_published_cross_attention_maps_to_the_published_attn_layer(tmp_path):
+    data = yaml.safe_load(PUBLISHED_MOE.replace("fusion_method: sequence_append",
+                                                "fusion_method: cross_attn\n    cross_attn_heads: 4"))
+    model = convert_published(data, base_dir=tmp_path).config["model"]
+    assert (model["fusion"], model["attn_variant"], model["attn_heads"]) == ("attn", "published", 4)
