@@ -172,6 +172,10 @@ class RunConfig:
     part_learning_rates: PartLearningRates | None = None
     deepspeed: str | None = None
     seed: int = 42
+    # How the training loss averages the tokens of one optimizer step: "global_tokens" = one mean over every answer
+    # token of the global batch (each token weighs the same); "micro_batch" = a token mean per micro-batch, averaged
+    # over accumulation steps and processes (the published trainer's `model_accepts_loss_kwargs = False`).
+    loss_averaging: Literal["global_tokens", "micro_batch"] = "global_tokens"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

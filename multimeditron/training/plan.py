@@ -120,6 +120,9 @@ def format_plan(config: RunConfig) -> str:
     lines.append(f"effective batch: {per_device} per device x {accumulation} accumulation x {world} process(es) "
                  f"= {per_device * accumulation * world}")
     lines.append(_optimisation_line(args))
+    lines.append(f"loss averaging: {config.loss_averaging} ("
+                 + ("one token mean over the global batch" if config.loss_averaging == "global_tokens"
+                    else "a token mean per micro-batch, averaged over accumulation steps, as published") + ")")
     lines.append(f"deepspeed: {config.deepspeed or 'off'}; output: {args['output_dir']}")
     from multimeditron.training.preflight import path_problems
 

@@ -214,14 +214,15 @@ SIBLINGS = {
     **{(f"moe/{f}/pep", f"moe/{f}/shared", 1): {"model.projection"} for f in ("attn", "avg", "cat")},
     **{(f"moe/{f}/pep", f"moe/{f}/shared", 2): set() for f in ("attn", "avg", "cat")},
     **{(f"moe/avg/{p}", f"moe/cat/{p}", 1): {"model.fusion"} for p in ("pep", "shared")},
-    **{(f"moe/attn/{p}", f"moe/avg/{p}", 1): {"model.fusion", "training_args.per_device_train_batch_size",
+    **{(f"moe/attn/{p}", f"moe/avg/{p}", 1): {"model.fusion", "model.attn_variant", "training_args.per_device_train_batch_size",
                                               "training_args.gradient_accumulation_steps"} for p in ("pep", "shared")},
     **{(f"moe/{a}/{p}", f"moe/{b}/{p}", 2): set() for a, b in (("attn", "avg"), ("avg", "cat")) for p in ("pep", "shared")},
     **{("single_clip/qwen_biomedclip", f"single_clip/{other}", 1): {"model.llm"}
        for other in ("apertus_biomedclip", "llama_biomedclip")},
     **{("single_clip/qwen_biomedclip", f"single_clip/{other}", 2): set()
        for other in ("apertus_biomedclip", "llama_biomedclip")},
-    ("single_clip/qwen_biomedclip", "packed/qwen_biomedclip", 2): {"data.packing",
+    # packed rows change what a micro-batch is, so the packed recipe averages over the global batch's tokens
+    ("single_clip/qwen_biomedclip", "packed/qwen_biomedclip", 2): {"data.packing", "loss_averaging",
                                                                    "training_args.per_device_train_batch_size"},
 }
 
