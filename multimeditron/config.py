@@ -131,8 +131,9 @@ class DataSection:
     # <image>); None = the model's; or the exact string.
     attachment_token: str | None = "auto"
     # Caption rows (`text`): "chat" = a "Describe the image" turn with the caption as the answer; "raw" = the text
-    # itself with the loss on all of it, as the published MultiMeditron trained them.
-    caption_format: Literal["chat", "raw"] = "chat"
+    # itself with the loss on it and an end-of-sequence token; "published" = the text tokenised as the published
+    # MultiMeditron did (the tokenizer's BOS, no EOS, image delimiters in the loss). data/raw_caption.py.
+    caption_format: Literal["chat", "raw", "published"] = "chat"
     image_base_dir: str | None = None  # base folder for relative image paths (paths escaping it are refused)
     num_proc: int = 1  # processes for tokenisation (datasets.map)
     seed: int | None = None  # mixture sampling seed; None = the run seed

@@ -27,7 +27,8 @@ PUBLISHED_GATE_ARCH = "resnet50"
 # Settings a published run had without writing them, which this schema's defaults would change: set as the cookbook
 # sets them. (key path, value, why)
 PUBLISHED_SETTINGS: tuple[tuple[tuple[str, ...], Any, str], ...] = (
-    (("data", "caption_format"), "raw", "caption rows as published: the text itself, the loss on all of it"),
+    (("data", "caption_format"), "published", "caption rows tokenised as published: the text itself with the "
+                                               "tokenizer's BOS, no EOS, image delimiters in the loss"),
     (("data", "on_bad_sample"), "skip", "as the cookbook's recipes: a refused row is skipped and counted (a dataset with more than 1% refused "
                                  "still stops the run) instead of stopping a multi-node run"),
     (("seed",), 0, "the published CLI's default seed"),

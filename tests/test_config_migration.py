@@ -72,7 +72,7 @@ def test_published_moe_config_maps_every_key(tmp_path):
     assert learned["router"] == "learned" and "router_classifier" not in learned and learned["router_top_k"] == 5
     assert config["data"] == {"attachment_token": "<|reserved_special_token_0|>", "max_sequence_length": 4096,
                               "train": [{"path": "$STORAGE_ROOT/BUSI"}, {"path": "${STORAGE_ROOT}/iu_xray"}],
-                              "caption_format": "raw", "on_bad_sample": "skip"}
+                              "caption_format": "published", "on_bad_sample": "skip"}
     assert config["stage"] == "end2end" and config["deepspeed"] == str(tmp_path / "config" / "deepspeed.json")
     assert config["training_args"] == {"output_dir": "$MODEL_ROOT/unfreeze/cat_pep", "learning_rate": 1e-5,
                                        "per_device_train_batch_size": 2, "gradient_accumulation_steps": 8,
@@ -277,7 +277,7 @@ def test_conversion_sets_what_the_published_run_did_implicitly_one_line_each(tmp
     conversion = convert_published(data, base_dir=tmp_path)
     config = conversion.config
     assert (config["data"]["caption_format"], config["data"]["on_bad_sample"], config["data"]["max_sequence_length"],
-            config["seed"], config["loss_averaging"]) == ("raw", "skip", 4096, 0, "micro_batch")
+            config["seed"], config["loss_averaging"]) == ("published", "skip", 4096, 0, "micro_batch")
     assert config["model"]["base_model"] == "$MODEL_ROOT/sft/moe/attn/pep/stage1/final"
     assert len(conversion.changes) == 6 and all("\n" not in change for change in conversion.changes)
     assert any(c.startswith("model.base_model: $MODEL_ROOT/sft/moe/attn/pep/stage1/checkpoint-666 -> ")

@@ -82,7 +82,7 @@ def test_dry_run_prints_the_published_settings(config, tmp_path, monkeypatch, ca
     assert (f"global batch under cookbook/training_template.sh: {batch} x {accumulation} x 4 node(s) x 4 process(es) "
             f"per node = {batch * accumulation * 16}") in out
     assert "loss averaging: micro_batch" in out
-    assert "placeholder <|reserved_special_token_0|>; captions raw" in out and "max_sequence_length 4096" in out
+    assert "placeholder <|reserved_special_token_0|>; captions published" in out and "max_sequence_length 4096" in out
     datasets = {line.split(" (weight")[0].rsplit("/", 1)[1] for line in out.splitlines() if "(weight" in line}
     assert datasets == (set(stage1_data) if stage == 1 else S2_DATA)
     if stage == 1:
