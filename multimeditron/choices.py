@@ -9,12 +9,16 @@ Projection = Literal["shared", "per_expert"]
 Router = Literal["uniform", "learned", "pretrained"]
 ProjectorType = Literal["mlp2x_gelu", "linear", "mlp3x_gelu"]  # mlp3x_gelu: the published projector
 ImageGeometry = Literal["pad", "center_crop"]  # center_crop: the published (CLIP processor) geometry
+# The `attn` fusion's layer: `residual` (this toolkit's: LayerNorms, zero-initialised output, a residual) or
+# `published` (the published MultiMeditron cross-attention, computed exactly as it was).
+AttnVariant = Literal["residual", "published"]
 
 FUSIONS: tuple[str, ...] = get_args(Fusion)
 PROJECTIONS: tuple[str, ...] = get_args(Projection)
 ROUTERS: tuple[str, ...] = get_args(Router)
 PROJECTOR_TYPES: tuple[str, ...] = get_args(ProjectorType)
 IMAGE_GEOMETRIES: tuple[str, ...] = get_args(ImageGeometry)
+ATTN_VARIANTS: tuple[str, ...] = get_args(AttnVariant)
 
 # The image placeholder in the data's text, unless a dataset, the config or the saved processor says otherwise.
 DEFAULT_ATTACHMENT_TOKEN = "<|image|>"

@@ -19,6 +19,7 @@ import yaml
 
 from multimeditron.choices import (
     DEFAULT_ATTACHMENT_TOKEN,
+    AttnVariant,
     Fusion,
     ImageGeometry,
     Projection,
@@ -93,6 +94,7 @@ class ModelSection:
     image_geometry: ImageGeometry = "pad"
     generalist_index: int = 0  # negative: counted from the end (-1 = the last expert)
     attn_heads: int = 8
+    attn_variant: AttnVariant = "residual"  # the attn fusion's layer: residual (ours) or published
     router_aux_loss_coef: float = 0.01  # weight of the learned router's balance loss (0 = off); a training setting
     attachment_token: str = DEFAULT_ATTACHMENT_TOKEN
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "flex_attention", "eager"] = "auto"
@@ -101,7 +103,7 @@ class ModelSection:
     # Architecture keys: given together with base_model they must agree with the checkpoint.
     ARCHITECTURE_KEYS: typing.ClassVar[tuple[str, ...]] = (
         "llm", "experts", "fusion", "projection", "projector_type", "router", "router_top_k", "router_classifier",
-        "image_geometry", "generalist_index", "attn_heads", "attachment_token")
+        "image_geometry", "generalist_index", "attn_heads", "attn_variant", "attachment_token")
 
     def router_classifier_dict(self) -> dict[str, Any] | None:
         return self.router_classifier.as_dict() if self.router_classifier is not None else None
@@ -129,8 +131,9 @@ class DataSection:
     # <image>); None = the model's; or the exact string.
     attachment_token: str | None = "auto"
     # Caption rows (`text`): "chat" = a "Describe the image" turn with the caption as the answer; "raw" = the text
-    # itself with the loss on all of it, as the published MultiMeditron trained them.
-    caption_format: Literal["chat", "raw"] = "chat"
+    # itself with the loss on it and an end-of-sequence token; "published" = the text tokenised as the published
+    # MultiMeditron did (the tokenizer's BOS, no EOS, image delimiters in the loss). data/raw_caption.py.
+    caption_format: Literal["chat", "raw", "published"] = "chat"
     image_base_dir: str | None = None  # base folder for relative image paths (paths escaping it are refused)
     num_proc: int = 1  # processes for tokenisation (datasets.map)
     seed: int | None = None  # mixture sampling seed; None = the run seed
@@ -170,6 +173,10 @@ class RunConfig:
     part_learning_rates: PartLearningRates | None = None
     deepspeed: str | None = None
     seed: int = 42
+    # How the training loss averages the tokens of one optimizer step: "global_tokens" = one mean over every answer
+    # token of the global batch (each token weighs the same); "micro_batch" = a token mean per micro-batch, averaged
+    # over accumulation steps and processes (the published trainer's `model_accepts_loss_kwargs = False`).
+    loss_averaging: Literal["global_tokens", "micro_batch"] = "global_tokens"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

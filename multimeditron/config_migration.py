@@ -24,17 +24,36 @@ GATES = ("pretrained", "learned")
 PUBLISHED_GATE_ARCH = "resnet50"
 
 
+# Settings a published run had without writing them, which this schema's defaults would change: set as the cookbook
+# sets them. (key path, value, why)
+PUBLISHED_SETTINGS: tuple[tuple[tuple[str, ...], Any, str], ...] = (
+    (("data", "caption_format"), "published", "caption rows tokenised as published: the text itself with the "
+                                               "tokenizer's BOS, no EOS, image delimiters in the loss"),
+    (("data", "on_bad_sample"), "skip", "as the cookbook's recipes: a refused row is skipped and counted (a dataset with more than 1% refused "
+                                 "still stops the run) instead of stopping a multi-node run"),
+    (("seed",), 0, "the published CLI's default seed"),
+    (("loss_averaging",), "micro_batch", "the published trainer: a token mean per micro-batch, averaged over "
+                                         "accumulation steps"),
+)
+# The published stage 1 had no length limit; the cookbook's stage 1 uses the stage-2 length.
+PUBLISHED_STAGE1_LENGTH = 4096
+# What a published stage 2 starts from (`.../checkpoint-<step>` of its stage 1); our stage 1 writes `<output_dir>/final`.
+_PUBLISHED_CHECKPOINT = re.compile(r"^(?P<run>.+?)/checkpoint-\d+/?$")
+
+
 @dataclass
 class Conversion:
-    """The converted config (our schema, as a plain mapping) and one note per published key dropped or changed."""
+    """The converted config (our schema, as a plain mapping), one note per published key dropped or changed, and one
+    line per setting given a value the published run had implicitly (`changes`)."""
 
     config: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
 
     def to_yaml(self, source: str | None = None) -> str:
         lines = [f"# Converted from the published MultiMeditron config {source or ''} by "
                  "`multimeditron convert config`.".replace("  ", " ")]
-        lines += [f"# - {note}" for note in self.notes]
+        lines += [f"# - {note}" for note in self.notes + self.changes]
         return "\n".join(lines) + "\n" + yaml.safe_dump(self.config, sort_keys=False, width=120)
 
 
@@ -125,10 +144,32 @@ def convert_published(data: dict[str, Any], gate: str = "pretrained", base_dir: 
     if data:
         key = sorted(data)[0]
         raise ConfigError(f"{key}: not a key of the published schema this converter knows; nothing to map it to")
-    order = ("llm", "base_model", "experts", "fusion", "projection", "projector_type", "router", "router_top_k",
+    order = ("llm", "base_model", "experts", "fusion", "attn_variant", "attn_heads", "projection", "projector_type", "router", "router_top_k",
              "router_classifier", "generalist_index", "image_geometry")
     out["model"] = {key: model[key] for key in order if key in model}
-    return Conversion(out, notes)
+    return Conversion(out, notes, _published_settings(out))
+
+
+def _published_settings(out: dict[str, Any]) -> list[str]:
+    """Give the converted config what the published run did without a key for it; one line per change."""
+    changes = []
+    for path, value, why in PUBLISHED_SETTINGS:
+        section = out
+        for key in path[:-1]:
+            section = section.setdefault(key, {})
+        section[path[-1]] = value
+        changes.append(f"{'.'.join(path)}: {value} ({why})")
+    if "max_sequence_length" not in out["data"]:
+        out["data"]["max_sequence_length"] = PUBLISHED_STAGE1_LENGTH
+        changes.append(f"data.max_sequence_length: {PUBLISHED_STAGE1_LENGTH} (the published config set none: no "
+                       f"truncation; this schema's default would cut at 2048)")
+    base_model = out["model"].get("base_model")
+    match = _PUBLISHED_CHECKPOINT.match(str(base_model or ""))
+    if match:
+        out["model"]["base_model"] = f"{match['run']}/final"
+        changes.append(f"model.base_model: {base_model} -> {match['run']}/final (our stage 1 writes its model to "
+                       f"<output_dir>/final, not to a checkpoint-<step> folder)")
+    return changes
 
 
 def _map_modalities(modalities: Any, model: dict[str, Any], notes: list[str], gate: str) -> None:
@@ -186,6 +227,11 @@ def _map_modalities(modalities: Any, model: dict[str, Any], notes: list[str], ga
         if method not in FUSIONS:
             raise ConfigError(f"{where}.fusion_method: {method!r} is not one of {list(FUSIONS)}")
         model["fusion"] = FUSIONS[method]
+        if method == "cross_attn":
+            model["attn_variant"] = "published"  # the published cross-attention layer, not this toolkit's default
+        heads = modality.pop("cross_attn_heads", None)
+        if heads is not None:
+            model["attn_heads"] = heads
         index = modality.pop("generalist_idx", 0)
         if not isinstance(index, int) or not -len(names) <= index < len(names):
             raise ConfigError(f"{where}.generalist_idx: {index!r} is outside the {len(names)} experts")

@@ -70,12 +70,14 @@ def load_pretrained(
 
 
 def messages_to_chat(messages: Iterable[dict[str, Any]], attachment_token: str,
-                     image_dir: str | os.PathLike | None = None) -> tuple[Chat, list[Image.Image]]:
+                     image_dir: str | os.PathLike | None = None,
+                     separator: str = "\n") -> tuple[Chat, list[Image.Image]]:
     """OpenAI/lmms-eval/HF style messages (content = str or parts `{"type": "image", "url"|"image"|"path": PIL,
     bytes, {bytes, path} or path}` / `{"type": "text", "text": ...}`) -> our chat (one placeholder per image, parts
-    joined by newlines) + the images, decoded by the one decoder training uses (`multimeditron.data.images`);
-    relative paths resolve against `image_dir` (default: the current folder)."""
-    chat, values = split_content(list(messages), attachment_token)
+    joined by `separator`, a newline unless the task says otherwise) + the images, decoded by the one decoder
+    training uses (`multimeditron.data.images`); relative paths resolve against `image_dir` (default: the current
+    folder)."""
+    chat, values = split_content(list(messages), attachment_token, separator)
     resolver = ImageResolver(default_dir=image_dir or os.getcwd())
     return chat, [resolver.load(value) for value in values]
 

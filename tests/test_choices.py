@@ -11,7 +11,8 @@ from multimeditron.config import ConfigError, ModelSection, parse_config
 from multimeditron.model.configuration import MultiMeditronConfig
 
 FIELDS = {"fusion": choices.Fusion, "projection": choices.Projection, "router": choices.Router,
-          "projector_type": choices.ProjectorType, "image_geometry": choices.ImageGeometry}
+          "projector_type": choices.ProjectorType, "image_geometry": choices.ImageGeometry,
+          "attn_variant": choices.AttnVariant}
 
 
 def test_the_run_config_and_the_model_config_accept_the_same_values():

@@ -71,7 +71,8 @@ def test_published_moe_config_maps_every_key(tmp_path):
     learned = convert_published(data, gate="learned", base_dir=tmp_path).config["model"]
     assert learned["router"] == "learned" and "router_classifier" not in learned and learned["router_top_k"] == 5
     assert config["data"] == {"attachment_token": "<|reserved_special_token_0|>", "max_sequence_length": 4096,
-                              "train": [{"path": "$STORAGE_ROOT/BUSI"}, {"path": "${STORAGE_ROOT}/iu_xray"}]}
+                              "train": [{"path": "$STORAGE_ROOT/BUSI"}, {"path": "${STORAGE_ROOT}/iu_xray"}],
+                              "caption_format": "published", "on_bad_sample": "skip"}
     assert config["stage"] == "end2end" and config["deepspeed"] == str(tmp_path / "config" / "deepspeed.json")
     assert config["training_args"] == {"output_dir": "$MODEL_ROOT/unfreeze/cat_pep", "learning_rate": 1e-5,
                                        "per_device_train_batch_size": 2, "gradient_accumulation_steps": 8,
@@ -113,7 +114,7 @@ def test_stage2_config_continues_from_base_model_and_drops_its_modalities():
     data = {**yaml.safe_load(PUBLISHED_MOE), "base_model": "$MODEL_ROOT/freeze/cat_pep/checkpoint-666"}
     conversion = convert_published(data)  # no --gate needed: the gate lives in the checkpoint
     assert conversion.config["model"] == {"llm": "meta-llama/Llama-3.1-8B-Instruct",
-                                          "base_model": "$MODEL_ROOT/freeze/cat_pep/checkpoint-666"}
+                                          "base_model": "$MODEL_ROOT/freeze/cat_pep/final"}  # our stage 1's output
     assert any(note.startswith("modalities: dropped (base_model is set") for note in conversion.notes)
     with pytest.raises(ConfigError, match="base_llm: required"):
         convert_published({k: v for k, v in yaml.safe_load(PUBLISHED_MOE).items() if k != "base_llm"})
@@ -260,3 +261,32 @@ def test_published_moe_config_with_its_gate_converts_and_trains(tmp_path, monkey
     # frozen through alignment: the saved classifier is the published gate, BatchNorm statistics included
     for key, value in gate.state_dict().items():
         assert torch.equal(weights[f"vision.router.classifier.model.{key}"], value), key
+
+
+def test_published_cross_attention_maps_to_the_published_attn_layer(tmp_path):
+    data = yaml.safe_load(PUBLISHED_MOE.replace("fusion_method: sequence_append",
+                                                "fusion_method: cross_attn\n    cross_attn_heads: 4"))
+    model = convert_published(data, base_dir=tmp_path).config["model"]
+    assert (model["fusion"], model["attn_variant"], model["attn_heads"]) == ("attn", "published", 4)
+
+
+def test_conversion_sets_what_the_published_run_did_implicitly_one_line_each(tmp_path, capsys):
+    data = yaml.safe_load(PUBLISHED_MOE)
+    data.pop("max_sequence_length")
+    data["base_model"] = "$MODEL_ROOT/sft/moe/attn/pep/stage1/checkpoint-666"
+    conversion = convert_published(data, base_dir=tmp_path)
+    config = conversion.config
+    assert (config["data"]["caption_format"], config["data"]["on_bad_sample"], config["data"]["max_sequence_length"],
+            config["seed"], config["loss_averaging"]) == ("published", "skip", 4096, 0, "micro_batch")
+    assert config["model"]["base_model"] == "$MODEL_ROOT/sft/moe/attn/pep/stage1/final"
+    assert len(conversion.changes) == 6 and all("\n" not in change for change in conversion.changes)
+    assert any(c.startswith("model.base_model: $MODEL_ROOT/sft/moe/attn/pep/stage1/checkpoint-666 -> ")
+               for c in conversion.changes)
+    published = tmp_path / "p.yaml"
+    published.write_text(yaml.safe_dump(data))
+    assert cli_main(["convert", "config", str(published), "--out", str(tmp_path / "ours.yaml")]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("changed: ")]
+    assert printed == [f"changed: {change}" for change in conversion.changes]
+    # a stage 1 that sets its length keeps it, and says nothing about it
+    kept = convert_published(yaml.safe_load(PUBLISHED_MOE), base_dir=tmp_path)
+    assert kept.config["data"]["max_sequence_length"] == 4096 and len(kept.changes) == 4

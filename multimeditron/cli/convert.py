@@ -1,6 +1,7 @@
 """`multimeditron convert llava|image-folder`: LLaVA-style JSON/JSONL or a RETFound-style `train|val|test/<class>/`
 folder -> a MultiMediset Arrow dataset (`save_to_disk`), images embedded as bytes. `convert config`: a published
-MultiMeditron YAML -> ours (convert_config.py).
+MultiMeditron YAML -> ours (convert_config.py). `convert checkpoint`: a published MultiMeditron model folder -> a model
+folder this toolkit loads (model/published_checkpoint.py).
 """
 from __future__ import annotations
 
@@ -33,6 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from multimeditron.cli.convert_config import add_config_parser
 
     add_config_parser(layouts)  # `convert config`: a published YAML -> ours (not a dataset)
+    checkpoint = layouts.add_parser(
+        "checkpoint", help="a published MultiMeditron model folder -> a model folder this toolkit loads",
+        description="Reads the published folder (config.json with model_type multimodal, safetensors shards, "
+                    "tokenizer) and writes a model + processor that `from_pretrained`, `eval` and `train` "
+                    "(model.base_model) read, with the published forward (attn: attn_variant published). Weights "
+                    "the converter cannot place are refused with their names.")
+    checkpoint.add_argument("published_dir", help="the published model folder")
+    checkpoint.add_argument("--out", required=True, help="output folder")
+    checkpoint.add_argument("--tokenizer", default=None,
+                            help="the model's tokenizer folder when the published folder holds none")
+    checkpoint.add_argument("--attachment-token", default=None,
+                            help="the image placeholder of the data (default: the published <|reserved_special_token_0|>)")
     for sub in (llava, image_folder):
         sub.add_argument("--out", required=True, help="output folder (datasets.save_to_disk)")
         sub.add_argument("--attachment-token", default=None, help="image placeholder in the text (default <|image|>)")
@@ -54,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         from multimeditron.cli import convert_config
 
         return convert_config.run(args)
+    if args.layout == "checkpoint":
+        return _convert_checkpoint(args)
     # Imported on use: building the parser (`convert --help`) needs neither datasets nor PIL.
     from multimeditron.data.convert import (
         DEFAULT_ATTACHMENT_TOKEN,
@@ -83,4 +98,24 @@ def run(args: argparse.Namespace) -> int:
         _report_bad(report.bad)
         print(f"skipped {len(report.bad)} bad rows, kept {report.total}", file=sys.stderr)
     print(report.summary())
+    return 0
+
+
+def _convert_checkpoint(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from multimeditron.model.published_checkpoint import PUBLISHED_ATTACHMENT_TOKEN, convert_published_checkpoint
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        print(f"error: --out {out} is not empty", file=sys.stderr)
+        return 1
+    model, processor = convert_published_checkpoint(args.published_dir, args.tokenizer,
+                                                    args.attachment_token or PUBLISHED_ATTACHMENT_TOKEN)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    config = model.config
+    print(f"wrote {out}: {len(config.experts)} experts, fusion {config.fusion}"
+          + (f" ({config.attn_variant})" if config.fusion == "attn" else "")
+          + f", projection {config.projection}, router {config.router}; placeholder {config.attachment_token}")
     return 0

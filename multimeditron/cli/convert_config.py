@@ -35,5 +35,7 @@ def run(args: argparse.Namespace) -> int:
     out.write_text(conversion.to_yaml(args.published))
     for note in conversion.notes:
         print(f"note: {note}")
+    for change in conversion.changes:
+        print(f"changed: {change}")
     print(f"wrote {out}; check it with: multimeditron train --config {out} --dry-run")
     return 0

@@ -42,7 +42,7 @@ class RowEncoder:
                  resolver: ImageResolver, source: int, row_ids: np.ndarray | None = None,
                  caption_format: str = "chat") -> None:
         self.chat = ChatEncoder(processor, attachment_token)
-        self.caption_format = caption_format  # "raw": caption rows without the chat template (raw_caption.py)
+        self.caption_format = caption_format  # raw / published: caption rows without the chat template (raw_caption.py)
         self.attachment_token = attachment_token
         self.max_length = max_length
         self.resolver = resolver
@@ -64,9 +64,9 @@ class RowEncoder:
                 n_images = len(images)
                 for image in images:
                     thin += self.image_processor.is_thin(*self.resolver.check(image))
-                if self.caption_format == "raw" and row.get("conversations") is None:
+                if self.caption_format in ("raw", "published") and row.get("conversations") is None:
                     encoded = encode_raw_caption(self.chat.processor, row["text"], n_images, self.attachment_token,
-                                                 self.max_length)
+                                                 self.max_length, published=self.caption_format == "published")
                 else:
                     encoded = self.chat.encode(messages, self.max_length)
                 ids, labels, truncated = encoded.input_ids, encoded.labels, encoded.truncated

@@ -34,6 +34,8 @@ class Benchmark:
     max_new_tokens: int = 32
     stop: tuple[str, ...] = ("\n\n",)  # lmms-eval's default `until`; the task YAMLs repeat it
     metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
+    # What joins the image placeholders and the question in the user turn.
+    prompt_join: ClassVar[str] = "\n"
 
     @property
     def env_var(self) -> str:

@@ -43,7 +43,8 @@ def evaluate_rows(model: MultiMeditronForCausalLM, processor: MultiMeditronProce
     for start in range(0, len(rows), chunk):
         indices = range(start, min(start + chunk, len(rows)))
         docs = [rows[i] for i in indices]
-        requests = [messages_to_chat(bench.messages(doc, image_dir), processor.attachment_token) for doc in docs]
+        requests = [messages_to_chat(bench.messages(doc, image_dir), processor.attachment_token,
+                                     separator=bench.prompt_join) for doc in docs]
         if ablation is not None:
             requests = [(chat, _ablate(ablation, images, index, bench, rows, partners, image_dir))
                         for index, (chat, images) in zip(indices, requests)]

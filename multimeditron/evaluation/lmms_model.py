@@ -11,6 +11,7 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 from tqdm.auto import tqdm
 
+from multimeditron.evaluation.published_tasks import lmms_prompt_join
 from multimeditron.inference import (
     continuation_logprob, generate_answers, load_pretrained, messages_to_chat, resolve_device,
 )
@@ -90,7 +91,7 @@ class MultiMeditronLMMS(lmms):
     def _chat_request(self, request: Instance) -> tuple[list[dict[str, Any]], list]:
         _, doc_to_messages, _, doc_id, task, split = request.args
         messages = doc_to_messages(self.task_dict[task][split][doc_id])
-        return messages_to_chat(messages, self.processor.attachment_token)
+        return messages_to_chat(messages, self.processor.attachment_token, separator=lmms_prompt_join(task))
 
     def _generation_options(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
         until = gen_kwargs.get("until") or []

@@ -6,7 +6,7 @@ from typing import Any
 
 from multimeditron.evaluation.benchmarks import get_benchmark
 from multimeditron.evaluation.lmms_tasks import _bind, _number, accuracy  # noqa: F401  (accuracy: named by the YAMLs)
-from multimeditron.evaluation.published_tasks import published_vqa_summary, with_scoring
+from multimeditron.evaluation.published_tasks import published_slake_summary, published_vqa_summary, with_scoring
 from multimeditron.evaluation.scoring import percent
 
 
@@ -40,3 +40,7 @@ def ours_closed_accuracy(records: list[dict[str, Any]]) -> float:
 
 def ours_open_accuracy(records: list[dict[str, Any]]) -> float:
     return _number(published_vqa_summary(records)["ours_open_accuracy"])
+
+
+def english_accuracy(records: list[dict[str, Any]]) -> float:
+    return _number(published_slake_summary(records)["english_accuracy"])

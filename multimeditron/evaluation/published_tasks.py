@@ -1,7 +1,12 @@
 """The `published` scoring mode: GMAI-MMBench, SLAKE and PathVQA asked and scored as the published evaluation fork
-does (prompts, budgets, no stop strings, its verdicts; see published_scoring.py), with this toolkit's own verdict on
-the same replies reported beside them ("ours_*" metrics). Selected with `multimeditron eval --scoring published` or
-the lmms-eval tasks `mmd_*_published` (tasks/published/)."""
+does (prompts, budgets, no stop strings, the placeholder and the question joined with no separator, its verdicts;
+see published_scoring.py), with this toolkit's own verdict on the same replies reported beside them ("ours_*"
+metrics). Selected with `multimeditron eval --scoring published` or the lmms-eval tasks `mmd_*_published`
+(tasks/published/).
+
+SLAKE as the fork scored it: its task filters on `q_lang` only when given the task's keyword arguments, which its
+prompt builder receives and its `process_results` does not. So every row of the split is scored, the Chinese ones
+asked with an empty question (the image alone); `english_accuracy` is the fork's verdict on the English rows only."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,10 +23,15 @@ from multimeditron.evaluation.scoring import percent
 SCORINGS = ("ours", "published")
 
 
+# The fork's chat wrapper concatenates the content parts: the image placeholder, then the question, no separator.
+PUBLISHED_PROMPT_JOIN = ""
+
+
 @dataclass(frozen=True)
 class PublishedChoiceBenchmark(ChoiceBenchmark):
     """GMAI-MMBench as the fork's `gmai` task: reasoning prompt, 2048 new tokens, its letter extraction."""
 
+    prompt_join: ClassVar[str] = PUBLISHED_PROMPT_JOIN
     max_new_tokens: int = GMAI_MAX_NEW_TOKENS
     stop: tuple[str, ...] = ()
     metrics: ClassVar[tuple[str, ...]] = ("accuracy", "ours_accuracy")
@@ -43,6 +53,7 @@ class _PublishedVQA:
     """SLAKE / PathVQA as the fork's `slake` / `path_vqa` tasks: short-answer prompt, 64 new tokens, whole-reply
     exact match; yes/no accuracy on rows whose reference is yes/no, the open column derived as the table did."""
 
+    prompt_join: ClassVar[str] = PUBLISHED_PROMPT_JOIN
     max_new_tokens: int = VQA_MAX_NEW_TOKENS
     stop: tuple[str, ...] = ()
     metrics: ClassVar[tuple[str, ...]] = ("accuracy", "closed_accuracy", "open_accuracy", "ours_accuracy",
@@ -68,8 +79,35 @@ class PublishedVQABenchmark(_PublishedVQA, VQABenchmark):
 
 @dataclass(frozen=True)
 class PublishedSlakeBenchmark(_PublishedVQA, SlakeBenchmark):
+    """Every row of the split, as the fork scored them: English rows with the short-answer prompt, the others with
+    the empty question the fork's prompt builder gave them; `english_accuracy` beside the overall."""
+
     max_new_tokens: int = VQA_MAX_NEW_TOKENS
     stop: tuple[str, ...] = ()
+    metrics: ClassVar[tuple[str, ...]] = _PublishedVQA.metrics + ("english_accuracy",)
+
+    def prepare(self, table: Any) -> Any:
+        return table  # no language filter: the fork scored every row
+
+    def question(self, doc: dict[str, Any]) -> str:
+        return vqa_prompt(doc["question"]) if slake_is_english(doc) else ""
+
+    def score(self, doc: dict[str, Any], reply: str) -> dict[str, Any]:
+        return {**super().score(doc, reply), "english": slake_is_english(doc)}
+
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        return published_slake_summary(records)
+
+
+def slake_is_english(doc: dict[str, Any]) -> bool:
+    """A SLAKE row in English (`q_lang` "en"); a table without the column is taken as English."""
+    return str(doc.get("q_lang", "en")).strip().lower() == "en"
+
+
+def published_slake_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fork's SLAKE columns over every row, and its overall accuracy on the English rows alone."""
+    english = [r["correct"] for r in records if r["english"]]
+    return {**published_vqa_summary(records), "english_accuracy": percent(english), "n_english": len(english)}
 
 
 def published_vqa_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -102,16 +140,24 @@ def with_scoring(bench: Benchmark, scoring: str = "ours") -> Benchmark:
     return _PUBLISHED[bench.name](**fields)
 
 
+def lmms_prompt_join(task: str) -> str:
+    """What joins the placeholders and the question for the lmms-eval task `task`: the published tasks
+    (`mmd_*_published`) join as the fork did, every other task with a newline."""
+    name = task.removesuffix("_published")
+    return _PUBLISHED[name].prompt_join if task.endswith("_published") and name in _PUBLISHED else "\n"
+
+
 def published_table(results: list[dict[str, Any]]) -> str:
     """Markdown: the fork's verdicts (the published table's columns) beside ours on the same replies."""
     def cell(metrics: dict[str, Any], key: str) -> str:
         return "" if key not in metrics else "n/a" if metrics[key] is None else f"{metrics[key]:.1f}"
 
     lines = ["| task (published fork's prompts) | n | fork: accuracy | fork: yes/no | fork: open (derived) "
-             "| ours: accuracy | ours: yes/no | ours: open |", "|---|---|---|---|---|---|---|---|"]
+             "| fork: English rows | ours: accuracy | ours: yes/no | ours: open |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         m = result["metrics"]
-        keys = ("accuracy", "closed_accuracy", "open_accuracy", "ours_accuracy", "ours_closed_accuracy",
-                "ours_open_accuracy")
+        keys = ("accuracy", "closed_accuracy", "open_accuracy", "english_accuracy", "ours_accuracy",
+                "ours_closed_accuracy", "ours_open_accuracy")
         lines.append(f"| {result['task']} | {m.get('n', '')} | " + " | ".join(cell(m, k) for k in keys) + " |")
     return "\n".join(lines)

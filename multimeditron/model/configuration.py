@@ -9,6 +9,7 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 
 from multimeditron.choices import (  # re-exported: the model's own names for the shared choices
+    ATTN_VARIANTS,
     DEFAULT_ATTACHMENT_TOKEN,
     FUSIONS,
     IMAGE_GEOMETRIES,
@@ -44,6 +45,10 @@ class MultiMeditronConfig(PretrainedConfig):
         generalist_index: which expert is the generalist (query of `attn`, input of the learned gate; its token
             grid is the one every other expert is resampled to).
         attn_heads: heads of the `attn` fusion.
+        attn_variant: the `attn` fusion's layer: `residual` (LayerNorms, nn.MultiheadAttention, zero-initialised
+            output and a residual; router weights scale the values) or `published` (the published MultiMeditron
+            cross-attention: generalist queries over every expert's tokens scaled by softmax(router weights), q/k/v/out
+            linear layers with bias, dropout 0.1, no LayerNorm, no residual; needs every expert to run).
         router_aux_loss_coef: weight of the learned router's load-balancing loss in the training loss (0 = off).
         image_token_id / image_start_token_id / image_end_token_id: ids of the special tokens in the tokenizer.
         attachment_token: the placeholder users write in text where an image goes.
@@ -66,6 +71,7 @@ class MultiMeditronConfig(PretrainedConfig):
         image_geometry: str = "pad",
         generalist_index: int = 0,
         attn_heads: int = 8,
+        attn_variant: str = "residual",
         router_aux_loss_coef: float = 0.01,
         image_token_id: int | None = None,
         image_start_token_id: int | None = None,
@@ -89,6 +95,7 @@ class MultiMeditronConfig(PretrainedConfig):
         self.image_geometry = image_geometry
         self.generalist_index = generalist_index
         self.attn_heads = attn_heads
+        self.attn_variant = attn_variant
         self.router_aux_loss_coef = router_aux_loss_coef
         self.image_token_id = image_token_id
         self.image_start_token_id = image_start_token_id
@@ -103,7 +110,8 @@ class MultiMeditronConfig(PretrainedConfig):
         for key, value, valid in (("fusion", self.fusion, FUSIONS), ("projection", self.projection, PROJECTIONS),
                                   ("router", self.router, ROUTERS),
                                   ("projector_type", self.projector_type, PROJECTOR_TYPES),
-                                  ("image_geometry", self.image_geometry, IMAGE_GEOMETRIES)):
+                                  ("image_geometry", self.image_geometry, IMAGE_GEOMETRIES),
+                                  ("attn_variant", self.attn_variant, ATTN_VARIANTS)):
             if value not in valid:
                 raise ValueError(f"{key}: {value!r} is not one of {list(valid)}")
         n = len(self.experts)
@@ -121,6 +129,9 @@ class MultiMeditronConfig(PretrainedConfig):
                                  "router: learned or pretrained")
             if not 1 <= self.router_top_k <= n:
                 raise ValueError(f"router_top_k: {self.router_top_k} must lie between 1 and the number of experts ({n})")
+        if self.fusion == "attn" and self.attn_variant == "published" and self.experts_top_k != n:
+            raise ValueError(f"attn_variant: `published` attends over every expert (dense routing, as published); "
+                             f"router_top_k {self.router_top_k} runs only some of the {n} experts")
 
         if (self.router == "pretrained") != (self.router_classifier is not None):
             raise ValueError("router_classifier: given exactly when router is `pretrained`")

@@ -30,10 +30,11 @@ LEGACY_PROCESSOR_FILE = "multimeditron_processor.json"  # written before the pro
 PROCESSOR_CONFIG_FILE = "processor_config.json"
 
 
-def split_content(messages: Sequence[dict[str, Any]], attachment_token: str) -> tuple[list[dict[str, Any]], list]:
+def split_content(messages: Sequence[dict[str, Any]], attachment_token: str,
+                  separator: str = "\n") -> tuple[list[dict[str, Any]], list]:
     """Messages whose content is a string or HF content parts (`{"type": "image", "image"|"url"|"path": ...}`,
     `{"type": "text", "text": ...}`) -> (messages with string content, one placeholder per image part, parts joined
-    by newlines; the image values in order, undecoded)."""
+    by `separator` (a newline; "" is the published evaluation's join); the image values in order, undecoded)."""
     chat, images = [], []
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message:
@@ -55,7 +56,7 @@ def split_content(messages: Sequence[dict[str, Any]], attachment_token: str) -> 
                 pieces.append(attachment_token)
             else:
                 raise ValueError(f"message {index}: MultiMeditron reads text and image parts only, got {part!r:.80}")
-        chat.append({**message, "content": "\n".join(pieces)})
+        chat.append({**message, "content": separator.join(pieces)})
     return chat, images
 
 

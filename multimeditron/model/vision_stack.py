@@ -10,7 +10,7 @@ from torch import nn
 
 from multimeditron.experts.registry import build_expert, resolved_spec
 from multimeditron.model.configuration import MultiMeditronConfig
-from multimeditron.model.fusion import CrossAttentionFusion, fuse
+from multimeditron.model.fusion import build_cross_attention, fuse
 from multimeditron.model.projector import build_projector
 from multimeditron.model.router import Router, Routing
 
@@ -65,7 +65,8 @@ class VisionStack(nn.Module):
             fused_width = text_hidden_size
         self.router = Router(config.router, len(self.experts), self.top_k, generalist.feature_dim,
                              getattr(config, "router_classifier", None))
-        self.cross_attention = CrossAttentionFusion(fused_width, config.attn_heads) if self.fusion == "attn" else None
+        self.cross_attention = (build_cross_attention(getattr(config, "attn_variant", "residual"), fused_width,
+                                                      config.attn_heads) if self.fusion == "attn" else None)
         self.num_image_tokens = self.tokens_per_expert * (self.top_k if self.fusion == "cat" else 1)
         self.last_routing: Routing | None = None
 

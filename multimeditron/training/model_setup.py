@@ -88,6 +88,7 @@ def architecture_kwargs(section: ModelSection) -> dict[str, Any]:
         "projection": section.projection, "projector_type": section.projector_type, "router": section.router,
         "router_top_k": section.router_top_k, "router_classifier": section.router_classifier_dict(),
         "image_geometry": section.image_geometry, "generalist_index": section.generalist_index,
-        "attn_heads": section.attn_heads, "router_aux_loss_coef": section.router_aux_loss_coef,
+        "attn_heads": section.attn_heads, "attn_variant": section.attn_variant,
+        "router_aux_loss_coef": section.router_aux_loss_coef,
         "attachment_token": section.attachment_token,
     }

@@ -67,6 +67,17 @@ def _dataset_line(entry) -> str:
     return f"  - {path} (weight {entry.weight}{cap}; {where})"
 
 
+# What cookbook/training_template.sh launches when NNODES / GPUS_PER_NODE are not set (its own defaults; tested).
+TEMPLATE_NODES = 4
+TEMPLATE_GPUS_PER_NODE = 4
+
+
+def sbatch_template_processes() -> tuple[int, int]:
+    """(nodes, processes per node) the sbatch template launches: $NNODES and $GPUS_PER_NODE, else its defaults."""
+    return (int(os.environ.get("NNODES") or TEMPLATE_NODES),
+            int(os.environ.get("GPUS_PER_NODE") or TEMPLATE_GPUS_PER_NODE))
+
+
 def format_plan(config: RunConfig) -> str:
     from multimeditron.training.stages import apply_stage, format_table
 
@@ -76,7 +87,9 @@ def format_plan(config: RunConfig) -> str:
         exists = "found" if Path(section.base_model).is_dir() else "not found yet (an earlier stage writes it)"
         lines.append(f"model: continue from {section.base_model} ({exists}); its stored architecture is used")
     else:
-        lines.append(f"model: LLM {section.llm}; fusion {section.fusion}; projection {section.projection} "
+        lines.append(f"model: LLM {section.llm}; fusion {section.fusion}"
+                     + (f" ({section.attn_variant} layer, {section.attn_heads} heads)" if section.fusion == "attn"
+                        else "") + f"; projection {section.projection} "
                      f"({section.projector_type}); router {section.router}"
                      + (f" top-{section.router_top_k}" if section.router_top_k else "")
                      + (f" (classifier {section.router_classifier_dict()})" if section.router_classifier else "")
@@ -119,7 +132,14 @@ def format_plan(config: RunConfig) -> str:
     world = world_size()
     lines.append(f"effective batch: {per_device} per device x {accumulation} accumulation x {world} process(es) "
                  f"= {per_device * accumulation * world}")
+    nodes, gpus = sbatch_template_processes()
+    lines.append(f"global batch under cookbook/training_template.sh: {per_device} x {accumulation} x {nodes} node(s) "
+                 f"x {gpus} process(es) per node = {per_device * accumulation * nodes * gpus} (NNODES={nodes}, "
+                 f"GPUS_PER_NODE={gpus})")
     lines.append(_optimisation_line(args))
+    lines.append(f"loss averaging: {config.loss_averaging} ("
+                 + ("one token mean over the global batch" if config.loss_averaging == "global_tokens"
+                    else "a token mean per micro-batch, averaged over accumulation steps, as published") + ")")
     lines.append(f"deepspeed: {config.deepspeed or 'off'}; output: {args['output_dir']}")
     from multimeditron.training.preflight import path_problems
 

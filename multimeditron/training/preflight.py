@@ -66,7 +66,8 @@ def _check_architecture(config: RunConfig) -> None:
                             projection=section.projection, projector_type=section.projector_type,
                             router=section.router, router_top_k=section.router_top_k,
                             router_classifier=section.router_classifier_dict(), image_geometry=section.image_geometry,
-                            generalist_index=section.generalist_index, attn_heads=section.attn_heads)
+                            generalist_index=section.generalist_index, attn_heads=section.attn_heads,
+                            attn_variant=section.attn_variant)
     except ValueError as error:  # its messages start with the key ("fusion: ...")
         raise ConfigError(f"model.{error}") from error
 

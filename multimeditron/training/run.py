@@ -103,6 +103,7 @@ def run_training(config: RunConfig, callbacks: list | None = None,
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, data_collator=collator,
         processing_class=processor, callbacks=callbacks,
         part_learning_rates=config.part_learning_rates.as_dict() if config.part_learning_rates else None,
+        loss_averaging=config.loss_averaging,
     )
     resume = resume_from_checkpoint
     if resume is None:

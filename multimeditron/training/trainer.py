@@ -1,5 +1,6 @@
-"""`MultiMeditronTrainer`: HF Trainer plus per-part learning rates, throughput logging (samples/s, tokens/s), the
-learned router's usage and balance loss in the logs."""
+"""`MultiMeditronTrainer`: HF Trainer plus per-part learning rates, the loss averaging of the run config
+(`loss_averaging`), throughput logging (samples/s, tokens/s), the learned router's usage and balance loss in the
+logs."""
 from __future__ import annotations
 
 import time
@@ -11,9 +12,19 @@ from transformers import Trainer
 from multimeditron.training.stages import stage_parameters
 
 
+LOSS_AVERAGING = ("global_tokens", "micro_batch")
+
+
 class MultiMeditronTrainer(Trainer):
-    def __init__(self, *args: Any, part_learning_rates: dict[str, float] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, part_learning_rates: dict[str, float] | None = None,
+                 loss_averaging: str = "global_tokens", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if loss_averaging not in LOSS_AVERAGING:
+            raise ValueError(f"loss_averaging: {loss_averaging!r} is not one of {list(LOSS_AVERAGING)}")
+        if loss_averaging == "micro_batch":
+            # Without `num_items_in_batch` the model divides each micro-batch's summed token loss by its own token
+            # count, and HF Trainer divides by the accumulation steps: the published averaging.
+            self.model_accepts_loss_kwargs = False
         self.part_learning_rates = dict(part_learning_rates or {})
         self._window_start = time.perf_counter()
         self._window_samples: torch.Tensor | int = 0  # tensors on the device once a batch is counted

@@ -235,3 +235,11 @@ def test_the_readme_lmms_eval_command_runs_and_matches_the_built_in_evaluator(ch
     assert builtin["mmd_pathvqa"]["metrics"]["open_accuracy"] == 50.0  # one of its two open questions rigged
     assert builtin["mmd_slake"]["metrics"]["open_accuracy"] == 50.0
     assert builtin["mmd_slake"]["metrics"]["n"] == 4  # English rows only
+
+
+def test_published_tasks_join_placeholder_and_question_as_the_fork(lmms_model):
+    doc = lmms_model.task_dict["toy"]["test"][0]
+    lmms_model.task_dict["mmd_slake_published"] = {"test": [doc]}
+    chats = {task: lmms_model._chat_request(_instance(("ctx", _messages, {}, 0, task, "test")))[0][0]["content"]
+             for task in ("toy", "mmd_slake_published")}
+    assert chats == {"toy": "<|image|>\nIs there a lesion?", "mmd_slake_published": "<|image|>Is there a lesion?"}

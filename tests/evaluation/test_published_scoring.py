@@ -13,7 +13,7 @@ from multimeditron.evaluation.benchmarks import get_benchmark
 from multimeditron.evaluation.published_scoring import (
     GMAI_POST_PROMPT, VQA_POST_PROMPT, derived_open, extract_final_answer, gmai_letter, gmai_prompt, normalize_vqa,
 )
-from multimeditron.evaluation.published_tasks import published_vqa_summary, with_scoring
+from multimeditron.evaluation.published_tasks import published_table, published_vqa_summary, with_scoring
 
 # (reply, reference, the fork's verdict, ours): where the two differ, the reason is in the comment.
 VQA_CASES = [
@@ -134,3 +134,76 @@ def test_eval_command_reports_the_forks_verdicts_beside_ours(checkpoint, task_da
     for sample, answer in zip(result["samples"], answers):
         assert sample["correct"] == bench.score({"answer": answer}, sample["reply"])["correct"]
     assert result["metrics"] == published_vqa_summary(result["samples"])
+
+
+# ---- SLAKE as the fork scored it ----------------------------------------------------------------------------------
+# The fork's task, written here from its behaviour: its prompt builder receives the task's keyword arguments (q_lang
+# "en": a non-English row gets an empty prompt), its process_results is called without them (so it never filters),
+# and its aggregation is the mean score in percent over the rows that emitted one.
+FORK_TASK_KWARGS = {"q_lang": "en", "pre_prompt": "", "post_prompt": VQA_POST_PROMPT}
+
+
+def fork_doc_to_text(doc, kwargs):
+    if kwargs.get("q_lang") and str(doc.get("q_lang", "")).lower() != kwargs["q_lang"]:
+        return ""
+    return f"{kwargs['pre_prompt']}{(doc.get('question') or '').strip()}\n{kwargs['post_prompt']}".strip()
+
+
+def fork_process_results(doc, results, kwargs=None):
+    if kwargs and kwargs.get("q_lang") and str(doc.get("q_lang", "")).lower() != kwargs["q_lang"]:
+        return {}
+    predicted = normalize_vqa(extract_final_answer(results[0]))
+    return {"accuracy": {"score": 1.0 if predicted and predicted == normalize_vqa(doc["answer"]) else 0.0}}
+
+
+def fork_aggregate(emitted):
+    scores = [e["accuracy"]["score"] for e in emitted if e]
+    return 100.0 * sum(scores) / len(scores)
+
+
+MIXED_SLAKE = [  # (q_lang, question, answer, made-up reply)
+    ("en", "Is this a CT?", "Yes", "Yes"), ("zh", "这是CT吗?", "是", "Yes"), ("en", "Which organ?", "Liver", "liver"),
+    ("zh", "哪个器官?", "肝脏", "The liver"), ("en", "How many kidneys?", "2", "three"), ("zh", "正常吗?", "否", "否"),
+    ("en", "Is the lung healthy?", "No", "No."), ("zh", "有病变吗?", "是", "No"),
+]
+
+
+def test_published_slake_scores_every_row_as_the_fork_did():
+    bench = with_scoring(get_benchmark("mmd_slake"), "published")
+    docs = [{"q_lang": lang, "question": q, "answer": a} for lang, q, a, _ in MIXED_SLAKE]
+    replies = [reply for *_, reply in MIXED_SLAKE]
+    from datasets import Dataset
+
+    assert len(bench.prepare(Dataset.from_list(docs))) == len(docs)  # no language filter
+    for doc in docs:
+        assert bench.question(doc) == fork_doc_to_text(doc, FORK_TASK_KWARGS)
+    metrics = bench.summarize([bench.score(doc, reply) for doc, reply in zip(docs, replies)])
+    fork_overall = fork_aggregate([fork_process_results(d, [r]) for d, r in zip(docs, replies)])
+    fork_english = fork_aggregate([fork_process_results(d, [r], FORK_TASK_KWARGS) for d, r in zip(docs, replies)])
+    assert metrics["n"] == 8 and metrics["n_english"] == 4
+    # 3 of 4 English rows right, and 1 of 4 Chinese (the reply "否" happens to equal the reference)
+    assert metrics["accuracy"] == pytest.approx(fork_overall) == 50.0
+    assert metrics["english_accuracy"] == pytest.approx(fork_english) == 75.0
+    assert "fork: English rows" in published_table([{"task": "mmd_slake", "metrics": metrics}])
+
+
+def test_published_mode_joins_placeholder_and_question_with_no_separator():
+    from PIL import Image
+
+    from multimeditron.evaluation.published_tasks import lmms_prompt_join
+    from multimeditron.inference import messages_to_chat
+
+    image = Image.new("RGB", (8, 8))
+    doc = {"question": "Is it?", "answer": "yes", "q_lang": "en", "image": image}
+    for task in ("mmd_slake", "mmd_pathvqa"):
+        published, ours = with_scoring(get_benchmark(task), "published"), get_benchmark(task)
+        [turn], _ = messages_to_chat(published.messages(doc), "<image>", separator=published.prompt_join)
+        assert turn["content"] == "<image>Is it?\n" + VQA_POST_PROMPT
+        [turn], _ = messages_to_chat(ours.messages(doc), "<image>", separator=ours.prompt_join)
+        assert turn["content"].startswith("<image>\nIs it?")
+        assert lmms_prompt_join(f"{task}_published") == "" and lmms_prompt_join(task) == "\n"
+    chinese = {**doc, "q_lang": "zh", "question": "这是什么?"}
+    bench = with_scoring(get_benchmark("mmd_slake"), "published")
+    [turn], _ = messages_to_chat(bench.messages(chinese), "<image>", separator=bench.prompt_join)
+    assert turn["content"] == "<image>"  # the image alone, as the fork asked the Chinese rows
+    assert with_scoring(get_benchmark("mmd_gmai_mmbench"), "published").prompt_join == ""

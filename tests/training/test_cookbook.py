@@ -64,6 +64,8 @@ PUBLISHED = {
 def test_dry_run_prints_the_published_settings(config, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STORAGE_ROOT", str(tmp_path / "storage"))
     monkeypatch.setenv("MODEL_ROOT", str(tmp_path / "models"))
+    monkeypatch.delenv("NNODES", raising=False)
+    monkeypatch.delenv("GPUS_PER_NODE", raising=False)
     assert cli_main(["train", "--config", str(config), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "stage:" in out and "effective batch:" in out
@@ -76,7 +78,11 @@ def test_dry_run_prints_the_published_settings(config, tmp_path, monkeypatch, ca
     rate, min_lr, batch, accumulation = hyper[stage]
     assert f"learning rate {rate}; schedule cosine_with_min_lr {{'min_lr': {min_lr}}}; warmup 0; epochs 1" in out
     assert f"effective batch: {batch} per device x {accumulation} accumulation" in out
-    assert "placeholder <|reserved_special_token_0|>; captions raw" in out and "max_sequence_length 4096" in out
+    # the published runs: 4 nodes x 4 GPUs, as the sbatch template launches them by default
+    assert (f"global batch under cookbook/training_template.sh: {batch} x {accumulation} x 4 node(s) x 4 process(es) "
+            f"per node = {batch * accumulation * 16}") in out
+    assert "loss averaging: micro_batch" in out
+    assert "placeholder <|reserved_special_token_0|>; captions published" in out and "max_sequence_length 4096" in out
     datasets = {line.split(" (weight")[0].rsplit("/", 1)[1] for line in out.splitlines() if "(weight" in line}
     assert datasets == (set(stage1_data) if stage == 1 else S2_DATA)
     if stage == 1:
@@ -87,6 +93,8 @@ def test_dry_run_prints_the_published_settings(config, tmp_path, monkeypatch, ca
                     "'ClosedMeditron/MultiMeditron-Gating', 'arch': 'resnet50', 'trainable_stages': ['full']})"
                     "; image geometry center_crop; generalist expert[4]") in out
             assert out.count("'post_norm': False") == 5
+            if experiment.startswith("moe/attn/"):
+                assert "fusion attn (published layer, 8 heads)" in out
         elif experiment.endswith("llama_clip"):
             assert "checkpoint=openai/clip-vit-large-patch14 options={'backend': 'hf', 'post_norm': False}" in out
 
@@ -214,14 +222,15 @@ SIBLINGS = {
     **{(f"moe/{f}/pep", f"moe/{f}/shared", 1): {"model.projection"} for f in ("attn", "avg", "cat")},
     **{(f"moe/{f}/pep", f"moe/{f}/shared", 2): set() for f in ("attn", "avg", "cat")},
     **{(f"moe/avg/{p}", f"moe/cat/{p}", 1): {"model.fusion"} for p in ("pep", "shared")},
-    **{(f"moe/attn/{p}", f"moe/avg/{p}", 1): {"model.fusion", "training_args.per_device_train_batch_size",
+    **{(f"moe/attn/{p}", f"moe/avg/{p}", 1): {"model.fusion", "model.attn_variant", "training_args.per_device_train_batch_size",
                                               "training_args.gradient_accumulation_steps"} for p in ("pep", "shared")},
     **{(f"moe/{a}/{p}", f"moe/{b}/{p}", 2): set() for a, b in (("attn", "avg"), ("avg", "cat")) for p in ("pep", "shared")},
     **{("single_clip/qwen_biomedclip", f"single_clip/{other}", 1): {"model.llm"}
        for other in ("apertus_biomedclip", "llama_biomedclip")},
     **{("single_clip/qwen_biomedclip", f"single_clip/{other}", 2): set()
        for other in ("apertus_biomedclip", "llama_biomedclip")},
-    ("single_clip/qwen_biomedclip", "packed/qwen_biomedclip", 2): {"data.packing",
+    # packed rows change what a micro-batch is, so the packed recipe averages over the global batch's tokens
+    ("single_clip/qwen_biomedclip", "packed/qwen_biomedclip", 2): {"data.packing", "loss_averaging",
                                                                    "training_args.per_device_train_batch_size"},
 }
 
@@ -245,3 +254,14 @@ def test_each_recipe_writes_its_own_folder_and_stage2_continues_stage1(experimen
     if (folder / "stage1_alignment.yaml").is_file():
         stage1 = yaml.safe_load((folder / "stage1_alignment.yaml").read_text())
         assert stage1["training_args"]["output_dir"] == f"$MODEL_ROOT/multimeditron/sft/{experiment}/stage1"
+
+
+def test_the_dry_runs_template_defaults_are_the_templates(monkeypatch):
+    from multimeditron.training.plan import TEMPLATE_GPUS_PER_NODE, TEMPLATE_NODES, sbatch_template_processes
+
+    script = (ROOT / "cookbook" / "training_template.sh").read_text()
+    assert f'--nodes "${{NNODES:-{TEMPLATE_NODES}}}"' in script
+    assert f"GPUS_PER_NODE=${{GPUS_PER_NODE:-{TEMPLATE_GPUS_PER_NODE}}}" in script
+    monkeypatch.setenv("NNODES", "2")
+    monkeypatch.setenv("GPUS_PER_NODE", "8")
+    assert sbatch_template_processes() == (2, 8)
