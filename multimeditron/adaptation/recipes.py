@@ -19,7 +19,9 @@ from multimeditron.config import (
     check_training_args,
     parse_section,
     read_config_mapping,
+    written_keys,
 )
+from multimeditron.data.bad_images import BadImagePolicy
 from multimeditron.probing.metrics import SelectionMetric
 from multimeditron.probing.recipe import LabelledDataSection
 
@@ -52,6 +54,7 @@ class ExpertSection:
 class UnlabelledDataSection:
     path: str  # any folder of images (searched recursively) or a table (`image` column / MultiMediset rows)
     image_column: str | None = None
+    on_bad_image: BadImagePolicy = "error"  # a file that cannot be read as an image: stop (error) or leave it out (skip)
 
 
 @dataclass
@@ -60,6 +63,15 @@ class SegmentationDataSection:
     image_column: str = "image"
     mask_column: str = "mask"
     split_column: str = "split"
+    on_bad_image: BadImagePolicy = "error"  # an image or mask that cannot be read: stop (error) or leave the pair out
+    ignore_index: int | None = 255  # mask pixels left out of the loss and the metrics (VOC's 255); None: none
+    palette: list[list[int]] | None = None  # RGB colour masks: the colour of class i at position i
+
+    def __post_init__(self) -> None:
+        if self.palette is not None and (len(self.palette) < 2 or any(
+                len(c) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in self.palette)):
+            raise ValueError("palette must list at least two [R, G, B] colours of 0-255, background first, got "
+                             f"{self.palette}")
 
 
 @dataclass
@@ -83,7 +95,12 @@ class FinetuneSection:
     balance: Balance = "none"  # weights: inverse-frequency class weights; sampler: balanced batches
     augment: bool = True  # random resized crop (scale 0.5-1) + horizontal flip
     select_metric: SelectionMetric = "retfound"  # what the best epoch maximises on val
+    bootstrap: int = 1000  # resamples of the test set for the 95% intervals of the test metrics (0: none)
     lora: LoraSection = field(default_factory=LoraSection)
+
+    def __post_init__(self) -> None:
+        if self.bootstrap < 0:
+            raise ValueError(f"bootstrap must be >= 0, got {self.bootstrap}")
 
     @property
     def mixing(self) -> bool:
@@ -108,7 +125,7 @@ class TokenReconstructionSection:
 @dataclass
 class SegmentSection:
     decoder: Decoder = "linear"
-    num_classes: int | None = None  # None: the largest class id in the train masks + 1
+    num_classes: int | None = None  # None: the largest class id in the train masks + 1 (ignore_index left out)
     dice_weight: float = 1.0  # loss = cross-entropy + dice_weight x Dice loss
     overlays: int = 4  # test cases drawn as PNGs
 
@@ -118,6 +135,8 @@ class _Recipe:
     """What every trained expert command shares; subclasses add `expert`, `data` and their method's section."""
     TRAINING_DEFAULTS: ClassVar[dict[str, Any]] = {}
     SELECTS_BEST: ClassVar[bool] = True
+    # CPU threads of torch and the BLAS/OpenMP pools (None: torch's default)
+    threads: int | None = field(default=None, kw_only=True)
 
     @classmethod
     def engine_training_defaults(cls) -> dict[str, Any]:
@@ -218,12 +237,16 @@ def load_recipe(cls: type[RecipeT], path: str | None = None, values: list[tuple[
 
 def _check_rules(recipe: _Recipe) -> None:
     epochs = float(recipe.training_arguments()["num_train_epochs"])
+    if recipe.threads is not None and recipe.threads < 1:
+        raise ConfigError(f"threads: must be at least 1, got {recipe.threads}")
     if recipe.schedule.warmup_epochs < 0 or recipe.schedule.min_lr < 0:
         raise ConfigError("schedule: warmup_epochs and min_lr must be >= 0")
-    if recipe.schedule.warmup_epochs > epochs > 0:
-        raise ConfigError(f"schedule.warmup_epochs: {recipe.schedule.warmup_epochs:g} warm-up epochs are longer than "
-                          f"the run ({epochs:g}, training_args.num_train_epochs): it would never reach its learning "
-                          f"rate; shorten the warm-up (--warmup-epochs)")
+    if recipe.schedule.warmup_epochs > epochs > 0 and not recipe.training_args.get("max_steps", -1) > 0:
+        written = "warmup_epochs" in written_keys(recipe.schedule)
+        raise ConfigError(f"schedule.warmup_epochs: {recipe.schedule.warmup_epochs:g} warm-up epochs"
+                          f"{'' if written else ' (the default)'} are longer than the run ({epochs:g} epochs, "
+                          f"training_args.num_train_epochs): the learning rate would still be rising when it ends; "
+                          f"shorten the warm-up (--warmup-epochs, e.g. {max(epochs / 5, 0):g}) or train longer")
     if isinstance(recipe, FinetuneRecipe):
         method = recipe.finetune
         if method.mixing and len(recipe.data.label_columns) > 1:

@@ -10,6 +10,7 @@ from multimeditron.cli.recipe_flags import (
     SWITCH,
     Shorthand,
     add_recipe_arguments,
+    bad_image_shorthand,
     expert_shorthands,
     schedule_shorthands,
     training_shorthands,
@@ -21,7 +22,8 @@ SHORTHANDS = [
               "parquet/arrow/save_to_disk table (its `image` column or the MultiMediset `modalities` images)",
               type=str, metavar="PATH"),
     Shorthand("--image-column", "data.image_column", "table: the image column (default: image/modalities)", type=str),
-    Shorthand("--objective", "objective"),
+    bad_image_shorthand(),
+    Shorthand("--objective", "objective", "the self-supervised objective (RETFound-Green's token reconstruction)"),
     Shorthand("--noise", "token_reconstruction.noise", "Gaussian pixel noise std as a fraction of each image's "
               "per-channel std (0: none)"),
     Shorthand("--mask-max", "token_reconstruction.mask_max", "each image masks a fraction U(0, MASK_MAX) of its "
@@ -43,26 +45,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from multimeditron.adaptation.experts import load_expert, spec_text
-    from multimeditron.adaptation.images import unlabelled_images
+    from multimeditron.adaptation.experts import expert_spec, load_expert, spec_text
+    from multimeditron.adaptation.images import load_unlabelled_images
     from multimeditron.adaptation.recipes import AdaptRecipe
     from multimeditron.adaptation.token_reconstruction import (
         adapt_plan,
         adapt_token_reconstruction,
     )
     from multimeditron.cli.recipe_flags import load_command_recipe
+    from multimeditron.run_folder import run_folder
+    from multimeditron.threads import use_threads
     from multimeditron.training.arguments import is_main_process, world_size
 
     recipe = load_command_recipe(AdaptRecipe, args, SHORTHANDS)
-    images, folder = unlabelled_images(recipe.data.path, recipe.data.image_column)
-    expert, spec = load_expert(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny,
-                               seed=int(recipe.training_arguments()["seed"]))
+    use_threads(recipe.threads)
+    values = recipe.training_arguments(world_size())
+    parsed = expert_spec(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny)  # before any image is read
+    data = load_unlabelled_images(recipe.data.path, recipe.data.image_column, recipe.data.on_bad_image)
+    expert, spec = load_expert(parsed, seed=int(values["seed"]))
     if args.dry_run:
-        print(adapt_plan(recipe, len(images), expert, world_size()))
+        print(adapt_plan(recipe, len(data.images), expert, world_size()))
         return 0
     say = print if is_main_process() else (lambda *_: None)
-    say(f"[adapt] {len(images)} images from {recipe.data.path}; expert {expert.describe()}")
-    summary = adapt_token_reconstruction(expert, spec, images, folder, recipe, world_size())
+    say(f"[adapt] {len(data.images)} images from {recipe.data.path}; expert {expert.describe()}")
+    for note in data.notes:
+        say(f"[adapt] note: {note}")
+    with run_folder(values["output_dir"], "adapt", {**recipe.to_dict(), "training_args": values},
+                    {"train": data.fingerprint()}, resume=values.get("resume_from_checkpoint"),
+                    overwrite=args.overwrite, main_process=is_main_process(), say=say):
+        summary = adapt_token_reconstruction(expert, spec, data.images, data.folder, recipe, world_size(),
+                                             data.refused)
     say(f"[adapt] loss {summary['first_loss']:.4g} (epoch 1) -> {summary['last_loss']:.4g} "
         f"(epoch {summary['epochs']}); adapted expert in {summary['final']}")
     say("[adapt] use it in a stage config as  model.experts: [" + json.dumps(

@@ -73,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
     from multimeditron.data.convert import (
         DEFAULT_ATTACHMENT_TOKEN,
         BadRowsError,
-        ConversionError,
         convert_image_folder,
         convert_llava,
     )
@@ -87,13 +86,9 @@ def run(args: argparse.Namespace) -> int:
             report = convert_image_folder(args.root, args.out, question=args.question, attachment_token=token,
                                           skip_bad=args.skip_bad, overwrite=args.overwrite,
                                           progress=not args.no_progress)
-    except BadRowsError as error:
+    except BadRowsError as error:  # listed, then one `error:` line from the dispatcher (exit 2)
         _report_bad(error.bad)
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        raise
     if report.bad:
         _report_bad(report.bad)
         print(f"skipped {len(report.bad)} bad rows, kept {report.total}", file=sys.stderr)
@@ -104,12 +99,12 @@ def run(args: argparse.Namespace) -> int:
 def _convert_checkpoint(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from multimeditron.errors import UsageError
     from multimeditron.model.published_checkpoint import PUBLISHED_ATTACHMENT_TOKEN, convert_published_checkpoint
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
-        print(f"error: --out {out} is not empty", file=sys.stderr)
-        return 1
+        raise UsageError(f"--out {out} is not empty; choose another folder")
     model, processor = convert_published_checkpoint(args.published_dir, args.tokenizer,
                                                     args.attachment_token or PUBLISHED_ATTACHMENT_TOKEN)
     model.save_pretrained(out)

@@ -17,7 +17,7 @@ from multimeditron.data.labelled_images import LabelledImages
 from multimeditron.data.splits import SPLITS
 from multimeditron.dtypes import dtype_name
 from multimeditron.experts.base import VisionExpert
-from multimeditron.probing.bootstrap import bootstrap_metrics, paired_bootstrap
+from multimeditron.probing.bootstrap import bootstrap_metrics, paired_bootstrap, per_label_metrics
 from multimeditron.probing.cache import cache_key, load_cached, save_cached
 from multimeditron.probing.embed import Embeddings, aggregate, embed
 from multimeditron.probing.protocols import PROTOCOLS, Labelled, ProbeInputs, ProbeResult
@@ -102,7 +102,8 @@ def probe_inputs(data: LabelledImages, embeddings: dict[str, Embeddings], ordina
                        ordinal)
 
 
-def run_protocol(name: str, inputs: ProbeInputs, settings: ProbeSettings) -> ProbeResult:
+def run_protocol(name: str, inputs: ProbeInputs, settings: ProbeSettings,
+                 label_names: list[str] | None = None) -> ProbeResult:
     common = {"select_metric": settings.select_metric}
     options = {"knn": {"ks": settings.ks}, "linear": {"epochs": settings.linear_epochs, "seed": settings.seed},
                "logreg": {}, "fewshot": {"shots": settings.shots, "draws": settings.draws, "seed": settings.seed}}
@@ -110,6 +111,10 @@ def run_protocol(name: str, inputs: ProbeInputs, settings: ProbeSettings) -> Pro
     if settings.bootstrap and result.test_scores is not None:
         result.test = bootstrap_metrics(result.test_labels, result.test_scores, n_resamples=settings.bootstrap,
                                         seed=settings.seed, **inputs.metric_kwargs())
+    if inputs.multilabel and result.test_scores is not None:
+        names = label_names or [str(c) for c in range(inputs.n_classes)]
+        result.per_label = per_label_metrics(result.test_labels, result.test_scores, names,
+                                             n_resamples=settings.bootstrap, seed=settings.seed)
     return result
 
 
@@ -127,13 +132,14 @@ def probe(experts: list[tuple[str, VisionExpert]], data: LabelledImages, setting
         sizes = {split: len(getattr(inputs, split)) for split in SPLITS}
         for protocol in settings.protocols:
             settings.log(f"[probe] {name}: {protocol}")
-            result = run_protocol(protocol, inputs, settings)
+            result = run_protocol(protocol, inputs, settings, data.classes)
             kept[(name, protocol)] = result
             runs.append({"expert": name, **result.to_dict()})
     comparisons = compare(kept, [n for n, _ in experts], settings, data.multilabel)
     result = {"data": {"name": data.name, "classes": data.classes, "multilabel": data.multilabel,
                        "group_kind": data.group_kind, "rows": sizes,
                        "images": {s: len(data.splits[s]) for s in SPLITS}, "notes": data.notes},
+              "refused": data.refused,
               "experts": [{"name": n, "describe": e.describe(), "layers": e.supports_layers} for n, e in experts],
               "settings": {"protocols": list(settings.protocols), "bootstrap": settings.bootstrap,
                            "seed": settings.seed, "select_metric": settings.select_metric,
@@ -170,11 +176,15 @@ def write_plots(kept: dict[tuple[str, str], ProbeResult], data: LabelledImages, 
 
     folder = Path(out_dir) / "plots"
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
+    stems: set[str] = set()
     for (name, protocol), result in kept.items():
         if result.test_scores is None:
             continue
-        stem = re.sub(r"[^A-Za-z0-9_.@-]+", "_", f"{name}_{protocol}")
+        base = re.sub(r"[^A-Za-z0-9_.@-]+", "_", f"{name}_{protocol}")
+        stem = next(f"{base}{f'_{i}' if i else ''}" for i in range(len(kept) + 1)
+                    if f"{base}{f'_{i}' if i else ''}" not in stems)  # names that only differ in / or : stay apart
+        stems.add(stem)
         title = f"{name} / {protocol} (test)"
         if not data.multilabel:
             written.append(confusion_png(result.test_labels, result.test_scores, data.classes,

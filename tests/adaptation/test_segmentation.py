@@ -65,3 +65,34 @@ def test_segment_cli_writes_metrics_and_overlays(square_masks: Path, tmp_path: P
     assert set(result["test"]["per_class"]) == {"background", "class_1"}
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["test_000.png", "test_001.png"]
     assert (out / "decoder.safetensors").is_file()
+
+
+def test_dice_is_scored_at_each_masks_own_resolution(tmp_path: Path) -> None:
+    """Two experts of different input sizes on the same non-square pairs are scored against the same pixels: the
+    masks' own, not their canvases (where the padding used to count as background)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pairs"
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        for sub in ("images", "masks"):
+            (root / split / sub).mkdir(parents=True)
+        for i in range(n):
+            mask = np.zeros((24, 40), dtype=np.uint8)  # height 24, width 40: padded on the square canvas
+            mask[6:14, 10:22] = 1
+            mask[0, :3] = 255  # ignored pixels count nowhere
+            image = rng.normal(0.3, 0.05, (24, 40))
+            image[mask == 1] += 0.5
+            rgb = (np.clip(np.repeat(image[..., None], 3, axis=2), 0, 1) * 255).astype(np.uint8)
+            Image.fromarray(rgb).save(root / split / "images" / f"{i}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"{i}.png")
+    data = load_segmentation_pairs(root)
+    pixels = {}
+    for size in (32, 64):
+        torch.manual_seed(0)
+        expert, spec = load_expert(f'{{id: "timm:vit_small_patch16_224", tiny: true, image_size: {size}, '
+                                   f'options: {{patch_size: 8}}}}')
+        result = segment(expert, data, fast_recipe(root, tmp_path / str(size), "linear", epochs=2), spec.to_dict())
+        pixels[size] = {name: m["pixels"] for name, m in result["test"]["per_class"].items()}
+    assert pixels[32] == pixels[64] == {"background": 3 * (24 * 40 - 8 * 12 - 3), "class_1": 3 * 8 * 12}

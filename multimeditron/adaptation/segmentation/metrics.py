@@ -1,5 +1,6 @@
 """Per-class Dice and Jaccard over a whole split (intersections and sizes summed over its images), their means over
-the foreground classes, and the segmentation score (the mean of mean Dice and mean Jaccard)."""
+the foreground classes, and the segmentation score (the mean of mean Dice and mean Jaccard). Target pixels below 0
+(`IGNORED`: the data's ignore index and the canvas padding) count nowhere: not in the loss, not in the metrics."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,11 +9,15 @@ import torch
 import torch.nn.functional as F
 
 
+IGNORED = -100  # a target pixel that counts nowhere (cross-entropy's own ignore_index)
+
+
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C, 3) per class: |pred & target|, |pred|, |target| over all pixels of the batch."""
+    """(C, 3) per class: |pred & target|, |pred|, |target| over the batch's pixels whose target is not ignored."""
     out = torch.zeros(num_classes, 3, dtype=torch.float64)
+    valid = target >= 0
     for c in range(num_classes):
-        p, t = pred == c, target == c
+        p, t = (pred == c) & valid, target == c
         out[c] = torch.tensor([(p & t).sum().item(), p.sum().item(), t.sum().item()], dtype=torch.float64)
     return out
 
@@ -35,9 +40,11 @@ def segmentation_metrics(counts: torch.Tensor, classes: list[str]) -> dict[str, 
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - the soft Dice of the softmax over the foreground classes (the loss DINOv2-on-radiology trains with)."""
-    probs = logits.float().softmax(dim=1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    """1 - the soft Dice of the softmax over the foreground classes (the loss DINOv2-on-radiology trains with),
+    over the pixels whose target is not ignored."""
+    valid = (target >= 0).unsqueeze(1).float()
+    probs = logits.float().softmax(dim=1) * valid
+    onehot = F.one_hot(target.clamp(min=0), logits.shape[1]).permute(0, 3, 1, 2).float() * valid
     dims = (0, 2, 3)
     inter = (probs * onehot).sum(dims)
     dice = (2 * inter + eps) / (probs.sum(dims) + onehot.sum(dims) + eps)
