@@ -6,17 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from multimeditron.cli import main
 from tests.probing.conftest import write_folder
 
 TINY = ["--expert", "retfound_green", "--tiny"]
 FAST = ["--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--bootstrap", "20"]
-SEGMENT_EXPERT = '{id: "timm:vit_small_patch16_224", tiny: true, image_size: 32, options: {patch_size: 4}}'
 
 
 def one_error_line(capsys) -> str:
@@ -42,17 +39,9 @@ def corrupt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("pairs")
-    for split, n in (("train", 6), ("val", 2), ("test", 2)):
-        for sub in ("images", "masks"):
-            (root / split / sub).mkdir(parents=True)
-        for i in range(n):
-            mask = np.zeros((32, 32), dtype=np.uint8)
-            mask[4:14, 6:16] = 1
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / "images" / f"{i}.png")
-            Image.fromarray(mask).save(root / split / "masks" / f"{i}.png")
-    return root
+    from tests.cli.test_relative_paths import _segmentation
+
+    return _segmentation(tmp_path_factory.mktemp("pairs") / "pairs")
 
 
 @pytest.mark.parametrize("command", ["probe", "finetune", "segment"])
