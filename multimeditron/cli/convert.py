@@ -104,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
 def _convert_checkpoint(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from multimeditron.model.published_checkpoint import PUBLISHED_ATTACHMENT_TOKEN, convert_published_checkpoint
+    from multimeditron.model.published_checkpoint import (
+        PUBLISHED_ATTACHMENT_TOKEN,
+        convert_published_checkpoint,
+    )
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):

@@ -40,7 +40,8 @@ def comma_ints(text: str) -> list[int]:
 
 def schema_entry(schema: type, key: str) -> tuple[Any, Any]:
     """(type hint, default) of a dotted key of a recipe dataclass; `training_args.X` reads the recipe's
-    TrainingArguments defaults (`...` when X is left to HF's own default)."""
+    TrainingArguments defaults (`...` when X is left to HF's own default). A nested section's defaults are read from
+    the section the recipe builds by default (a recipe may give its `schedule` other defaults than the class)."""
     hint: Any = schema
     default: Any = dataclasses.MISSING
     parts = key.split(".")
@@ -48,10 +49,12 @@ def schema_entry(schema: type, key: str) -> tuple[Any, Any]:
         if part == "training_args" and i == len(parts) - 2:
             defaults = getattr(schema, "engine_training_defaults", lambda: {})()
             return Any, defaults.get(parts[-1], ...)
-        fields = {f.name: f for f in dataclasses.fields(hint)}
-        f = fields[part]
+        f = {f.name: f for f in dataclasses.fields(hint)}[part]
+        parent = default
         hint = typing.get_type_hints(hint)[part]
-        if f.default is not dataclasses.MISSING:
+        if dataclasses.is_dataclass(parent) and not isinstance(parent, type):
+            default = getattr(parent, part)
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
@@ -63,6 +66,8 @@ def schema_entry(schema: type, key: str) -> tuple[Any, Any]:
 
 
 def _choices(hint: Any) -> tuple[Any, ...] | None:
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
     options = [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]
     for option in options:
         if typing.get_origin(option) is Literal:
@@ -71,6 +76,8 @@ def _choices(hint: Any) -> tuple[Any, ...] | None:
 
 
 def _converter(hint: Any) -> Callable[[str], Any]:
+    if typing.get_origin(hint) is Literal:
+        return str
     options = [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]
     for simple in (bool, int, float):
         if simple in options and str not in options:
