@@ -73,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
     from multimeditron.data.convert import (
         DEFAULT_ATTACHMENT_TOKEN,
         BadRowsError,
-        ConversionError,
         convert_image_folder,
         convert_llava,
     )
@@ -88,12 +87,8 @@ def run(args: argparse.Namespace) -> int:
                                           skip_bad=args.skip_bad, overwrite=args.overwrite,
                                           progress=not args.no_progress)
     except BadRowsError as error:
-        _report_bad(error.bad)
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        _report_bad(error.bad)  # every bad row on its own line, then the one `error:` line of the dispatcher
+        raise
     if report.bad:
         _report_bad(report.bad)
         print(f"skipped {len(report.bad)} bad rows, kept {report.total}", file=sys.stderr)
@@ -104,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
 def _convert_checkpoint(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from multimeditron.errors import UsageError
     from multimeditron.model.published_checkpoint import (
         PUBLISHED_ATTACHMENT_TOKEN,
         convert_published_checkpoint,
@@ -111,8 +107,7 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
-        print(f"error: --out {out} is not empty", file=sys.stderr)
-        return 1
+        raise UsageError(f"--out {out} is not empty")
     model, processor = convert_published_checkpoint(args.published_dir, args.tokenizer,
                                                     args.attachment_token or PUBLISHED_ATTACHMENT_TOKEN)
     model.save_pretrained(out)

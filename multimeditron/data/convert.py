@@ -25,6 +25,7 @@ from multimeditron.data.labelled_images import scan_image_folder
 from multimeditron.data.report import MISSING_IMAGE, PATH_ESCAPE, BadSample
 from multimeditron.data.schema import conversation_features, image_modality, make_row
 from multimeditron.data.splits import ImageDataError
+from multimeditron.errors import UserError
 
 LLAVA_PLACEHOLDER = "<image>"
 # LLaVA writes human/gpt; ShareGPT-style exports sometimes already use the chat roles.
@@ -34,7 +35,7 @@ DEFAULT_FOLDER_QUESTION = "Which class does this image show? Options: {classes}.
 _SAVED_MARKERS = ("state.json", "dataset_dict.json", "dataset_info.json")
 
 
-class ConversionError(Exception):
+class ConversionError(UserError):
     """The input cannot be converted at all (missing file, wrong layout, output in the way)."""
 
 

@@ -88,7 +88,7 @@ def test_llava_bad_rows_are_named_and_fail(llava: dict, capsys: pytest.CaptureFi
     code = main(["convert", "llava", "--json", str(source), "--images", str(llava["dir"]), "--out", str(out),
                  "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 1 and not out.exists()
+    assert code == 2 and not out.exists()
     assert "row 3 (id gone): missing image" in err
     assert "row 4 (id count): 0 image placeholder(s) for 1 image(s)" in err
     assert "row 5 (id role): unknown role 'doctor'" in err
@@ -121,13 +121,13 @@ def test_output_is_never_clobbered_by_accident(llava: dict, capsys: pytest.Captu
     args = ["convert", "llava", "--json", str(source), "--images", str(llava["dir"]), "--out", str(out),
             "--no-progress"]
     assert main(args) == 0
-    assert main(args) == 1 and "pass --overwrite" in capsys.readouterr().err
+    assert main(args) == 2 and "pass --overwrite" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0 and len(load_from_disk(str(out))) == 3
     precious = llava["tmp"] / "precious"
     (precious / "notes.txt").parent.mkdir()
     (precious / "notes.txt").write_text("keep me")
     args[args.index(str(out))] = str(precious)
-    assert main([*args, "--overwrite"]) == 1 and "not a saved dataset" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 2 and "not a saved dataset" in capsys.readouterr().err
     assert (precious / "notes.txt").read_text() == "keep me"
 
 
@@ -197,14 +197,14 @@ def test_image_folder_bad_image_and_layout(folder: dict, capsys: pytest.CaptureF
     (folder["root"] / "train" / "AMD" / "broken.png").write_bytes(b"not an image")
     out = folder["tmp"] / "out"
     args = ["convert", "image-folder", "--root", str(folder["root"]), "--out", str(out), "--no-progress"]
-    assert main(args) == 1 and not out.exists()
+    assert main(args) == 2 and not out.exists()
     err = capsys.readouterr().err
     assert "train/AMD/broken.png: unreadable image" in err and "1 of 7 rows are bad" in err
     assert main([*args, "--skip-bad"]) == 0
     assert "wrote 6 rows (train 3, val 1, test 2)" in capsys.readouterr().out
     flat = folder["tmp"] / "flat"
     write_image(flat / "AMD" / "1.png", (1, 2, 3))
-    assert main(["convert", "image-folder", "--root", str(flat), "--out", str(folder["tmp"] / "o2")]) == 1
+    assert main(["convert", "image-folder", "--root", str(flat), "--out", str(folder["tmp"] / "o2")]) == 2
     assert "none of the split folders" in capsys.readouterr().err
 
 
@@ -236,13 +236,13 @@ def test_converters_read_what_training_reads_and_refuse_what_it_refuses(llava: d
     only_bad = write_json(llava["tmp"] / "bad.json", rows[2:])
     out = llava["tmp"] / "empty_out"
     assert main(["convert", "llava", "--json", str(only_bad), "--images", str(images), "--out", str(out),
-                 "--skip-bad", "--no-progress"]) == 1
+                 "--skip-bad", "--no-progress"]) == 2
     assert not out.exists() and "no convertible rows" in capsys.readouterr().err
     folder = llava["tmp"] / "folder"
     (folder / "train" / "cls").mkdir(parents=True)
     (folder / "train" / "cls" / "broken.png").write_bytes(b"not an image")
     assert main(["convert", "image-folder", "--root", str(folder), "--out", str(out), "--skip-bad",
-                 "--no-progress"]) == 1
+                 "--no-progress"]) == 2
     assert not out.exists() and "no readable images" in capsys.readouterr().err
     (folder / "train" / "cls" / "scan.dcm").write_bytes((images / "scan.dcm").read_bytes())
     (folder / "train" / "cls" / "clip.gif").write_bytes((images / "clip.gif").read_bytes())
