@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from multimeditron.adaptation.engine import Schedule
+from multimeditron.adaptation.peft_methods import Adaptation, LoraSection
 from multimeditron.config import (
     ConfigError,
     check_training_args,
@@ -23,7 +24,6 @@ from multimeditron.config import (
 from multimeditron.probing.metrics import SelectionMetric
 from multimeditron.probing.recipe import LabelledDataSection
 
-Adaptation = Literal["finetune", "lp", "lora", "bitfit"]
 Balance = Literal["none", "weights", "sampler"]
 Pool = Literal["token", "avg", "avg_all"]
 Decoder = Literal["linear", "unet"]
@@ -60,14 +60,6 @@ class SegmentationDataSection:
     image_column: str = "image"
     mask_column: str = "mask"
     split_column: str = "split"
-
-
-@dataclass
-class LoraSection:
-    r: int = 48
-    alpha: int = 16
-    dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["qkv", "fc1", "fc2"])
 
 
 @dataclass
