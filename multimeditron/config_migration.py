@@ -11,10 +11,8 @@ from typing import Any
 
 import yaml
 
-from multimeditron.config import ConfigError
+from multimeditron.config import PUBLISHED_MARKERS, ConfigError, is_published_config
 
-# Keys only the published schema has at the top level: any of them marks a file as a published config.
-PUBLISHED_MARKERS = ("base_llm", "modalities", "training_mode", "datasets", "tokenizer_type", "token_size", "loaders")
 STAGES = {"ALIGNMENT": "alignment", "END2END": "end2end", "FULL": "full", "LM_ONLY": "lm_only"}
 FUSIONS = {"cross_attn": "attn", "weighted_average": "avg", "sequence_append": "cat"}
 PROJECTORS = {"mlp": "mlp3x_gelu"}  # the published MLPProjector: 3 linear layers with GELU, N(0, 0.02) init
@@ -55,10 +53,6 @@ class Conversion:
                  "`multimeditron convert config`.".replace("  ", " ")]
         lines += [f"# - {note}" for note in self.notes + self.changes]
         return "\n".join(lines) + "\n" + yaml.safe_dump(self.config, sort_keys=False, width=120)
-
-
-def is_published_config(data: Any) -> bool:
-    return isinstance(data, dict) and any(key in data for key in PUBLISHED_MARKERS) and "model" not in data
 
 
 def load_published(path: str | os.PathLike) -> dict[str, Any]:

@@ -40,7 +40,8 @@ def test_the_run_check_and_the_dry_run_agree_with_the_rule(tmp_path):
     config = parse_config({
         "model": {"llm": "tiny-qwen3", "experts": [
             {"id": "timm:vit_small_patch16_224", "tiny": True, "checkpoint": "owner/repo/weights.pth"},
-            {"id": "timm:vit_small_patch16_224", "tiny": True, "checkpoint": str(tmp_path / "missing.pth")}]},
+            {"id": "timm:vit_small_patch16_224", "tiny": True, "checkpoint": str(tmp_path / "missing.pth")}],
+            "fusion": "avg"},
         "data": {"train": [{"path": "owner/dataset"}, {"path": "data/missing.parquet"}]},
         "stage": "alignment", "training_args": {"output_dir": str(tmp_path / "out")}})
     problems = path_problems(config)

@@ -5,8 +5,7 @@
 - end2end: alignment + the LLM (or its LoRA adapters, and then still the new special-token rows);
 - full: end2end + the vision experts;
 - lm_only: the LLM alone.
-(The table itself is `multimeditron.config.STAGE_PARTS`.) A `pretrained` router's classifier learns only in the stages
-its `trainable_stages` name (published: `full`).
+A `pretrained` router's classifier learns only in the stages its `trainable_stages` name (published: `full`).
 """
 from __future__ import annotations
 
@@ -15,8 +14,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from multimeditron.config import STAGE_PARTS
+from multimeditron.choices import STAGES
 from multimeditron.model.modeling import MultiMeditronForCausalLM
+
+# What each training stage trains: "vision_glue" (projectors, fusion, router and, while the LLM is frozen, the new
+# special-token rows of its embeddings), "experts", "llm" (or its LoRA adapters).
+STAGE_PARTS: dict[str, frozenset[str]] = {
+    "alignment": frozenset({"vision_glue"}),
+    "vision_alignment": frozenset({"vision_glue", "experts"}),
+    "end2end": frozenset({"vision_glue", "llm"}),
+    "full": frozenset({"vision_glue", "experts", "llm"}),
+    "lm_only": frozenset({"llm"}),
+}
+assert tuple(STAGE_PARTS) == STAGES, "the stage names of multimeditron.choices.Stage, in the same order"
 
 
 @dataclass
@@ -86,7 +96,9 @@ def apply_stage(model: MultiMeditronForCausalLM, stage: str, lora: bool = False)
         for name, param in model.language_model.named_parameters():
             param.requires_grad_("lora_" in name)
     # A pretrained router's classifier learns only in the stages its config names (published: `full`).
-    model.vision.router.requires_grad_(model.vision.router.trains_in(stage) and "vision_glue" in parts)
+    classifier = model.vision.router.classifier
+    router_trains = classifier is None or stage in classifier.spec.trainable_stages
+    model.vision.router.requires_grad_(router_trains and "vision_glue" in parts)
     model.vision.router.train(model.vision.router.training)  # a frozen classifier goes (back) to eval mode
     # With the LLM frozen, or trained through LoRA adapters (which leave the embeddings frozen), the image
     # start/end tokens' embedding rows still have to learn (they are new); they are then part of vision_glue.

@@ -68,8 +68,10 @@ def test_config_reads_part_learning_rates(tmp_path):
     ("full", {"llm": 1e-4}, {"optimizer": {"type": "AdamW"}}, "defines its own `optimizer`"),
 ])
 def test_config_refuses_rates_that_would_be_ignored(tmp_path, stage, rates, deepspeed, message):
+    from multimeditron.training.preflight import check_run
+
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_config(_config(tmp_path, stage, rates, deepspeed))
+        check_run(load_config(_config(tmp_path, stage, rates, deepspeed)), paths=False)
 
 
 def test_the_vision_glue_rate_reaches_the_new_token_rows(tmp_path):

@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multimeditron.config import STAGE_PARTS
-from multimeditron.training.stages import apply_stage, format_table
+from multimeditron.training.stages import STAGE_PARTS, apply_stage, format_table
 from tests.conftest import GENERALIST, SPECIALIST, prompt_batch, tiny_model
 
 
