@@ -26,3 +26,8 @@ STAGES: tuple[str, ...] = get_args(Stage)
 
 # The image placeholder in the data's text, unless a dataset, the config or the saved processor says otherwise.
 DEFAULT_ATTACHMENT_TOKEN = "<|image|>"
+
+# The published MultiMeditron toolkit's names, read by the config and checkpoint converters: its fusion methods, and
+# its gate (a ResNet-50 over the experts in their order, fed the CLIP-processed image).
+PUBLISHED_FUSIONS = {"cross_attn": "attn", "weighted_average": "avg", "sequence_append": "cat"}
+PUBLISHED_GATE_ARCH = "resnet50"

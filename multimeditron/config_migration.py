@@ -11,15 +11,13 @@ from typing import Any
 
 import yaml
 
+from multimeditron.choices import PUBLISHED_FUSIONS, PUBLISHED_GATE_ARCH
 from multimeditron.config import PUBLISHED_MARKERS, ConfigError, is_published_config
 
 STAGES = {"ALIGNMENT": "alignment", "END2END": "end2end", "FULL": "full", "LM_ONLY": "lm_only"}
-FUSIONS = {"cross_attn": "attn", "weighted_average": "avg", "sequence_append": "cat"}
 PROJECTORS = {"mlp": "mlp3x_gelu"}  # the published MLPProjector: 3 linear layers with GELU, N(0, 0.02) init
 BIOMEDCLIP_HUB = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 GATES = ("pretrained", "learned")
-# The published gate: a ResNet-50 over the experts in their order, fed the CLIP-processed image.
-PUBLISHED_GATE_ARCH = "resnet50"
 
 
 # Settings a published run had without writing them, which this schema's defaults would change: set as the cookbook
@@ -218,9 +216,9 @@ def _map_modalities(modalities: Any, model: dict[str, Any], notes: list[str], ga
         model["experts"] = [{"id": "clip", "checkpoint": name, "options": dict(clip_options)} for name in names]
         model["projection"] = "per_expert" if kind.endswith("_pep") else "shared"
         method = modality.pop("fusion_method", "weighted_average")
-        if method not in FUSIONS:
-            raise ConfigError(f"{where}.fusion_method: {method!r} is not one of {list(FUSIONS)}")
-        model["fusion"] = FUSIONS[method]
+        if method not in PUBLISHED_FUSIONS:
+            raise ConfigError(f"{where}.fusion_method: {method!r} is not one of {list(PUBLISHED_FUSIONS)}")
+        model["fusion"] = PUBLISHED_FUSIONS[method]
         if method == "cross_attn":
             model["attn_variant"] = "published"  # the published cross-attention layer, not this toolkit's default
         heads = modality.pop("cross_attn_heads", None)

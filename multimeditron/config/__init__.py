@@ -18,8 +18,6 @@ from multimeditron.config.loading import (
     substitute_env,
 )
 from multimeditron.config.schema import (
-    DataSection,
-    DatasetEntry,
     LoraSection,
     ModelSection,
     PartLearningRates,
@@ -28,6 +26,8 @@ from multimeditron.config.schema import (
 )
 from multimeditron.config.training_args import check_training_args, without_half_precision_on_cpu
 from multimeditron.config.typed import ConfigError, parse_section, written_keys
+from multimeditron.data.dataset import DataSection
+from multimeditron.data.sources import DatasetEntry
 
 __all__ = [
     "PUBLISHED_MARKERS", "STAGES", "ConfigError", "DataSection", "DatasetEntry", "LoraSection", "ModelSection",

@@ -1,5 +1,7 @@
 """The run configuration's typed schema: the sections of a `train` YAML (model, data, stage, lora, training_args,
-deepspeed, seed) as dataclasses. Parsing and checks live beside it (`typed`, `loading`, `validation`)."""
+deepspeed, seed) as dataclasses. The `data:` section is the data layer's own `DataSection` (of `DatasetEntry`s), so
+the data layer takes no class of the run config. Parsing and checks live beside it (`typed`, `loading`,
+`validation`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from multimeditron.choices import AttnVariant, Fusion, ImageGeometry, Projection, ProjectorType, Router, Stage
+from multimeditron.data.dataset import DataSection
 from multimeditron.experts.base import ExpertSpec
 from multimeditron.model.configuration import ARCHITECTURE_DEFAULTS, SECTION_KEYS, TRAINING_SETTINGS
 
@@ -69,36 +72,6 @@ class ModelSection:
         values["experts"] = [e.to_dict() for e in self.experts]
         values["router_classifier"] = self.router_classifier_dict()
         return values
-
-
-@dataclass
-class DatasetEntry:
-    path: str  # save_to_disk folder, parquet/arrow file(s) or hub id
-    weight: float = 1.0  # relative sampling weight in the mixture
-    max_samples: int | None = None  # cap on rows taken from this dataset
-    split: str | None = None  # split of a DatasetDict / hub dataset (default: train for train, test for eval)
-
-
-@dataclass
-class DataSection:
-    train: list[DatasetEntry] = field(default_factory=list)
-    eval: list[DatasetEntry] = field(default_factory=list)
-    max_sequence_length: int = 2048
-    packing: bool = False
-    on_bad_sample: Literal["error", "skip"] = "error"
-    # Under `skip`: a dataset with a larger share of refused rows stops the run (a wrong placeholder must not quietly
-    # empty it). 1.0 = never stop.
-    max_bad_sample_share: float = 0.01
-    # Placeholder in the data: "auto" = detected per dataset from its rows (<|image|>, <|reserved_special_token_0|>,
-    # <image>); None = the model's; or the exact string.
-    attachment_token: str | None = "auto"
-    # Caption rows (`text`): "chat" = a "Describe the image" turn with the caption as the answer; "raw" = the text
-    # itself with the loss on it and an end-of-sequence token; "published" = the text tokenised as the published
-    # MultiMeditron did (the tokenizer's BOS, no EOS, image delimiters in the loss). data/raw_caption.py.
-    caption_format: Literal["chat", "raw", "published"] = "chat"
-    image_base_dir: str | None = None  # base folder for relative image paths (paths escaping it are refused)
-    num_proc: int = 1  # processes for tokenisation (datasets.map)
-    seed: int | None = None  # mixture sampling seed; None = the run seed
 
 
 @dataclass

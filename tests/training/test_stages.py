@@ -7,7 +7,6 @@ import torch
 from multimeditron.training.stages import STAGE_PARTS, apply_stage, format_table
 from tests.conftest import GENERALIST, SPECIALIST, prompt_batch, tiny_model
 
-
 # stage: (vision glue, experts, llm, llm input embeddings), as the stage table of the issue and README states them.
 EXPECTED = {
     "alignment": ("trainable", "frozen", "frozen", "partly trainable"),
