@@ -31,8 +31,8 @@ def test_a_file_inside_a_repository_only_where_files_are_asked_for():
 
 
 def test_the_run_check_and_the_dry_run_agree_with_the_rule(tmp_path):
-    """Before: preflight refused `owner/name/file.pth` expert checkpoints that the checkpoint reader downloads, and
-    the dry run called `a/b/c` datasets missing while the loader sent them to the hub."""
+    """Preflight and the dry run follow the hub-id rule of the readers: an `owner/name/file.pth` expert checkpoint
+    and an `a/b/c` dataset are hub ids, not missing paths."""
     from multimeditron.config import DatasetEntry, parse_config
     from multimeditron.training.plan import _dataset_line
     from multimeditron.training.preflight import path_problems

@@ -90,7 +90,7 @@ def test_the_vision_glue_rate_reaches_the_new_token_rows(tmp_path):
 
 
 def test_an_unclaimed_trainable_parameter_is_named_by_the_optimizer(tmp_path):
-    """Before: `KeyError: <an id>` from `create_optimizer`."""
+    """A parameter outside every part is an error naming it, not a bare `KeyError` from `create_optimizer`."""
     model, _ = tiny_model()
     apply_stage(model, "full")
     model.stray = torch.nn.Linear(2, 2)

@@ -112,7 +112,7 @@ def test_every_parameter_is_in_exactly_one_part(fusion, projection, router):
 
 
 def test_a_parameter_no_part_claims_is_named():
-    """Before: a bare `KeyError` (an id) from `create_optimizer`."""
+    """A parameter outside every part is an error naming it, not a bare `KeyError` from `create_optimizer`."""
     from multimeditron.training.stages import stage_parameters
 
     model, _ = tiny_model()
