@@ -8,7 +8,7 @@ from typing import Any
 from multimeditron.config.schema import ModelSection
 from multimeditron.config.typed import ConfigError, written_keys
 from multimeditron.experts.registry import spec_agrees
-from multimeditron.model.configuration import TRAINING_SETTINGS, MultiMeditronConfig
+from multimeditron.model.configuration import TRAINING_SETTINGS, MultiMeditronConfig, counted_from_the_start
 
 
 def model_config(section: ModelSection, text_config: Any = None,
@@ -50,7 +50,7 @@ def check_base_model_agrees(section: ModelSection, stored: dict[str, Any]) -> No
                 continue
         elif key == "generalist_index":  # negative: counted from the end, as the model config counts it
             stored_value = stored.get(key)
-            given = given + len(stored.get("experts") or []) if given < 0 else given
+            given = counted_from_the_start(given, len(stored.get("experts") or []))
         elif key == "llm":
             stored_value = stored.get("base_llm")
             if stored_value is None:  # a model saved without the record of its LLM: nothing to compare with

@@ -27,6 +27,11 @@ IMAGE_START_TOKEN = "<|image_start|>"
 IMAGE_END_TOKEN = "<|image_end|>"
 
 
+def counted_from_the_start(index: int, num_experts: int) -> int:
+    """An expert index; a negative one counts from the end, as the published `generalist_idx: -1` (the last)."""
+    return index + num_experts if -num_experts <= index < 0 else index
+
+
 class MultiMeditronConfig(PretrainedConfig):
     """Configuration of `MultiMeditronForCausalLM`.
 
@@ -122,8 +127,8 @@ class MultiMeditronConfig(PretrainedConfig):
             raise ValueError(f"fusion: `none` takes exactly one expert, got {n}; choose avg, cat or attn")
         if self.fusion != "none" and n < 2:
             raise ValueError(f"fusion: {self.fusion!r} mixes several experts, got {n}; use fusion `none`")
-        if n and -n <= self.generalist_index < 0:
-            self.generalist_index += n  # counted from the end, as the published `generalist_idx: -1`
+        if n:
+            self.generalist_index = counted_from_the_start(self.generalist_index, n)
         if n and not 0 <= self.generalist_index < n:
             raise ValueError(f"generalist_index: {self.generalist_index} is outside the {n} experts")
         if self.router_top_k is not None:
