@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from multimeditron.errors import UserError
@@ -35,6 +36,15 @@ SUMMARIES = {
     "finetune": "fine-tune a vision expert on labelled images (finetune, lp, lora, bitfit)",
     "segment": "train a segmentation decoder on a frozen vision expert (linear or U-Net), Dice/Jaccard on test",
 }
+
+
+def configure_logging() -> None:
+    """The application's log format; INFO on the main process, warnings only on the others (a library module never
+    configures logging itself)."""
+    from multimeditron.training.arguments import is_main_process
+
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _move_launcher_rank(argv: list[str]) -> list[str]:

@@ -99,9 +99,8 @@ def load_segmentation_pairs(path: str | Path, image_column: str = "image", mask_
 def _table(root: Path, image_column: str, mask_column: str, split_column: str, seed: int) -> SegmentationData:
     import datasets
 
-    from multimeditron.config import DatasetEntry
     from multimeditron.data.report import DataError
-    from multimeditron.data.sources import load_source
+    from multimeditron.data.sources import DatasetEntry, load_source
 
     try:
         source = load_source(DatasetEntry(str(root)), "train")

@@ -66,7 +66,8 @@ class GateClassifierSpec:
             raise ValueError(f"{where}.class_to_expert: expected a non-empty list of expert indices, got {mapping!r}")
         outside = [i for i in mapping if not 0 <= i < num_experts]
         if outside:
-            raise ValueError(f"{where}.class_to_expert: {outside} outside the {num_experts} experts (0..{num_experts - 1})")
+            raise ValueError(f"{where}.class_to_expert: one expert index (0..{num_experts - 1}) per class of the "
+                             f"classifier; {outside} outside the {num_experts} experts")
         unused = sorted(set(range(num_experts)) - set(mapping))
         if unused:
             raise ValueError(f"{where}.class_to_expert: experts {unused} receive no class and would never run; map a "

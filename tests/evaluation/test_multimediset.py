@@ -88,8 +88,8 @@ def test_relative_paths_resolve_against_image_base_dir_when_given(model_and_set,
 
 
 def test_the_data_placeholder_is_read_as_training_reads_it(model_and_set, tmp_path):
-    """Before: the benchmark assumed the toolkit's default `<|image|>`, so LLaVA-style `<image>` rows (which training
-    detects with `data.attachment_token: auto`) were refused as holding 0 placeholders."""
+    """The benchmark detects the data's placeholder as training does (`data.attachment_token: auto`), so
+    LLaVA-style `<image>` rows are read, not refused as holding 0 placeholders."""
     model, processor, directory, replies = model_and_set
     table = DatasetDict.load_from_disk(str(directory))["test"].select(range(2))
     llava = tmp_path / "llava"
