@@ -19,6 +19,7 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: ["qkv", "fc1", "fc2"])
+    bias: str = "none"  # peft: none, all, or lora_only (the biases of the adapted layers train too)
 
 
 def prepare_expert(expert: nn.Module, adaptation: str, lora: LoraSettings | None = None) -> nn.Module:
@@ -36,7 +37,7 @@ def prepare_expert(expert: nn.Module, adaptation: str, lora: LoraSettings | None
 
         settings = lora or LoraSettings()
         config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                            target_modules=list(settings.target_modules))
+                            target_modules=list(settings.target_modules), bias=getattr(settings, "bias", "none"))
         try:
             inject_adapter_in_model(config, expert)  # adapters are trainable, everything else stays frozen
         except ValueError as error:
