@@ -330,7 +330,7 @@ def finetune_plan(recipe: FinetuneRecipe, data: LabelledImages, expert: VisionEx
     kind = "labels" if data.multilabel else "classes"
     data_lines = [f"data: {data.name}: {len(data.classes)} {kind} ({', '.join(data.classes)}); images: {sizes}",
                   *(f"data note: {note}" for note in data.notes),
-                  f"method: {settings.adaptation}, layer decay {layer_decay:g}, drop path "
+                  f"method: {settings.adaptation}, head on the {settings.pool or 'family'} output, layer decay {layer_decay:g}, drop path "
                   f"{settings.drop_path if settings.adaptation != 'lp' else 0:g}, label smoothing "
                   f"{settings.label_smoothing:g} ({'in the loss' if settings.smoothing_applies == 'always' else 'inside mixup/cutmix only'}), "
                   f"mixup {settings.mixup:g}, cutmix {settings.cutmix:g}, balance "
