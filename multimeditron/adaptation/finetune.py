@@ -91,8 +91,13 @@ def classifier_groups(classifier: Classifier, settings: FinetuneSection, weight_
         raise AdaptationError("finetune.backbone_lr needs a positive training_args.learning_rate (the head's)")
     head = {id(p) for p in classifier.head.parameters()}
     ratio = settings.backbone_lr / learning_rate
-    return [g if all(id(p) in head for p in g["params"]) else {**g, "lr_scale": g.get("lr_scale", 1.0) * ratio}
-            for g in groups]
+    out = []
+    for group in groups:  # a group may mix head and expert parameters (one weight-decay group without layer decay)
+        own = [p for p in group["params"] if id(p) in head]
+        expert = [p for p in group["params"] if id(p) not in head]
+        out += [{**group, "params": own}] if own else []
+        out += [{**group, "params": expert, "lr_scale": group.get("lr_scale", 1.0) * ratio}] if expert else []
+    return out
 
 
 def add_paper_metrics(run: dict[str, Any], name: str, data: LabelledImages,
