@@ -215,7 +215,8 @@ class FinetuneRecipe(_Recipe):
     schedule: Schedule = field(default_factory=lambda: Schedule(warmup_epochs=10.0))
     training_args: dict[str, Any] = field(default_factory=dict)
     deepspeed: str | None = None  # a DeepSpeed JSON (ZeRO); FSDP goes in training_args
-    # RETFound's `main_finetune.py`: 50 epochs, batch 16, weight decay 0.05.
+    # RETFound's `main_finetune.py`: 50 epochs, weight decay 0.05; batch 16 as RETFound_MAE's README (rmaphoh/
+    # RETFound's train.sh: 24). The faithful recipe: cookbook/experts/retfound_finetune_cfp.yaml.
     TRAINING_DEFAULTS: ClassVar[dict[str, Any]] = {"output_dir": "runs/finetune", "num_train_epochs": 50,
                                                    "per_device_train_batch_size": 16, "weight_decay": 0.05}
 

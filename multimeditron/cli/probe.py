@@ -42,7 +42,8 @@ SHORTHANDS = [
               "~/.cache/multimeditron/probe without --out)", type=str, metavar="DIR"),
     Shorthand("--no-cache", "embedding.cache", "always recompute the embeddings", type=SWITCH, value=False),
     Shorthand("--k", "probe.k", "kNN k grid, comma-separated", type=comma_ints),
-    Shorthand("--shots", "probe.shots", "few-shot N per class, comma-separated", type=comma_ints),
+    Shorthand("--shots", "probe.shots", "few-shot N per class (probe.fewshot_sampling systematic: N in total), "
+              "comma-separated", type=comma_ints),
     Shorthand("--draws", "probe.draws", "few-shot random draws per N"),
     Shorthand("--linear-epochs", "probe.linear_epochs"),
     Shorthand("--select-metric", "probe.select_metric", "what hyperparameters maximise on val (retfound: mean of "
