@@ -335,12 +335,12 @@ def finetune_plan(recipe: FinetuneRecipe, data: LabelledImages, expert: VisionEx
     kind = "labels" if data.multilabel else "classes"
     data_lines = [f"data: {data.name}: {len(data.classes)} {kind} ({', '.join(data.classes)}); images: {sizes}",
                   *(f"data note: {note}" for note in data.notes),
-                  f"method: {settings.adaptation}, head on the {settings.pool or 'family'} output, layer decay {layer_decay:g}, drop path "
+                  f"method: {settings.adaptation}, layer decay {layer_decay:g}, drop path "
                   f"{settings.drop_path if settings.adaptation != 'lp' else 0:g}, label smoothing "
-                  f"{settings.label_smoothing:g} ({'in the loss' if settings.smoothing_applies == 'always' else 'inside mixup/cutmix only'}), "
+                  f"{settings.label_smoothing:g}{'' if settings.smoothing_applies == 'always' else ' (inside mixup/cutmix only)'}, "
                   f"mixup {settings.mixup:g}, cutmix {settings.cutmix:g}, balance "
                   f"{settings.balance}, augment {settings.augment}, best epoch by val {settings.select_metric}",
-                  f"optimiser {values.get('optim', 'adamw_torch')}"
+                  f"head on the {settings.pool or 'family'} output; optimiser {values.get('optim', 'adamw_torch')}"
                   + (f" ({values['optim_args']})" if values.get("optim_args") else "")
                   + (f", head lr {values['learning_rate']:.4g}, expert lr {settings.backbone_lr:.4g}"
                      if settings.backbone_lr is not None else "")
