@@ -15,6 +15,7 @@ from multimeditron.adaptation.errors import AdaptationError
 # finetune: everything trains; lp: the head only; lora: adapters; bitfit: the biases
 Adaptation = Literal["finetune", "lp", "lora", "bitfit"]
 ADAPTATIONS: tuple[str, ...] = typing.get_args(Adaptation)
+LoraBias = Literal["none", "all", "lora_only"]
 
 
 @dataclass
@@ -24,6 +25,7 @@ class LoraSection:
     alpha: int = 16
     dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: ["qkv", "fc1", "fc2"])
+    bias: LoraBias = "none"  # peft's LoraConfig.bias: which biases train beside the adapters
 
 
 def prepare_expert(expert: nn.Module, adaptation: str, lora: LoraSection | None = None) -> nn.Module:
@@ -41,7 +43,7 @@ def prepare_expert(expert: nn.Module, adaptation: str, lora: LoraSection | None 
 
         settings = lora or LoraSection()
         config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                            target_modules=list(settings.target_modules))
+                            target_modules=list(settings.target_modules), bias=settings.bias)
         try:
             inject_adapter_in_model(config, expert)  # adapters are trainable, everything else stays frozen
         except ValueError as error:

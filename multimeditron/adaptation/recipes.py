@@ -26,7 +26,14 @@ from multimeditron.probing.recipe import LabelledDataSection
 
 Balance = Literal["none", "weights", "sampler"]
 Pool = Literal["token", "avg", "avg_all"]
-Decoder = Literal["linear", "unet"]
+# linear / unet: this toolkit's decoders (BatchNorm before the 1x1 conv; a U-Net with a full-resolution stage on
+# the image's pixels); dinov2_linear / dinov2_unet: DINOv2-on-radiology's (`eval/segmentation/utils.py`), which read
+# the expert's tokens only.
+Decoder = Literal["linear", "unet", "dinov2_linear", "dinov2_unet"]
+Transform = Literal["canvas", "timm"]
+SmoothingApplies = Literal["always", "mixing"]
+SegmentLoss = Literal["ce+dice", "dice"]
+PaperMetricSet = Literal["retfound", "dinov2_radiology", "retfound_green"]
 
 # The engine's own settings for every expert command: one log line per epoch, a checkpoint per epoch (the newest
 # kept, plus the best when one is selected), no gradient clipping unless asked (RETFound's fine-tuning has none),
@@ -63,6 +70,27 @@ class SegmentationDataSection:
 
 
 @dataclass
+class TimmTransformSection:
+    """timm's `create_transform` (training) and Resize + CenterCrop (evaluation), as RETFound's
+    `util/datasets.py::build_transform` calls them; used when `finetune.transform` is `timm`."""
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # RandAugment policy (None: off)
+    re_prob: float = 0.25  # random erasing probability (0: off)
+    re_mode: str = "pixel"
+    re_count: int = 1
+    interpolation: str = "bicubic"
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # random resized crop area (timm's default)
+    color_jitter: float | None = None  # RETFound passes None; timm skips colour jitter when RandAugment is on
+    crop_pct: float | None = None  # evaluation: resize to size / crop_pct, centre crop; None: RETFound's rule
+    # (224 / 256 up to 224 px, else 1)
+
+    def __post_init__(self) -> None:
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"scale must be [low, high] with 0 < low <= high <= 1, got {self.scale}")
+        if not 0 <= self.re_prob <= 1:
+            raise ValueError(f"re_prob must lie in [0, 1], got {self.re_prob}")
+
+
+@dataclass
 class FinetuneSection:
     adaptation: Adaptation = "finetune"  # finetune: everything trains; lp: the head; lora: adapters; bitfit: biases
     pool: Pool | None = None  # the global output the head reads; None: the family's
@@ -70,16 +98,35 @@ class FinetuneSection:
     layer_decay: float = 0.65  # finetune only; 1 = one rate for the whole expert
     drop_path: float = 0.2  # not for lp
     label_smoothing: float = 0.1
+    # always: the loss smooths its targets; mixing: only timm's Mixup does (RETFound: `--smoothing` reaches Mixup
+    # only, its loss is a plain CrossEntropyLoss, so without mixup/cutmix nothing is smoothed)
+    smoothing_applies: SmoothingApplies = "always"
     mixup: float = 0.0  # timm Mixup alpha (0: off)
     cutmix: float = 0.0  # timm CutMix alpha (0: off)
     balance: Balance = "none"  # weights: inverse-frequency class weights; sampler: balanced batches
-    augment: bool = True  # random resized crop (scale 0.5-1) + horizontal flip
+    augment: bool = True  # canvas: random resized crop (scale 0.5-1) + horizontal flip; timm: its train transform
+    transform: Transform = "canvas"  # canvas: the VLM's letterbox canvas; timm: RETFound's timm transforms
+    timm: TimmTransformSection = field(default_factory=TimmTransformSection)
+    # The expert's (backbone's, LoRA's) peak rate when it differs from the head's (training_args.learning_rate):
+    # its groups run at backbone_lr / learning_rate x their layer-decay scale (DINOv2-on-radiology: SGD with a
+    # head rate and a backbone rate). None: one rate.
+    backbone_lr: float | None = None
     select_metric: SelectionMetric = "retfound"  # what the best epoch maximises on val
+    paper_metrics: PaperMetricSet | None = None  # also report this paper's metric set (named in the results)
     lora: LoraSection = field(default_factory=LoraSection)
+
+    def __post_init__(self) -> None:
+        if self.backbone_lr is not None and self.backbone_lr < 0:
+            raise ValueError(f"backbone_lr must be >= 0, got {self.backbone_lr}")
 
     @property
     def mixing(self) -> bool:
         return self.mixup > 0 or self.cutmix > 0
+
+    @property
+    def loss_smoothing(self) -> float:
+        """The smoothing of the loss on unmixed batches."""
+        return self.label_smoothing if self.smoothing_applies == "always" else 0.0
 
 
 @dataclass
@@ -88,7 +135,14 @@ class TokenReconstructionSection:
     mask_max: float = 1 / 3  # each image masks a fraction U(0, mask_max) of its patch embeddings (0: none)
     layerscale_init: float = 1e-5  # the residual projector's LayerScale start
     drop_path: float = 0.0  # stochastic depth of the trained copy
-    augment: bool = False  # random resized crops and flips of the clean image
+    augment: bool = False  # augment the clean image (`augmentation` says how)
+    augmentation: Literal["crop_flip", "retfound_green"] = "crop_flip"  # crop_flip: random resized crop + flip;
+    # retfound_green: RETFound-Green's `data.py::get_default_training_transforms`
+    mask_sampling: Literal["count", "bernoulli"] = "count"  # count: exactly floor(f x patches) patches;
+    # bernoulli: each patch masked with probability f (RETFound-Green's notebook)
+    clean_last: bool = False  # the last sample of each batch neither noised nor masked (RETFound-Green)
+    mask_token: Literal["learned", "zero"] = "learned"  # zero: a constant zero token outside the optimiser
+    # (RETFound-Green's corruption token is an nn.Parameter of zeros never handed to AdamW)
 
     def __post_init__(self) -> None:
         if self.noise < 0:
@@ -102,6 +156,11 @@ class SegmentSection:
     decoder: Decoder = "linear"
     num_classes: int | None = None  # None: the largest class id in the train masks + 1
     dice_weight: float = 1.0  # loss = cross-entropy + dice_weight x Dice loss
+    # ce+dice: the above; dice: Dice loss only, as monai's DiceLoss(softmax=True, to_onehot_y=True) that
+    # DINOv2-on-radiology trains with (background included, per image and class, smoothing 1e-5)
+    loss: SegmentLoss = "ce+dice"
+    paper_metrics: Literal["dinov2_radiology"] | None = None  # also torchmetrics-style Dice/Jaccard (background
+    # pixels ignored), named in segmentation.json
     overlays: int = 4  # test cases drawn as PNGs
 
 
@@ -146,7 +205,8 @@ class FinetuneRecipe(_Recipe):
     schedule: Schedule = field(default_factory=lambda: Schedule(warmup_epochs=10.0))
     training_args: dict[str, Any] = field(default_factory=dict)
     deepspeed: str | None = None  # a DeepSpeed JSON (ZeRO); FSDP goes in training_args
-    # RETFound's `main_finetune.py`: 50 epochs, batch 16, weight decay 0.05.
+    # RETFound's `main_finetune.py`: 50 epochs, weight decay 0.05; batch 16 as RETFound_MAE's README (rmaphoh/
+    # RETFound's train.sh: 24). The faithful recipe: cookbook/experts/retfound_finetune_cfp.yaml.
     TRAINING_DEFAULTS: ClassVar[dict[str, Any]] = {"output_dir": "runs/finetune", "num_train_epochs": 50,
                                                    "per_device_train_batch_size": 16, "weight_decay": 0.05}
 
@@ -216,6 +276,10 @@ def _check_rules(recipe: _Recipe) -> None:
         raise ConfigError(f"schedule.warmup_epochs: {recipe.schedule.warmup_epochs:g} warm-up epochs are longer than "
                           f"the run ({epochs:g}, training_args.num_train_epochs): it would never reach its learning "
                           f"rate; shorten the warm-up (--warmup-epochs)")
+    cooldown = recipe.schedule.cooldown_epochs
+    if cooldown < 0 or (epochs > 0 and recipe.schedule.warmup_epochs + cooldown > epochs):
+        raise ConfigError(f"schedule.cooldown_epochs: {cooldown:g} must be >= 0 and leave room for the warm-up "
+                          f"({recipe.schedule.warmup_epochs:g}) within the run ({epochs:g} epochs)")
     if isinstance(recipe, FinetuneRecipe):
         method = recipe.finetune
         if method.mixing and len(recipe.data.label_columns) > 1:

@@ -24,6 +24,7 @@ SHORTHANDS = [
     Shorthand("--decoder", "segment.decoder"),
     Shorthand("--num-classes", "segment.num_classes", "default: largest train mask id + 1", type=int),
     Shorthand("--dice-weight", "segment.dice_weight", "loss = cross-entropy + W x Dice loss"),
+    Shorthand("--loss", "segment.loss", "ce+dice, or dice (monai's Dice loss alone, DINOv2-on-radiology's)"),
     Shorthand("--overlays", "segment.overlays", "test cases drawn as PNGs"),
     *schedule_shorthands(),
     *training_shorthands(),

@@ -65,9 +65,59 @@ def comparison_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def paper_metric_values(run: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(split, `SET:metric` or `SET:metric[class]`, value) for every number of a run's paper metric sets (the
+    bootstrap resamples themselves stay in results.json)."""
+    out = []
+    for split, sets in run.get("paper_metrics", {}).items():
+        for entry in sets:
+            for metric, value in entry["metrics"].items():
+                if metric == "bootstrap_aurocs":
+                    continue
+                if isinstance(value, dict):
+                    for cls, item in value.items():
+                        out.append((split, f"{entry['set']}:{metric}[{cls}]",
+                                    item["value"] if isinstance(item, dict) else item))
+                else:
+                    out.append((split, f"{entry['set']}:{metric}", value))
+    return out
+
+
+def paper_metrics_table(result: dict[str, Any]) -> str:
+    """The paper metric sets' test numbers, one row per expert x protocol x number, the definition named once."""
+    lines, definitions = [], {}
+    for run in result["runs"]:
+        for split, sets in run.get("paper_metrics", {}).items():
+            for entry in sets:
+                definitions[entry["set"]] = entry["definition"]
+        for split, metric, value in paper_metric_values(run):
+            if split == "test":
+                lines.append(f"| {run['expert']} | {run['protocol']} | {metric} | {format_metric(value)} |")
+    if not lines:
+        return ""
+    head = ["| expert | protocol | paper metric (test) | value |", "|---|---|---|---|"]
+    notes = [f"- `{name}`: {text}" for name, text in definitions.items()]
+    return "\n".join(head + lines + [""] + notes)
+
+
+def wilcoxon_table(result: dict[str, Any]) -> str:
+    if not result.get("wilcoxon"):
+        return ""
+    lines = ["| protocol | a | b | class | median AUROC a | median AUROC b | Wilcoxon p |", "|---|---|---|---|---|---|---|"]
+    for comparison in result["wilcoxon"]:
+        for cls, entry in comparison["per_class"].items():
+            lines.append(f"| {comparison['protocol']} | {comparison['a']} | {comparison['b']} | {cls} | "
+                         f"{entry['median_a']:.3f} | {entry['median_b']:.3f} | {entry['p_value']:.3g} |")
+    return "\n".join(lines)
+
+
 def csv_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for run in result["runs"]:
+        for split, metric, value in paper_metric_values(run):
+            rows.append({"expert": run["expert"], "protocol": run["protocol"], "split": split, "metric": metric,
+                         "value": value, "low": "", "high": "", "std": "",
+                         "chosen": json.dumps(run["chosen"], sort_keys=True)})
         for split in ("val", "test"):
             for metric in METRICS:
                 if metric not in run[split]:
@@ -91,9 +141,8 @@ def write_reports(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path
                                                     "std", "chosen"])
         writer.writeheader()
         writer.writerows(csv_rows(result))
-    text = markdown_table(result)
-    comparisons = comparison_table(result)
-    paths["markdown"].write_text(text + ("\n\n" + comparisons if comparisons else "") + "\n")
+    parts = [markdown_table(result), comparison_table(result), paper_metrics_table(result), wilcoxon_table(result)]
+    paths["markdown"].write_text("\n\n".join(p for p in parts if p) + "\n")
     return paths
 
 

@@ -20,8 +20,11 @@ from multimeditron.adaptation.recipes import SegmentRecipe
 from multimeditron.adaptation.segmentation.decoders import build_decoder
 from multimeditron.adaptation.segmentation.metrics import (
     confusion_counts,
+    confusion_matrix,
     dice_loss,
+    monai_dice_loss,
     segmentation_metrics,
+    torchmetrics_style_metrics,
 )
 from multimeditron.data.images import ImageResolver
 from multimeditron.data.segmentation_pairs import Pairs, SegmentationData
@@ -78,17 +81,20 @@ def encode_pairs(expert: VisionExpert, pairs: Pairs, folder: Path | None, layers
 
 class Segmenter(nn.Module):
     """The decoder and its loss as the engine's model: `forward(pixel_values, grids, labels)` -> {"loss", "logits"}
-    with loss = cross-entropy + `dice_weight` x Dice loss."""
+    with loss = cross-entropy + `dice_weight` x Dice loss (`loss` "ce+dice"), or monai's Dice loss alone ("dice",
+    DINOv2-on-radiology's)."""
 
-    def __init__(self, decoder: nn.Module, dice_weight: float = 1.0) -> None:
+    def __init__(self, decoder: nn.Module, dice_weight: float = 1.0, loss: str = "ce+dice") -> None:
         super().__init__()
-        self.decoder, self.dice_weight = decoder, dice_weight
+        self.decoder, self.dice_weight, self.loss = decoder, dice_weight, loss
 
     def forward(self, pixel_values: torch.Tensor, grids: torch.Tensor,
                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         logits = self.decoder(list(grids.unbind(1)), pixel_values).float()
         if labels is None:
             return {"logits": logits}
+        if self.loss == "dice":
+            return {"loss": monai_dice_loss(logits, labels), "logits": logits}
         return {"loss": F.cross_entropy(logits, labels) + self.dice_weight * dice_loss(logits, labels),
                 "logits": logits}
 
@@ -135,7 +141,7 @@ def segment(expert: VisionExpert, data: SegmentationData, recipe: SegmentRecipe,
     method = recipe.segment
     out = Path(args.output_dir)
     expert.requires_grad_(False)
-    layers = 4 if method.decoder == "unet" else 1
+    layers = int(build_decoder(method.decoder, 8, 2).layers)  # blocks the decoder reads
     device = str(args.device)
     encoded = {s: encode_pairs(expert, data.splits[s], data.folder, layers, args.per_device_eval_batch_size, device)
                for s in ("train", "val", "test")}
@@ -148,7 +154,7 @@ def segment(expert: VisionExpert, data: SegmentationData, recipe: SegmentRecipe,
     classes = ["background"] + [f"class_{c}" for c in range(1, num_classes)]
     width = encoded["train"][1].shape[2]
     torch.manual_seed(args.seed)
-    segmenter = Segmenter(build_decoder(method.decoder, width, num_classes), method.dice_weight)
+    segmenter = Segmenter(build_decoder(method.decoder, width, num_classes), method.dice_weight, method.loss)
     groups = param_groups(nn.Identity(), segmenter, args.weight_decay)
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
@@ -171,6 +177,10 @@ def segment(expert: VisionExpert, data: SegmentationData, recipe: SegmentRecipe,
               "recipe": recipe.to_dict(), "history": history,
               "best_epoch": max(history, key=lambda h: h.get("score", -np.inf))["epoch"] if history else None,
               "val": val[1], "test": test[1]}
+    if method.paper_metrics == "dinov2_radiology":
+        result["paper_metrics"] = {split: torchmetrics_style_metrics(
+            confusion_matrix(pred, encoded[split][2], num_classes), classes) for split, pred in
+            (("val", val[0]), ("test", test[0]))}
     if trainer.is_world_process_zero():
         save_model(segmenter.decoder, str(out / "decoder.safetensors"))
         (out / "segmentation.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -193,6 +203,10 @@ def segment_plan(recipe: SegmentRecipe, data: SegmentationData, expert: VisionEx
     sizes = ", ".join(f"{s} {len(p)}" for s, p in data.splits.items())
     data_lines = [f"data: {data.name}: image/mask pairs: {sizes}",
                   f"method: {method.decoder} decoder on the frozen expert, classes "
-                  f"{method.num_classes or 'from the train masks'}, loss cross-entropy + {method.dice_weight:g} x Dice"]
+                  f"{method.num_classes or 'from the train masks'}, loss "
+                  + ("Dice only (monai DiceLoss, softmax, background included)" if method.loss == "dice" else
+                     f"cross-entropy + {method.dice_weight:g} x Dice")
+                  + (f"; also reports {method.paper_metrics}'s torchmetrics-style Dice/Jaccard (background "
+                     f"ignored)" if method.paper_metrics else "")]
     return format_plan("segment", recipe, data_lines, expert, param_groups(nn.Identity(), decoder, weight_decay),
                        ["checkpoint-*/", "decoder.safetensors", "segmentation.json", "overlays/"], processes)
