@@ -67,7 +67,9 @@ class RouterClassifierSection:
     """The `pretrained` router's image classifier (model.gate_classifier.GateClassifierSpec; a key left out takes
     the model's default: arch resnet50, 224 px, CLIP mean/std, trainable only in `full`)."""
 
-    class_to_expert: list[int]  # for each class, in the classifier's order, the expert it routes to
+    # for each class, in the classifier's order, the expert it routes to; None: from a train-gate folder's
+    # class_experts (model.gate_classifier.complete_router_classifier)
+    class_to_expert: list[int] | None = None
     checkpoint: str | None = None  # the published gate folder, a .safetensors/.pth state dict or a hub id
     arch: str | None = None  # timm model name
     options: dict[str, Any] | None = None  # timm.create_model keyword arguments
@@ -345,7 +347,11 @@ def _check_router_classifier(model: ModelSection) -> None:
         raise ConfigError("model.router_classifier: required with router: pretrained, and only with it")
     if model.router_classifier is None:
         return
+    _complete_router_classifier(model)
     mapping, n = model.router_classifier.class_to_expert, len(model.experts)
+    if mapping is None:
+        raise ConfigError("model.router_classifier.class_to_expert: required unless checkpoint is a train-gate "
+                          "folder whose config.json maps its classes to experts by name (class_experts)")
     outside = [i for i in mapping if not 0 <= i < n]
     if not mapping or outside:
         raise ConfigError(f"model.router_classifier.class_to_expert: one expert index (0..{n - 1}) per class of the "
@@ -354,6 +360,19 @@ def _check_router_classifier(model: ModelSection) -> None:
     if unused:
         raise ConfigError(f"model.router_classifier.class_to_expert: experts {unused} receive no class and would "
                           f"never run")
+
+
+def _complete_router_classifier(model: ModelSection) -> None:
+    """Keys of a gate folder's record the section leaves out, and class_to_expert from its class names (the one
+    check of class names against expert names lives in model.gate_classifier)."""
+    from multimeditron.model.gate_classifier import complete_router_classifier
+
+    try:
+        completed = complete_router_classifier(model.router_classifier.as_dict(), model.experts,
+                                               where="model.router_classifier")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    model.router_classifier = RouterClassifierSection(**completed)
 
 
 def _check_packing(config: RunConfig) -> None:
