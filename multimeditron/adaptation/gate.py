@@ -12,7 +12,6 @@ router's own resize and normalisation, so it sees in training what it sees in th
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +22,7 @@ from torch import nn
 
 from multimeditron.adaptation.engine import Schedule, epoch_history, train_objective
 from multimeditron.adaptation.errors import AdaptationError
-from multimeditron.adaptation.images import CanvasDataset
+from multimeditron.adaptation.images import CanvasDataset, FirstImages
 from multimeditron.adaptation.recipes import _Recipe
 from multimeditron.data.labelled_images import LabelledImages, LabelledSplit
 from multimeditron.experts.base import CLIP_MEAN, CLIP_STD
@@ -73,25 +72,6 @@ class GateRecipe(_Recipe):
                                                    "weight_decay": 0.0}
 
 
-class _FirstImage(Sequence):
-    """The first image of each MultiMediset `modalities` list (a gate classifies one image)."""
-
-    def __init__(self, values: Sequence[Any]) -> None:
-        self.values = values
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
-        value = self.values[index]
-        if isinstance(value, list):
-            images = [m for m in value if not isinstance(m, dict) or m.get("type", "image") == "image"]
-            if not images:
-                raise AdaptationError(f"row {index}: its `modalities` list holds no image")
-            return images[0]
-        return value
-
-
 def load_gate_data(recipe: GateRecipe) -> LabelledImages:
     """The modality-labelled splits (an image folder, a table with a label column, or MultiMediset rows whose image
     column is `modalities`), with at most `max_samples_per_class` train images per class."""
@@ -109,13 +89,13 @@ def load_gate_data(recipe: GateRecipe) -> LabelledImages:
         raise AdaptationError(f"data.label_columns: a gate gives each image one modality; name one column "
                               f"(got {data.classes})")
     for split, part in data.splits.items():
-        data.splits[split] = LabelledSplit(_FirstImage(part.images), part.labels, part.groups)
+        data.splits[split] = LabelledSplit(FirstImages(part.images), part.labels, part.groups)
     cap = recipe.gate.max_samples_per_class
     train = data.splits["train"]
     if cap is not None and np.bincount(train.labels).max(initial=0) > cap:
         rows = np.concatenate([np.flatnonzero(train.labels == c)[:cap] for c in range(len(data.classes))])
         rows.sort()
-        data.splits["train"] = LabelledSplit(_FirstImage(take_rows(train.images.values, rows)), train.labels[rows])
+        data.splits["train"] = LabelledSplit(FirstImages(take_rows(train.images.values, rows)), train.labels[rows])
         data.notes.append(f"train capped at the first {cap} images of each class (gate.max_samples_per_class)")
     missing = [c for c in data.classes if c not in recipe.gate.class_experts] if recipe.gate.class_experts else []
     extra = sorted(set(recipe.gate.class_experts) - set(data.classes))
