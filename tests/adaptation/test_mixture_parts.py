@@ -95,3 +95,17 @@ def test_caption_pairs_per_modality_and_from_conversations(drawn: Path, tmp_path
     table.save_to_disk(str(tmp_path / "chat"))
     pairs = load_caption_pairs(CaptionDataSection(paths=[str(tmp_path / "chat")], val_fraction=0.5))
     assert sorted(pairs["train"].captions + pairs["val"].captions) == [f"finding {i}" for i in range(4)]
+
+
+@pytest.mark.parametrize("name", ["gate/resnet50.yaml", "gate/resnet18.yaml", "clip/biomedclip.yaml",
+                                  "clip/ct.yaml", "clip/mri.yaml", "clip/ultrasound.yaml", "clip/xray.yaml"])
+def test_cookbook_expert_recipes_validate(name: str, monkeypatch, tmp_path: Path) -> None:
+    from multimeditron.adaptation.contrastive import ContrastiveRecipe
+    from multimeditron.adaptation.gate import GateRecipe
+    from multimeditron.adaptation.recipes import load_recipe
+
+    monkeypatch.setenv("STORAGE_ROOT", str(tmp_path / "storage"))
+    monkeypatch.setenv("MODEL_ROOT", str(tmp_path / "models"))
+    path = Path(__file__).resolve().parents[2] / "cookbook" / "experts" / name
+    recipe = load_recipe(GateRecipe if name.startswith("gate/") else ContrastiveRecipe, str(path))
+    assert str(tmp_path / "models") in recipe.training_arguments()["output_dir"]
