@@ -32,6 +32,26 @@ class _RowImages(Sequence):
         return value if position is None else value[position]["value"]
 
 
+class FirstImages(Sequence):
+    """The first image of each value that is a MultiMediset `modalities` list (a gate, a caption pair: one image
+    per row); other values pass through."""
+
+    def __init__(self, values: Sequence[Any]) -> None:
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
+        value = self.values[index]
+        if isinstance(value, list):
+            images = [m for m in value if not isinstance(m, dict) or m.get("type", "image") == "image"]
+            if not images:
+                raise AdaptDataError(f"row {index}: its `modalities` list holds no image")
+            return images[0]
+        return value
+
+
 def unlabelled_images(path: str | Path, image_column: str | None = None) -> tuple[Sequence[Any], Path]:
     """Every image under `path`: image files anywhere below a folder (a `train|val|test/<class>/` layout included),
     or the images of a parquet/arrow/save_to_disk table (its `image` column, or each row's `modalities` images in

@@ -22,6 +22,8 @@ SUBCOMMANDS = {
     "adapt": "adapt",
     "finetune": "finetune",
     "segment": "segment",
+    "train-gate": "train_gate",
+    "train-expert": "train_expert",
 }
 
 SUMMARIES = {
@@ -35,6 +37,8 @@ SUMMARIES = {
     "adapt": "adapt a vision expert to unlabelled images by token reconstruction (RETFound-Green)",
     "finetune": "fine-tune a vision expert on labelled images (finetune, lp, lora, bitfit)",
     "segment": "train a segmentation decoder on a frozen vision expert (linear or U-Net), Dice/Jaccard on test",
+    "train-gate": "train a mixture's modality gate (a timm classifier) for router: pretrained",
+    "train-expert": "train a CLIP-family expert contrastively on image-caption pairs (open_clip)",
 }
 
 

@@ -20,7 +20,9 @@ class RouterClassifierSection:
     """The `pretrained` router's image classifier (model.gate_classifier.GateClassifierSpec; a key left out takes
     the model's default: arch resnet50, 224 px, CLIP mean/std, trainable only in `full`)."""
 
-    class_to_expert: list[int]  # for each class, in the classifier's order, the expert it routes to
+    # for each class, in the classifier's order, the expert it routes to; None: from a train-gate folder's
+    # class_experts (model.gate_classifier.complete_router_classifier)
+    class_to_expert: list[int] | None = None
     checkpoint: str | None = None  # the published gate folder, a .safetensors/.pth state dict or a hub id
     arch: str | None = None  # timm model name
     options: dict[str, Any] | None = None  # timm.create_model keyword arguments

@@ -146,10 +146,12 @@ class MultiMeditronConfig(PretrainedConfig):
         if (self.router == "pretrained") != (self.router_classifier is not None):
             raise ValueError("router_classifier: required with router: pretrained, and only with it")
         if self.router_classifier is not None and n:
-            from multimeditron.model.gate_classifier import GateClassifierSpec
+            from multimeditron.model.gate_classifier import GateClassifierSpec, complete_router_classifier
 
-            # stored complete (defaults filled in), so a saved model rebuilds the same classifier
-            self.router_classifier = GateClassifierSpec.from_dict(self.router_classifier, n).to_dict()
+            # A train-gate folder fills in what the config leaves out (its architecture, class_to_expert from its
+            # class names); stored complete, so a saved model rebuilds the same classifier without the folder.
+            completed = complete_router_classifier(self.router_classifier, self.experts)
+            self.router_classifier = GateClassifierSpec.from_dict(completed, n).to_dict()
 
     @property
     def experts_top_k(self) -> int:
