@@ -89,15 +89,17 @@ def crop_transforms(global_size: int, local_size: int, settings: Any) -> tuple[A
     def pipeline(size: int, scale: Sequence[float], blur: float, solarize: float = 0.0) -> Any:
         sigma = (0.1 * size / REFERENCE_SIZE, 1.0 * size / REFERENCE_SIZE)  # MerMED's pixels, relative to 224 px
         kernel = 2 * math.ceil(3 * sigma[1]) + 1
-        steps = [v2.RandomRotation(30),
+        # On 8-bit images, as the code's PIL pipeline: bicubic resampling saturates at 0 and 255 (float values past
+        # [0, 1] make ColorJitter's hue/saturation NaN).
+        steps = [v2.ToDtype(torch.uint8, scale=True), v2.RandomRotation(30),
                  v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=InterpolationMode.BICUBIC,
                                       antialias=True),
                  v2.RandomHorizontalFlip(0.5),
                  v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1, hue=0.02)], p=0.8),
                  v2.RandomApply([v2.GaussianBlur(kernel, sigma=sigma)], p=blur)]
         if solarize > 0:
-            steps.append(v2.RandomSolarize(0.5, p=solarize))
-        return v2.Compose(steps)
+            steps.append(v2.RandomSolarize(128, p=solarize))
+        return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True)])
 
     return (pipeline(global_size, settings.global_crops_scale, 1.0),
             pipeline(global_size, settings.global_crops_scale, 0.1, settings.solarization),
@@ -140,8 +142,8 @@ class MultiCropCanvases(CanvasDataset):
             torch.manual_seed(int(self.generator(index).initial_seed()))
             views = [first(canvas), second(canvas)]
             locals_ = [local(canvas) for _ in range(self.local_crops_number)]
-        norm = (lambda crops: torch.stack([(c.clamp(0.0, 1.0) - mean) / std for c in crops]))
-        side = local.transforms[1].size[0]
+        norm = (lambda crops: torch.stack([(c - mean) / std for c in crops]))
+        side = local.transforms[2].size[0]
         return {"global_crops": norm(views),
                 "local_crops": norm(locals_) if locals_ else torch.zeros(0, 3, side, side),
                 "modality": self.labels[index]}

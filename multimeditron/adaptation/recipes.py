@@ -33,7 +33,7 @@ Decoder = Literal["linear", "unet"]
 # the expert half's datasets hand tensors straight to the model.
 ENGINE_DEFAULTS: dict[str, Any] = {"seed": 0, "max_grad_norm": 0.0, "logging_strategy": "epoch", "save_strategy": "epoch",
                                    "save_total_limit": 1, "report_to": "none", "remove_unused_columns": False,
-                                   "dataloader_num_workers": 0}
+                                   "dataloader_num_workers": 0, "logging_nan_inf_filter": False}
 # Commands that choose their best epoch on val: evaluated each epoch, the best model loaded at the end.
 SELECTION_DEFAULTS: dict[str, Any] = {"eval_strategy": "epoch", "load_best_model_at_end": True,
                                       "metric_for_best_model": "score", "greater_is_better": True}
