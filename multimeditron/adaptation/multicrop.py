@@ -79,7 +79,7 @@ def resolve_sources(data: Any, expert_mean: Sequence[float], expert_std: Sequenc
 def local_crop_size(image_size: int, patch: int, size: int | None = None) -> int:
     """The local crops' side: `size`, or MerMED's 96/224 of the expert's input, as whole patches (at least one)."""
     side = size if size is not None else image_size * REFERENCE_LOCAL / REFERENCE_SIZE
-    return max(patch, int(round(side / patch)) * patch)
+    return max(patch, round(side / patch) * patch)
 
 
 def crop_transforms(global_size: int, local_size: int, settings: Any) -> tuple[Any, Any, Any]:

@@ -27,8 +27,8 @@ student's with `export: student`.
 """
 from __future__ import annotations
 
-import copy
 import contextlib
+import copy
 import json
 import math
 from collections.abc import Iterator
@@ -40,7 +40,11 @@ from torch import nn
 from transformers import TrainerCallback
 
 from multimeditron.adaptation.engine import epoch_history, sample_seed, train_objective
-from multimeditron.adaptation.memory_bank import MemoryBank, partitioned_cross_entropy, random_partitions
+from multimeditron.adaptation.memory_bank import (
+    MemoryBank,
+    partitioned_cross_entropy,
+    random_partitions,
+)
 from multimeditron.adaptation.recipes import AdaptRecipe, MermedSection
 from multimeditron.adaptation.trunk import set_drop_path, vit_trunk
 from multimeditron.experts.adapted import save_adapted_expert
@@ -160,7 +164,7 @@ class EmaTeacher(TrainerCallback):
 
     def teacher_temp(self, step: int) -> float:
         s = self.objective.settings
-        warm = int(round(s.warmup_teacher_temp_epochs * self.per_epoch))
+        warm = round(s.warmup_teacher_temp_epochs * self.per_epoch)
         if step >= warm:
             return s.teacher_temp
         # np.linspace(warmup_teacher_temp, teacher_temp, warm)[step]
@@ -203,7 +207,11 @@ def adapt_mermed(expert: VisionExpert, spec: ExpertSpec, recipe: AdaptRecipe, pr
     """Pretrain `expert` with MerMED-FM's objective on the engine; writes `OUT/final/` (an adapted-expert folder of
     `spec`'s expert: the teacher's weights, or the student's), `OUT/checkpoint-*/` (resumable: the teacher and the
     memory bank are buffers and parameters of the objective, saved with it) and `OUT/history.json`."""
-    from multimeditron.adaptation.multicrop import MultiCropCanvases, local_crop_size, resolve_sources
+    from multimeditron.adaptation.multicrop import (
+        MultiCropCanvases,
+        local_crop_size,
+        resolve_sources,
+    )
     from multimeditron.training.arguments import training_arguments
 
     objective, groups, values = mermed_parts(expert, recipe, processes)
@@ -244,11 +252,11 @@ def mermed_plan(recipe: AdaptRecipe, expert: VisionExpert, processes: int = 1) -
     from multimeditron.adaptation.plan import format_plan
 
     m = recipe.mermed
-    objective, groups, _ = mermed_parts(expert, recipe, processes)
+    _, groups, _ = mermed_parts(expert, recipe, processes)
     patch = int(vit_trunk(expert).patch_embed.patch_size[0])
-    lines = [f"data: {s.name}: {len(s.images)} unlabelled images, mean {tuple(round(v, 3) for v in s.mean)}, std "
-             f"{tuple(round(v, 3) for v in s.std)}, weight {s.weight:g}"
-             + (f", window {s.window.describe()}" if s.window else "")
+    lines = [(f"data: {s.name}: {len(s.images)} unlabelled images, mean {tuple(round(v, 3) for v in s.mean)}, std "
+              f"{tuple(round(v, 3) for v in s.std)}, weight {s.weight:g}"
+              + (f", window {s.window.describe()}" if s.window else ""))
              for s in resolve_sources(recipe.data, expert.mean, expert.std)]
     lines += [f"method: mermed (memory-augmented self-distillation): 2 global crops {expert.image_size} px scale "
               f"{m.global_crops_scale}, {m.local_crops_number} local crops "

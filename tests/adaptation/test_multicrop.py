@@ -9,7 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from multimeditron.adaptation.multicrop import MultiCropCanvases, local_crop_size, resolve_sources
+from multimeditron.adaptation.multicrop import (
+    MultiCropCanvases,
+    local_crop_size,
+    resolve_sources,
+)
 from multimeditron.adaptation.recipes import AdaptRecipe, MermedSection
 from multimeditron.config import ConfigError
 from tests.adaptation.conftest import recipe
@@ -97,3 +101,13 @@ def test_dry_run_names_each_source(unlabelled_folder: Path, capsys) -> None:
                  "--set", f"data.sources=[{{path: {unlabelled_folder}, normalization: oct, weight: 2}}]"]) == 0
     text = capsys.readouterr().out
     assert "oct: 24 unlabelled images" in text and "weight 2" in text and "bank 131072 x 256" in text
+
+
+def test_cookbook_recipe_is_the_published_command() -> None:
+    from multimeditron.adaptation.recipes import load_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    published = load_recipe(AdaptRecipe, str(root / "cookbook" / "experts" / "mermed" / "pretrain.yaml"))
+    defaults = recipe(AdaptRecipe, objective="mermed", **{"data.path": "x"})
+    assert published.mermed == defaults.mermed and published.schedule == defaults.schedule
+    assert [s.normalization for s in published.data.sources] == ["colour_fundus", "chest_xray", "ct"]

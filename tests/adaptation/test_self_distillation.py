@@ -74,7 +74,10 @@ def test_ema_moves_the_teacher_towards_the_student_after_each_step() -> None:
     from types import SimpleNamespace
 
     from multimeditron.adaptation.recipes import MermedSection
-    from multimeditron.adaptation.self_distillation import EmaTeacher, MemorySelfDistillation
+    from multimeditron.adaptation.self_distillation import (
+        EmaTeacher,
+        MemorySelfDistillation,
+    )
     from multimeditron.experts.registry import build_expert
 
     settings = MermedSection(out_dim=8, partition_size=4, hidden_dim=8, bottleneck_dim=4, momentum_teacher=0.9)
