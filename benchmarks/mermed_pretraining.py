@@ -113,10 +113,11 @@ def published_step_loop(args: argparse.Namespace, data: Path, steps: int) -> flo
             s, valid = objective.bank.scores(student, batch["modality"])
             t, _ = objective.bank.scores(teacher, batch["modality"])
             objective.bank.enqueue(teacher[n:], batch["modality"])
-            s, t = s.masked_fill(~valid, -float("inf")) / m.student_temp, t.masked_fill(~valid[: 2 * n], -float("inf")) / temp[it]
+            s = s.masked_fill(~valid, -float("inf")) / m.student_temp
+            t = t.masked_fill(~valid[: 2 * n], -float("inf")) / temp[it]
             ids = torch.multinomial(torch.ones(m.out_dim), (m.out_dim // m.partition_size) * m.partition_size)
-            blocks = lambda x: torch.stack(x[:, ids].split(m.partition_size, dim=1))
-            s_views, t_views = [blocks(v) for v in s.chunk(s.shape[0] // n)], [blocks(v) for v in t.chunk(2)]
+            s_views = [torch.stack(v[:, ids].split(m.partition_size, dim=1)) for v in s.chunk(s.shape[0] // n)]
+            t_views = [torch.stack(v[:, ids].split(m.partition_size, dim=1)) for v in t.chunk(2)]
             loss, count = 0.0, 0
             for i, p in enumerate(s_views):  # criterion.py: every student crop against every other teacher view
                 for j, q in enumerate(t_views):

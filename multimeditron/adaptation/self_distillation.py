@@ -258,13 +258,13 @@ def mermed_plan(recipe: AdaptRecipe, expert: VisionExpert, processes: int = 1) -
               f"{tuple(round(v, 3) for v in s.std)}, weight {s.weight:g}"
               + (f", window {s.window.describe()}" if s.window else ""))
              for s in resolve_sources(recipe.data, expert.mean, expert.std)]
-    lines += [f"method: mermed (memory-augmented self-distillation): 2 global crops {expert.image_size} px scale "
+    lines += [(f"method: mermed (memory-augmented self-distillation): 2 global crops {expert.image_size} px scale "
               f"{m.global_crops_scale}, {m.local_crops_number} local crops "
               f"{local_crop_size(expert.image_size, patch, m.local_crop_size)} px scale {m.local_crops_scale}; "
               f"bank {m.out_dim} x {m.bottleneck_dim} in partitions of {m.partition_size}; temperatures student "
               f"{m.student_temp:g}, teacher {m.warmup_teacher_temp:g} -> {m.teacher_temp:g} over "
               f"{m.warmup_teacher_temp_epochs:g} epochs; EMA {m.momentum_teacher:g} -> 1; weight decay -> "
               f"{m.weight_decay_end:g}; layer decay {m.layer_decay:g}; drop path {m.drop_path:g}; exports the "
-              f"{m.export}"]
+              f"{m.export}")]
     return format_plan("adapt", recipe, lines, expert, groups,
                        ["checkpoint-*/ (resumable)", "final/ (adapted expert)", "history.json"], processes)
