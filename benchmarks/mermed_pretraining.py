@@ -157,7 +157,8 @@ def engine_speed(args: argparse.Namespace, data: Path, out: Path, steps: int) ->
     epochs = steps * args.batch / args.train
     start = time.perf_counter()
     assert main(["adapt", *method_flags(args), "--data", str(data), "--out", str(out), "--epochs", f"{epochs:g}",
-                 "--set", "training_args.save_strategy='no'", "--set", "training_args.disable_tqdm=true"]) == 0
+                 "--warmup-epochs", "0", "--set", "training_args.save_strategy='no'",
+                 "--set", "training_args.disable_tqdm=true"]) == 0
     history = json.loads((out / "history.json").read_text())
     del history
     return steps * args.batch / (time.perf_counter() - start)
@@ -178,6 +179,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speed-steps", type=int, default=30)
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-probes", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -192,10 +194,14 @@ def main() -> None:
 
     load_from_disk(str(data))["train"].remove_columns(
         [c for c in load_from_disk(str(data))["train"].column_names if c != "image"]).save_to_disk(str(train_only))
+    if args.skip_probes:
+        args.epochs = 0
     start = time.perf_counter()
-    assert cli(["adapt", *method_flags(args), "--data", str(train_only), "--out", str(work / "run"), "--epochs",
+    assert args.epochs == 0 or cli(["adapt", *method_flags(args), "--data", str(train_only), "--out", str(work / "run"), "--epochs",
                 str(args.epochs), "--set", "training_args.disable_tqdm=true"]) == 0
     minutes = (time.perf_counter() - start) / 60
+    if args.skip_probes:
+        return speed(args, train_only, work)
     history = json.loads((work / "run" / "history.json").read_text())
     print(f"pretraining: {args.train} unlabelled images, {args.epochs} epochs, {minutes:.1f} min; loss "
           f"{history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; teacher entropy {history[0]['teacher_entropy']:.2f}"
@@ -216,8 +222,11 @@ def main() -> None:
                 cells.append(f"{e['value']:.3f} [{e.get('low', float('nan')):.3f}, {e.get('high', float('nan')):.3f}]")
             print(f"| {label} | " + " | ".join(cells) + " |")
         print("| mean | " + " | ".join(f"{np.mean(v):.3f}" for v in means.values()) + " |")
-    if args.skip_speed:
-        return
+    if not args.skip_speed:
+        speed(args, train_only, work)
+
+
+def speed(args: argparse.Namespace, train_only: Path, work: Path) -> None:
     engine = engine_speed(args, train_only, work / "speed", args.speed_steps)
     plain = published_step_loop(args, train_only, args.speed_steps)
     print(f"\nspeed ({args.speed_steps} steps of {args.batch} images, 2 + {args.local_crops} crops, 1 process, "
