@@ -113,6 +113,14 @@ class ExpertTrainer(Trainer):
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Training records also carry the objective's own scalars (`objective.training_scalars()`: a teacher's
+        temperature, an EMA momentum), so `report_to` (TensorBoard) shows them beside the loss."""
+        scalars = getattr(self.model, "training_scalars", None)
+        if callable(scalars) and "loss" in logs:
+            logs = {**logs, **scalars()}
+        super().log(logs, *args, **kwargs)
+
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         return EpochSampler(dataset, self.args.seed, self.sample_weights)

@@ -40,7 +40,7 @@ PaperMetricSet = Literal["retfound", "dinov2_radiology", "retfound_green"]
 # the expert half's datasets hand tensors straight to the model.
 ENGINE_DEFAULTS: dict[str, Any] = {"seed": 0, "max_grad_norm": 0.0, "logging_strategy": "epoch", "save_strategy": "epoch",
                                    "save_total_limit": 1, "report_to": "none", "remove_unused_columns": False,
-                                   "dataloader_num_workers": 0}
+                                   "dataloader_num_workers": 0, "logging_nan_inf_filter": False}
 # Commands that choose their best epoch on val: evaluated each epoch, the best model loaded at the end.
 SELECTION_DEFAULTS: dict[str, Any] = {"eval_strategy": "epoch", "load_best_model_at_end": True,
                                       "metric_for_best_model": "score", "greater_is_better": True}
@@ -56,9 +56,37 @@ class ExpertSection:
 
 
 @dataclass
-class UnlabelledDataSection:
-    path: str  # any folder of images (searched recursively) or a table (`image` column / MultiMediset rows)
+class UnlabelledSource:
+    """One unlabelled image source of a multi-source run (`adapt --objective mermed`): a modality of MerMED-FM."""
+    path: str  # a folder of images (searched recursively) or a table, DICOM files included
     image_column: str | None = None
+    normalization: str | None = None  # a MerMED-FM modality (chest_xray, ct, oct, ...): its mean/std; None: the expert's
+    mean: list[float] | None = None  # explicit per-channel mean (with std), instead of `normalization`
+    std: list[float] | None = None
+    intensity: str | None = None  # CT/MR window: ct, mri, range:LOW,HIGH or percentile:LOW,HIGH (as `probe`)
+    weight: float = 1.0  # share of the drawn images (relative to the other sources), whatever the source's size
+    name: str | None = None  # the modality label the memory bank gates by; None: `normalization`, else the path
+
+    def __post_init__(self) -> None:
+        if self.weight <= 0:
+            raise ValueError(f"weight must be > 0, got {self.weight}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together")
+        if self.intensity is not None:
+            from multimeditron.data.intensity import parse_window
+
+            parse_window(self.intensity)
+
+
+@dataclass
+class UnlabelledDataSection:
+    path: str | None = None  # any folder of images (searched recursively) or a table (`image` column / MultiMediset rows)
+    image_column: str | None = None
+    sources: list[UnlabelledSource] = field(default_factory=list)  # several sources instead of `path` (mermed)
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (not self.sources):
+            raise ValueError("data: give either `path` or a list of `sources`")
 
 
 @dataclass
@@ -152,6 +180,55 @@ class TokenReconstructionSection:
 
 
 @dataclass
+class MermedSection:
+    """MerMED-FM's memory-augmented self-distillation; defaults from the published command (README of
+    yangzhou12/MerMED, `main_mermed.py` argparse), see `adaptation/self_distillation.py`."""
+    blr: float = 5e-5  # base rate: learning_rate = blr x global batch / 256 unless training_args.learning_rate
+    weight_decay_end: float = 0.4  # cosine from training_args.weight_decay (0.04) to this
+    layer_decay: float = 0.8
+    drop_path: float = 0.1  # the student's; the teacher has none
+    momentum_teacher: float = 0.9995  # EMA momentum, cosine to 1
+    out_dim: int = 131072  # memory bank entries (the prototypes the views are scored against)
+    partition_size: int = 16384  # random partitions of the bank each step
+    bottleneck_dim: int = 256  # projection head output (L2-normalised)
+    hidden_dim: int = 2048
+    head_layers: int = 3
+    use_bn_in_head: bool = True
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: float = 10.0
+    global_crops_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    local_crops_number: int = 10
+    local_crops_scale: list[float] = field(default_factory=lambda: [0.05, 0.2])
+    local_crop_size: int | None = None  # None: 96/224 of the expert's input, rounded to whole patches
+    solarization: float = 0.0  # MerMED removed DINO's solarisation (0.2 on the second global crop)
+    export: Literal["teacher", "student"] = "teacher"  # the released MerMED-FM model is the EMA teacher
+
+    def __post_init__(self) -> None:
+        for name in ("global_crops_scale", "local_crops_scale"):
+            low, high = (list(getattr(self, name)) + [0.0, 0.0])[:2]
+            if len(getattr(self, name)) != 2 or not 0 < low <= high <= 1:
+                raise ValueError(f"{name} must be [low, high] with 0 < low <= high <= 1, got {getattr(self, name)}")
+        if self.out_dim < 1 or not 1 <= self.partition_size <= self.out_dim:
+            raise ValueError(f"partition_size must lie in [1, out_dim={self.out_dim}], got {self.partition_size}")
+        if self.local_crops_number < 0 or self.head_layers < 1:
+            raise ValueError("local_crops_number must be >= 0 and head_layers >= 1")
+        if not 0 <= self.momentum_teacher <= 1 or min(self.student_temp, self.teacher_temp,
+                                                        self.warmup_teacher_temp) <= 0:
+            raise ValueError("momentum_teacher must lie in [0, 1] and the temperatures be > 0")
+
+
+# MerMED-FM's README command for the engine's own keys (`adapt --objective mermed`): filled in below the user's
+# `training_args` and `schedule` keys. DDP buffers are not broadcast: the memory bank is kept equal on every rank by
+# its all-gather (broadcasting it would send out_dim x 256 floats each step).
+MERMED_TRAINING_DEFAULTS: dict[str, Any] = {"output_dir": "runs/mermed", "num_train_epochs": 100,
+                                            "per_device_train_batch_size": 128, "weight_decay": 0.04,
+                                            "max_grad_norm": 1.0, "ddp_broadcast_buffers": False}
+MERMED_SCHEDULE = {"warmup_epochs": 10.0, "min_lr": 1e-6}
+
+
+@dataclass
 class SegmentSection:
     decoder: Decoder = "linear"
     num_classes: int | None = None  # None: the largest class id in the train masks + 1
@@ -196,6 +273,9 @@ class _Recipe:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def fill_defaults(self) -> None:
+        """Defaults that depend on other keys (a method's own engine values), applied once after parsing."""
+
 
 @dataclass
 class FinetuneRecipe(_Recipe):
@@ -221,8 +301,9 @@ class FinetuneRecipe(_Recipe):
 class AdaptRecipe(_Recipe):
     data: UnlabelledDataSection
     expert: ExpertSection = field(default_factory=ExpertSection)
-    objective: Literal["token-reconstruction"] = "token-reconstruction"
+    objective: Literal["token-reconstruction", "mermed"] = "token-reconstruction"
     token_reconstruction: TokenReconstructionSection = field(default_factory=TokenReconstructionSection)
+    mermed: MermedSection = field(default_factory=MermedSection)
     schedule: Schedule = field(default_factory=lambda: Schedule(warmup_epochs=1.0))
     training_args: dict[str, Any] = field(default_factory=dict)
     deepspeed: str | None = None
@@ -230,6 +311,28 @@ class AdaptRecipe(_Recipe):
                                                    "per_device_train_batch_size": 32, "learning_rate": 5e-5,
                                                    "weight_decay": 0.05}
     SELECTS_BEST: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if self.data.sources and self.objective != "mermed":
+            raise ValueError("data.sources: several sources are for --objective mermed; token reconstruction "
+                             "takes one data.path")
+
+    def fill_defaults(self) -> None:
+        """`mermed` runs with MerMED-FM's engine values wherever the user wrote none (training_args, schedule)."""
+        if self.objective != "mermed":
+            return
+        from multimeditron.config import written_keys
+
+        self.training_args = {**MERMED_TRAINING_DEFAULTS, **self.training_args}
+        written = written_keys(self.schedule)
+        self.schedule = Schedule(**{k: getattr(self.schedule, k) if k in written else v
+                                    for k, v in MERMED_SCHEDULE.items()})
+
+    def training_arguments(self, processes: int = 1) -> dict[str, Any]:
+        values = super().training_arguments(processes)
+        if self.objective == "mermed" and "learning_rate" not in self.training_args:
+            values["learning_rate"] = self.mermed.blr * self.global_batch(processes) / 256  # linear scaling rule
+        return values
 
 
 @dataclass
@@ -259,6 +362,7 @@ def load_recipe(cls: type[RecipeT], path: str | None = None, values: list[tuple[
     if path is not None and isinstance(data.get("deepspeed"), str) and not os.path.isabs(data["deepspeed"]):
         data["deepspeed"] = str((Path(path).parent / data["deepspeed"]).resolve())  # relative to the YAML
     recipe = parse_section(cls, data)
+    recipe.fill_defaults()
     owned = sorted(set(recipe.training_args) & set(ENGINE_OWNED))
     if owned:
         raise ConfigError(f"training_args.{owned[0]}: set by the expert engine (the `schedule` section sets warmup "

@@ -1,5 +1,6 @@
-"""`multimeditron adapt`: self-supervised adaptation of a vision expert to unlabelled images (RETFound-Green's token
-reconstruction) on the engine; writes an adapted-expert folder that a VLM stage config loads as
+"""`multimeditron adapt`: self-supervised adaptation of a vision expert to unlabelled images on the engine
+(`--objective token-reconstruction`: RETFound-Green's token reconstruction; `--objective mermed`: MerMED-FM's
+memory-augmented self-distillation, from one `--data` folder or several `data.sources`); writes an adapted-expert folder that a VLM stage config loads as
 `{id, checkpoint: OUT/final}`. Every flag is a shorthand of a key of the YAML recipe (`--config`)."""
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ SHORTHANDS = [
               "parquet/arrow/save_to_disk table (its `image` column or the MultiMediset `modalities` images)",
               type=str, metavar="PATH"),
     Shorthand("--image-column", "data.image_column", "table: the image column (default: image/modalities)", type=str),
-    Shorthand("--objective", "objective"),
+    Shorthand("--objective", "objective", "token-reconstruction, or mermed (MerMED-FM's values for the "
+              "training_args and schedule keys not given: cookbook/experts/mermed/pretrain.yaml)"),
     Shorthand("--noise", "token_reconstruction.noise", "Gaussian pixel noise std as a fraction of each image's "
               "per-channel std (0: none)"),
     Shorthand("--mask-max", "token_reconstruction.mask_max", "each image masks a fraction U(0, MASK_MAX) of its "
@@ -30,6 +32,12 @@ SHORTHANDS = [
     Shorthand("--drop-path", "token_reconstruction.drop_path", "stochastic depth of the trained copy"),
     Shorthand("--augment", "token_reconstruction.augment", "random resized crops and flips of the clean image",
               type=SWITCH),
+    Shorthand("--local-crops", "mermed.local_crops_number", "mermed: local crops per image"),
+    Shorthand("--out-dim", "mermed.out_dim", "mermed: memory bank entries"),
+    Shorthand("--partition-size", "mermed.partition_size", "mermed: entries per random partition of the bank"),
+    Shorthand("--momentum-teacher", "mermed.momentum_teacher", "mermed: EMA momentum at the start (cosine to 1)"),
+    Shorthand("--teacher-temp", "mermed.teacher_temp", "mermed: teacher temperature after its warm-up"),
+    Shorthand("--export", "mermed.export", "mermed: which network final/ holds"),
     *schedule_shorthands(),
     *training_shorthands(),
 ]
@@ -54,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from multimeditron.training.arguments import is_main_process, world_size
 
     recipe = load_command_recipe(AdaptRecipe, args, SHORTHANDS)
+    if recipe.objective == "mermed":
+        return _run_mermed(recipe, args.dry_run)
     images, folder = unlabelled_images(recipe.data.path, recipe.data.image_column)
     expert, spec = load_expert(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny,
                                seed=int(recipe.training_arguments()["seed"]))
@@ -65,6 +75,26 @@ def run(args: argparse.Namespace) -> int:
     summary = adapt_token_reconstruction(expert, spec, images, folder, recipe, world_size())
     say(f"[adapt] loss {summary['first_loss']:.4g} (epoch 1) -> {summary['last_loss']:.4g} "
         f"(epoch {summary['epochs']}); adapted expert in {summary['final']}")
+    say("[adapt] use it in a stage config as  model.experts: [" + json.dumps(
+        {k: v for k, v in summary["spec"].items() if k in ("id", "checkpoint")}) + "]")
+    return 0
+
+
+def _run_mermed(recipe, dry_run: bool) -> int:
+    from multimeditron.adaptation.experts import load_expert, spec_text
+    from multimeditron.adaptation.self_distillation import adapt_mermed, mermed_plan
+    from multimeditron.training.arguments import is_main_process, world_size
+
+    expert, spec = load_expert(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny,
+                               seed=int(recipe.training_arguments()["seed"]))
+    if dry_run:
+        print(mermed_plan(recipe, expert, world_size()))
+        return 0
+    say = print if is_main_process() else (lambda *_: None)
+    say(f"[adapt] mermed on {recipe.data.path or len(recipe.data.sources)} source(s); expert {expert.describe()}")
+    summary = adapt_mermed(expert, spec, recipe, world_size())
+    say(f"[adapt] loss {summary['first_loss']:.4g} (epoch 1) -> {summary['last_loss']:.4g} "
+        f"(epoch {summary['epochs']}); adapted expert ({recipe.mermed.export}) in {summary['final']}")
     say("[adapt] use it in a stage config as  model.experts: [" + json.dumps(
         {k: v for k, v in summary["spec"].items() if k in ("id", "checkpoint")}) + "]")
     return 0
