@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from multimeditron.errors import UserError
 from multimeditron.experts.base import LoadReport
 from multimeditron.hub_ids import looks_like_hub_id, parse_hub_id
 
@@ -38,6 +39,11 @@ WRAPPER_ENTRIES = ("model", "state_dict", "model_ema", "module")
 
 class CheckpointDownloadError(OSError):
     """A hub checkpoint could not be fetched (offline, unknown repository, missing file)."""
+
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """A checkpoint that names no file, folder or hub id: a path the user can fix (one `error:` line in the CLI)."""
 
 
 def hub_download(repo_id: str, filename: str) -> Path | None:
@@ -93,7 +99,7 @@ def resolve_checkpoint(source: str, candidates: Sequence[str] = DEFAULT_WEIGHT_F
     if path.is_dir():
         return _find_in_folder(path, candidates)
     if not looks_like_hub_id(source, with_file=True):
-        raise FileNotFoundError(f"checkpoint {source!r} is neither an existing file or folder nor a hub id")
+        raise CheckpointNotFoundError(f"checkpoint {source!r} is neither an existing file or folder nor a hub id")
     repo_id, filename = parse_hub_id(source)
     names = [filename] if filename else list(SHARD_INDEX_FILES) + list(candidates)
     for name in names:

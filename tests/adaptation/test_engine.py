@@ -76,3 +76,19 @@ def test_help_shows_the_schema_defaults() -> None:
 def test_missing_expert_names_the_flag(texture_folder: Path, capsys) -> None:
     assert main(["finetune", "--data", str(texture_folder)]) == 2
     assert capsys.readouterr().err.strip() == "error: expert.spec (--expert): required to train (a SPEC)"
+
+
+def test_a_missing_checkpoint_and_a_corrupt_image_are_one_error_line(texture_folder: Path, tmp_path: Path,
+                                                                     capsys) -> None:
+    import shutil
+
+    assert main(["finetune", "--expert", "retfound_green:/no/such.pth", "--data", str(texture_folder)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: checkpoint '/no/such.pth' is neither an existing file or folder nor a hub id"]
+    data = tmp_path / "data"
+    shutil.copytree(texture_folder, data)
+    (data / "train" / "vertical" / "broken.png").write_text("not an image")
+    assert main(["probe", "--expert", "retfound_green", "--tiny", "--data", str(data), "--protocol", "knn",
+                 "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: corrupt_image: ") and "broken.png" in err[0]
