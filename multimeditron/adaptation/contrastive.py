@@ -73,7 +73,7 @@ class ContrastiveRecipe(_Recipe):
     objective: Literal["clip"] = "clip"
     contrastive: ContrastiveSection = field(default_factory=ContrastiveSection)
     # Published scripts: a constant learning rate (no scheduler).
-    schedule: Schedule = field(default_factory=lambda: Schedule(warmup_epochs=0.0, min_lr=5e-5))
+    schedule: Schedule = field(default_factory=lambda: Schedule(warmup_epochs=0.0, min_lr=None))
     training_args: dict[str, Any] = field(default_factory=dict)
     deepspeed: str | None = None
     # Published expert_model_train.py / biomed_train.py: Adam(lr 5e-5, betas (0.9, 0.98), eps 1e-6, weight decay

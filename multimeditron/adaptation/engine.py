@@ -22,11 +22,12 @@ from multimeditron.adaptation.errors import AdaptationError
 
 @dataclass(frozen=True)
 class Schedule:
-    """Linear warmup over `warmup_epochs` (fractions allowed), then cosine from the peak rate to `min_lr`; each
-    parameter group runs at the schedule times its `lr_scale` (timm's and RETFound's rule). `cooldown_epochs`: the
+    """Linear warmup over `warmup_epochs` (fractions allowed), then cosine from the peak rate to `min_lr` (None: no
+    decay, the peak rate to the end, as the published gate and CLIP scripts run); each parameter group runs at the
+    schedule times its `lr_scale` (timm's and RETFound's rule). `cooldown_epochs`: the
     cosine reaches `min_lr` that many epochs before the end and stays there (RETFound-Green's last 20 of 120)."""
     warmup_epochs: float = 1.0
-    min_lr: float = 1e-6
+    min_lr: float | None = 1e-6
     cooldown_epochs: float = 0.0
 
 
@@ -103,7 +104,8 @@ class ExpertTrainer(Trainer):
             per_epoch = num_training_steps / max(self.args.num_train_epochs, 1e-9)
             cosine_end = max(1, num_training_steps - round(self.schedule.cooldown_epochs * per_epoch))
             warmup = min(round(self.schedule.warmup_epochs * per_epoch), max(cosine_end - 1, 0))
-            floor = self.schedule.min_lr / self.args.learning_rate if self.args.learning_rate > 0 else 0.0
+            min_lr = self.schedule.min_lr
+            floor = 1.0 if min_lr is None else min_lr / self.args.learning_rate if self.args.learning_rate > 0 else 0.0
             self.lr_scheduler = get_scheduler(
                 "cosine_with_min_lr", optimizer or self.optimizer, num_warmup_steps=warmup,
                 num_training_steps=cosine_end, scheduler_specific_kwargs={"min_lr_rate": min(floor, 1.0)})

@@ -63,7 +63,7 @@ class GateRecipe(_Recipe):
     data: LabelledDataSection
     gate: GateSection = field(default_factory=GateSection)
     # Published: a constant learning rate (no scheduler): no warm-up, and a cosine floor at the rate itself.
-    schedule: Schedule = field(default_factory=lambda: Schedule(warmup_epochs=0.0, min_lr=1e-4))
+    schedule: Schedule = field(default_factory=lambda: Schedule(warmup_epochs=0.0, min_lr=None))
     training_args: dict[str, Any] = field(default_factory=dict)
     deepspeed: str | None = None
     # Published `image_router_train.py`: Adam, lr 1e-4, batch 16, 20 epochs, no weight decay.

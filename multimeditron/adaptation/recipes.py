@@ -263,7 +263,15 @@ class _Recipe:
             values["bf16"] = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         if self.deepspeed is not None:
             values["deepspeed"] = self.deepspeed
+        blr = self.base_learning_rate()
+        if blr is not None and "learning_rate" not in self.training_args:
+            # the linear scaling rule (RETFound's and MerMED's): absolute lr = blr x global batch / 256
+            values["learning_rate"] = blr * self.global_batch(processes) / 256
         return values
+
+    def base_learning_rate(self) -> float | None:
+        """The method's `blr`, when its learning rate scales with the global batch; None: a fixed rate."""
+        return None
 
     def global_batch(self, processes: int = 1) -> int:
         values = {**self.TRAINING_DEFAULTS, **self.training_args}
@@ -290,11 +298,8 @@ class FinetuneRecipe(_Recipe):
     TRAINING_DEFAULTS: ClassVar[dict[str, Any]] = {"output_dir": "runs/finetune", "num_train_epochs": 50,
                                                    "per_device_train_batch_size": 16, "weight_decay": 0.05}
 
-    def training_arguments(self, processes: int = 1) -> dict[str, Any]:
-        values = super().training_arguments(processes)
-        if "learning_rate" not in self.training_args:  # RETFound: absolute lr = blr x effective batch / 256
-            values["learning_rate"] = self.finetune.blr * self.global_batch(processes) / 256
-        return values
+    def base_learning_rate(self) -> float | None:
+        return self.finetune.blr
 
 
 @dataclass
@@ -328,11 +333,8 @@ class AdaptRecipe(_Recipe):
         self.schedule = Schedule(**{k: getattr(self.schedule, k) if k in written else v
                                     for k, v in MERMED_SCHEDULE.items()})
 
-    def training_arguments(self, processes: int = 1) -> dict[str, Any]:
-        values = super().training_arguments(processes)
-        if self.objective == "mermed" and "learning_rate" not in self.training_args:
-            values["learning_rate"] = self.mermed.blr * self.global_batch(processes) / 256  # linear scaling rule
-        return values
+    def base_learning_rate(self) -> float | None:
+        return self.mermed.blr if self.objective == "mermed" else None
 
 
 @dataclass
@@ -374,7 +376,7 @@ def load_recipe(cls: type[RecipeT], path: str | None = None, values: list[tuple[
 
 def _check_rules(recipe: _Recipe) -> None:
     epochs = float(recipe.training_arguments()["num_train_epochs"])
-    if recipe.schedule.warmup_epochs < 0 or recipe.schedule.min_lr < 0:
+    if recipe.schedule.warmup_epochs < 0 or (recipe.schedule.min_lr or 0.0) < 0:
         raise ConfigError("schedule: warmup_epochs and min_lr must be >= 0")
     if recipe.schedule.warmup_epochs > epochs > 0:
         raise ConfigError(f"schedule.warmup_epochs: {recipe.schedule.warmup_epochs:g} warm-up epochs are longer than "

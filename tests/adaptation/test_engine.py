@@ -92,3 +92,25 @@ def test_a_missing_checkpoint_and_a_corrupt_image_are_one_error_line(texture_fol
                  "--bootstrap", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: corrupt_image: ") and "broken.png" in err[0]
+
+
+def test_min_lr_none_keeps_the_peak_rate_after_warm_up(tmp_path: Path) -> None:
+    """`schedule.min_lr: null`: no decay (the published gate and CLIP scripts), whatever learning_rate is."""
+    import torch
+
+    from multimeditron.adaptation.engine import ExpertTrainer, Schedule
+    from multimeditron.training.arguments import training_arguments
+
+    layer = torch.nn.Linear(2, 2)
+    args = training_arguments({"output_dir": str(tmp_path), "learning_rate": 3e-3, "num_train_epochs": 4,
+                               "report_to": "none"})
+    trainer = ExpertTrainer(model=layer, args=args, groups=[{"params": list(layer.parameters())}],
+                            schedule=Schedule(warmup_epochs=1, min_lr=None))
+    optimizer = trainer.create_optimizer()
+    scheduler = trainer.create_scheduler(40, optimizer)
+    rates = []
+    for _ in range(40):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[5] < 3e-3 and all(abs(r - 3e-3) < 1e-12 for r in rates[10:])
