@@ -76,13 +76,13 @@ def test_scores_the_last_assistant_turn_per_question_type(model_and_set, tmp_pat
     assert "| multimediset / organ | 2 | 50.0 |" in table
 
 
-def test_relative_paths_resolve_against_image_base_dir_when_given(model_and_set, tmp_path, checkpoint):
-    from multimeditron.data.report import BadSample
-
+def test_relative_paths_resolve_against_image_base_dir_when_given(model_and_set, tmp_path, checkpoint, capsys):
     _, _, directory, _ = model_and_set
-    with pytest.raises(BadSample, match="scan.png"):  # not in the given base folder, though next to the data
-        main(["eval", "--model", checkpoint, "--task", "multimediset", "--data", str(directory),
-              "--image-base-dir", str(tmp_path), "--max-new-tokens", "1"])
+    # not in the given base folder, though next to the data: refused, one `error:` line naming the file
+    assert main(["eval", "--model", checkpoint, "--task", "multimediset", "--data", str(directory),
+                 "--image-base-dir", str(tmp_path), "--max-new-tokens", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "error: missing_image: " in err and "scan.png" in err and "Traceback" not in err
 
 
 
