@@ -23,8 +23,11 @@ $(VENV)/.installed: pyproject.toml $(LOCK) scripts/torchvision_cpu_shim.py scrip
 
 install: $(VENV)/.installed
 
+# Lint first (pyproject.toml: ruff's rules, and the import-linter contract that keeps the package's layers one-way).
 test: $(VENV)/.installed
 	$(PY) scripts/check_lock.py --installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 quickstart: $(VENV)/.installed

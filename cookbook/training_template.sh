@@ -2,7 +2,9 @@
 # Multi-node training on a Slurm cluster: one task per node, each running torchrun over the node's GPUs with a c10d
 # rendezvous on the head node.
 #   bash cookbook/training_template.sh CONFIG.yaml    submits itself: creates logs/, asks for $NNODES nodes (default 4,
-#                                                     the published run), $ACCOUNT if set
+#                                                     the published run), $ACCOUNT if set; runs `multimeditron train`
+#   bash cookbook/training_template.sh COMMAND ARGS...  any other subcommand on the engine, e.g.
+#                                                     finetune --config cookbook/experts/....yaml --set ...
 #   sbatch --nodes $NNODES cookbook/training_template.sh CONFIG.yaml   also works once logs/ exists
 # Use it as it is: it reads $STORAGE_ROOT, $MODEL_ROOT, $NNODES, ... itself. `envsubst` (the published README's
 # step) would blank its Slurm variables, so a copy that went through envsubst refuses to run.
@@ -26,7 +28,13 @@ if [ "$ENVSUBST_PROBE" != '$''{MULTIMEDITRON_ENVSUBST_PROBE}' ]; then
 fi
 set -euo pipefail
 
-CONFIG=${1:?usage: bash training_template.sh CONFIG.yaml (submits itself with sbatch)}
+: "${1:?usage: bash training_template.sh CONFIG.yaml | COMMAND ARGS... (submits itself with sbatch)}"
+# A YAML file alone is a `train` config (the published usage); otherwise the arguments are a subcommand's.
+if [[ "$1" == *.yaml || "$1" == *.yml ]] && [ "$#" -eq 1 ]; then
+  COMMAND=(train --config "$1")
+else
+  COMMAND=("$@")
+fi
 # .env as in the published cookbook: WORKING_DIR, STORAGE_ROOT, MODEL_ROOT, HF_TOKEN, HF_HOME, WANDB_*, NNODES, ...
 if [ -f "${WORKING_DIR:-.}/.env" ]; then set -a; source "${WORKING_DIR:-.}/.env"; set +a; fi
 LOG_DIR=${LOG_DIR:-logs}
@@ -44,8 +52,10 @@ if [ -n "${NNODES:-}" ] && [ "$NNODES" != "$SLURM_NNODES" ]; then
        "'bash training_template.sh CONFIG' or 'sbatch --nodes \$NNODES ...'" >&2
   exit 2
 fi
-: "${STORAGE_ROOT:?set STORAGE_ROOT (Arrow datasets) in the environment or .env}"
-: "${MODEL_ROOT:?set MODEL_ROOT (checkpoints) in the environment or .env}"
+if [ "${COMMAND[0]}" = train ]; then  # the cookbook's VLM recipes name their data and checkpoints through these
+  : "${STORAGE_ROOT:?set STORAGE_ROOT (Arrow datasets) in the environment or .env}"
+  : "${MODEL_ROOT:?set MODEL_ROOT (checkpoints) in the environment or .env}"
+fi
 GPUS_PER_NODE=${GPUS_PER_NODE:-4}
 RDZV_PORT=${RDZV_PORT:-29500}
 EDF=${EDF:-$HOME/.edf/multimeditron.toml}   # container environment file (cookbook/assets/edf.toml)
@@ -54,7 +64,9 @@ mkdir -p "$LOG_DIR"
 # sed reads the whole list: `head -n 1` would close the pipe early and, under pipefail, SIGPIPE kills the job.
 HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 
-echo "nodes: $SLURM_NNODES, head: $HEAD_NODE:$RDZV_PORT, gpus per node: $GPUS_PER_NODE, config: $CONFIG"
+# The command travels into `bash -c` quoted word by word, so arguments with spaces or braces survive.
+QUOTED_COMMAND=$(printf '%q ' "${COMMAND[@]}")
+echo "nodes: $SLURM_NNODES, head: $HEAD_NODE:$RDZV_PORT, gpus per node: $GPUS_PER_NODE, command: ${COMMAND[*]}"
 srun --environment "$EDF" bash -c "torchrun \
   --nproc-per-node $GPUS_PER_NODE \
   --nnodes $SLURM_NNODES \
@@ -64,4 +76,4 @@ srun --environment "$EDF" bash -c "torchrun \
   --rdzv-id $SLURM_JOB_ID \
   --max-restarts 0 \
   --tee 3 \
-  -m multimeditron train --config $CONFIG"
+  -m multimeditron $QUOTED_COMMAND"

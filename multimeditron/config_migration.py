@@ -11,17 +11,13 @@ from typing import Any
 
 import yaml
 
-from multimeditron.config import ConfigError
+from multimeditron.choices import PUBLISHED_FUSIONS, PUBLISHED_GATE_ARCH
+from multimeditron.config import PUBLISHED_MARKERS, ConfigError, is_published_config
 
-# Keys only the published schema has at the top level: any of them marks a file as a published config.
-PUBLISHED_MARKERS = ("base_llm", "modalities", "training_mode", "datasets", "tokenizer_type", "token_size", "loaders")
 STAGES = {"ALIGNMENT": "alignment", "END2END": "end2end", "FULL": "full", "LM_ONLY": "lm_only"}
-FUSIONS = {"cross_attn": "attn", "weighted_average": "avg", "sequence_append": "cat"}
 PROJECTORS = {"mlp": "mlp3x_gelu"}  # the published MLPProjector: 3 linear layers with GELU, N(0, 0.02) init
 BIOMEDCLIP_HUB = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 GATES = ("pretrained", "learned")
-# The published gate: a ResNet-50 over the experts in their order, fed the CLIP-processed image.
-PUBLISHED_GATE_ARCH = "resnet50"
 
 
 # Settings a published run had without writing them, which this schema's defaults would change: set as the cookbook
@@ -55,10 +51,6 @@ class Conversion:
                  "`multimeditron convert config`.".replace("  ", " ")]
         lines += [f"# - {note}" for note in self.notes + self.changes]
         return "\n".join(lines) + "\n" + yaml.safe_dump(self.config, sort_keys=False, width=120)
-
-
-def is_published_config(data: Any) -> bool:
-    return isinstance(data, dict) and any(key in data for key in PUBLISHED_MARKERS) and "model" not in data
 
 
 def load_published(path: str | os.PathLike) -> dict[str, Any]:
@@ -227,9 +219,9 @@ def _map_modalities(modalities: Any, model: dict[str, Any], notes: list[str], ga
         model["experts"] = [{"id": "clip", "checkpoint": name, "options": dict(clip_options)} for name in names]
         model["projection"] = "per_expert" if kind.endswith("_pep") else "shared"
         method = modality.pop("fusion_method", "weighted_average")
-        if method not in FUSIONS:
-            raise ConfigError(f"{where}.fusion_method: {method!r} is not one of {list(FUSIONS)}")
-        model["fusion"] = FUSIONS[method]
+        if method not in PUBLISHED_FUSIONS:
+            raise ConfigError(f"{where}.fusion_method: {method!r} is not one of {list(PUBLISHED_FUSIONS)}")
+        model["fusion"] = PUBLISHED_FUSIONS[method]
         if method == "cross_attn":
             model["attn_variant"] = "published"  # the published cross-attention layer, not this toolkit's default
         heads = modality.pop("cross_attn_heads", None)

@@ -3,14 +3,8 @@ trained in two stages through the YAML path -> held-out scores, with and without
 
 Runs on 2 CPU cores in under 10 minutes. The tiny expert starts from random weights (no hub here), so the expert half
 first fine-tunes it on labelled images (`quickstart_expert`); the VLM then trains in the cookbook's order for a
-pretrained expert: stage 1 `end2end` (projector + LLM, the expert frozen), stage 2 `full` (everything).
-
-Measured while choosing (2 CPU cores, seeds 0-4; the README has the table): the previous recipe (no warm-up, stage 1
-`vision_alignment`: the expert trained under the frozen random LLM, whose loss hardly falls there) met the bar on
-seed 0 only. With the warm-up on 3000 images and the expert trained in both stages (`vision_alignment` 2 epochs,
-`full` 12), seed 1 answered modality at 66 % and multiple choice at 56 %, and seed 4 side at 50 %; 6000 warm-up
-images with the expert frozen in stage 1 (so the LLM learns to read it before it moves) passed both seeds. Which of
-the two changes mended seed 1 was not isolated.
+pretrained expert: stage 1 `end2end` (projector + LLM, the expert frozen, so that the LLM learns to read the expert
+before the expert moves), stage 2 `full` (everything). The README has the per-seed scores of this recipe.
 """
 from __future__ import annotations
 

@@ -15,12 +15,9 @@ from typing import Any
 
 # Labelled images (train / val / test) and the fine-tuning recipe: full fine-tuning at one rate (layer decay 1), no
 # augmentation (a flip would swap the left/right labels, a crop can cut a finding out), no drop path or smoothing
-# (a 2-block expert on clean labels), the best epoch chosen by the val macro AUROC.
-# Measured with the 4-head expert on 3000 images: val macro AUROC 0.84 after 5 epochs, 0.90 after 10-12 (a plateau),
-# but on seed 4 the side stayed at AUROC 0.80 (kNN) / 0.95 (linear) and the VLM then never answered it (20 epochs
-# 0.86 / 0.92, depth 4 0.80 / 0.89, width 128 0.73 / 0.92, lr 2e-3 0.72 / 0.76; 6000 images 1.00 / 1.00, but then
-# seed 3 fell to 0.74 / 0.85). 8 heads (quickstart.EXPERT) gave 0.98-1.00 on both; 6000 images for the count labels
-# (seed 3, 8 heads: count_2 AUROC 0.87 / 0.88 instead of 0.84 / 0.80 with 3000).
+# (a 2-block expert on clean labels), the best epoch chosen by the val macro AUROC. 6000 images and 12 epochs: the
+# side and count labels need them to be readable from the class token on every seed (the VLM never answers a label
+# its expert does not separate).
 WARMUP_IMAGES = 6000  # train images; val and test hold a tenth as many each
 WARMUP_EPOCHS = 12
 WARMUP_LR = 1e-3

@@ -28,10 +28,10 @@ def test_the_run_config_and_the_model_config_accept_the_same_values():
 
 def test_one_default_attachment_token():
     from multimeditron.data import convert, synthetic
-    from multimeditron.model import builder, processing
+    from multimeditron.model import processing
 
     token = choices.DEFAULT_ATTACHMENT_TOKEN
     assert ModelSection().attachment_token == MultiMeditronConfig().attachment_token == token
     assert synthetic.ATTACHMENT_TOKEN == convert.DEFAULT_ATTACHMENT_TOKEN == token
-    for function in (builder.build_model, processing.MultiMeditronProcessor.__init__, convert.llava_row):
+    for function in (processing.MultiMeditronProcessor.__init__, convert.llava_row):
         assert inspect.signature(function).parameters["attachment_token"].default == token, function

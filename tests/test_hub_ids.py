@@ -31,8 +31,8 @@ def test_a_file_inside_a_repository_only_where_files_are_asked_for():
 
 
 def test_the_run_check_and_the_dry_run_agree_with_the_rule(tmp_path):
-    """Before: preflight refused `owner/name/file.pth` expert checkpoints that the checkpoint reader downloads, and
-    the dry run called `a/b/c` datasets missing while the loader sent them to the hub."""
+    """Preflight and the dry run follow the hub-id rule of the readers: an `owner/name/file.pth` expert checkpoint
+    and an `a/b/c` dataset are hub ids, not missing paths."""
     from multimeditron.config import DatasetEntry, parse_config
     from multimeditron.training.plan import _dataset_line
     from multimeditron.training.preflight import path_problems
@@ -40,7 +40,8 @@ def test_the_run_check_and_the_dry_run_agree_with_the_rule(tmp_path):
     config = parse_config({
         "model": {"llm": "tiny-qwen3", "experts": [
             {"id": "timm:vit_small_patch16_224", "tiny": True, "checkpoint": "owner/repo/weights.pth"},
-            {"id": "timm:vit_small_patch16_224", "tiny": True, "checkpoint": str(tmp_path / "missing.pth")}]},
+            {"id": "timm:vit_small_patch16_224", "tiny": True, "checkpoint": str(tmp_path / "missing.pth")}],
+            "fusion": "avg"},
         "data": {"train": [{"path": "owner/dataset"}, {"path": "data/missing.parquet"}]},
         "stage": "alignment", "training_args": {"output_dir": str(tmp_path / "out")}})
     problems = path_problems(config)

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from multimeditron.inference import (
-    continuation_logprob, cut_at_stop, generate_answers, load_pretrained, messages_to_chat, render_prompt,
+    continuation_logprob,
+    cut_at_stop,
+    generate_answers,
+    load_pretrained,
+    messages_to_chat,
+    render_prompt,
 )
 from tests.conftest import random_image
 from tests.evaluation.conftest import checkpoint, lively_tiny_model  # noqa: F401 (fixture)
@@ -106,7 +111,7 @@ def test_messages_to_chat_places_one_placeholder_per_image():
         messages_to_chat([{"role": "user", "content": [{"type": "video", "url": "x.mp4"}]}], "<|image|>")
 
 
-def test_load_pretrained_and_generate_command(checkpoint, tmp_path, capsys):
+def test_load_pretrained_and_generate_command(checkpoint, tmp_path, capsys):  # noqa: F811 (the fixture)
     from multimeditron.cli import main
 
     model, processor = load_pretrained(checkpoint, dtype="float32", device="cpu")

@@ -39,7 +39,7 @@ def test_quickstart_reduced_budget_learns_modality_and_presence(tmp_path, capsys
     assert stage1["stage"] == "end2end"  # the fine-tuned expert stays frozen while the LLM learns to read it
     reports = json.loads((out / "stage1" / "load_reports.json").read_text())
     assert [r["source"] for r in reports.values()] == [str(warmed / "expert.safetensors")]
-    assert "same as: multimeditron finetune --config" in printed
+    assert f"same as: multimeditron finetune --config {out / 'expert_warmup.yaml'}" in printed
     assert "| label | knn random init | linear random init | knn warmed up | linear warmed up |" in printed
     assert "| question type | accuracy % | chance % | n |" in printed and "model answer:" in printed
     assert set(metrics["ablation"]) == {"blank", "noise", "other"}

@@ -23,10 +23,13 @@ from multimeditron.adaptation.errors import AdaptationError
 
 @dataclass(frozen=True)
 class Schedule:
-    """Linear warmup over `warmup_epochs` (fractions allowed), then cosine from the peak rate to `min_lr`; each
-    parameter group runs at the schedule times its `lr_scale` (timm's and RETFound's rule)."""
+    """Linear warmup over `warmup_epochs` (fractions allowed), then cosine from the peak rate to `min_lr` (None: no
+    decay, the peak rate to the end, as the published gate and CLIP scripts run); each parameter group runs at the
+    schedule times its `lr_scale` (timm's and RETFound's rule). `cooldown_epochs`: the
+    cosine reaches `min_lr` that many epochs before the end and stays there (RETFound-Green's last 20 of 120)."""
     warmup_epochs: float = 1.0
-    min_lr: float = 1e-6
+    min_lr: float | None = 1e-6
+    cooldown_epochs: float = 0.0
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -150,13 +153,26 @@ class ExpertTrainer(Trainer):
             from transformers import get_scheduler
 
             per_epoch = num_training_steps / max(self.args.num_train_epochs, 1e-9)
-            warmup = min(round(self.schedule.warmup_epochs * per_epoch), max(num_training_steps - 1, 0))
-            floor = self.schedule.min_lr / self.args.learning_rate if self.args.learning_rate > 0 else 0.0
+            cosine_end = max(1, num_training_steps - round(self.schedule.cooldown_epochs * per_epoch))
+            warmup = min(round(self.schedule.warmup_epochs * per_epoch), max(cosine_end - 1, 0))
+            min_lr = self.schedule.min_lr
+            floor = 1.0 if min_lr is None else min_lr / self.args.learning_rate if self.args.learning_rate > 0 else 0.0
             self.lr_scheduler = get_scheduler(
                 "cosine_with_min_lr", optimizer or self.optimizer, num_warmup_steps=warmup,
-                num_training_steps=num_training_steps, scheduler_specific_kwargs={"min_lr_rate": min(floor, 1.0)})
+                num_training_steps=cosine_end, scheduler_specific_kwargs={"min_lr_rate": min(floor, 1.0)})
+            if cosine_end < num_training_steps:  # the cooldown holds the floor (HF's cosine would rise again)
+                self.lr_scheduler.lr_lambdas = [lambda step, f=f: f(min(step, cosine_end))
+                                                for f in self.lr_scheduler.lr_lambdas]
             self._created_lr_scheduler = True
         return self.lr_scheduler
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Training records also carry the objective's own scalars (`objective.training_scalars()`: a teacher's
+        temperature, an EMA momentum), so `report_to` (TensorBoard) shows them beside the loss."""
+        scalars = getattr(self.model, "training_scalars", None)
+        if callable(scalars) and "loss" in logs:
+            logs = {**logs, **scalars()}
+        super().log(logs, *args, **kwargs)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
         dataset = train_dataset if train_dataset is not None else self.train_dataset

@@ -18,7 +18,7 @@ from torch import nn
 from multimeditron.adaptation.engine import epoch_history, train_objective
 from multimeditron.adaptation.errors import AdaptationError
 from multimeditron.adaptation.heads import Classifier, build_head, head_record
-from multimeditron.adaptation.images import CanvasDataset
+from multimeditron.adaptation.images import CanvasDataset, TimmDataset
 from multimeditron.adaptation.optim import param_groups
 from multimeditron.adaptation.peft_methods import merged_copy, prepare_expert
 from multimeditron.adaptation.recipes import FinetuneRecipe, FinetuneSection
@@ -54,7 +54,7 @@ class ClassificationObjective(nn.Module):
     def __init__(self, classifier: Classifier, settings: FinetuneSection, num_classes: int,
                  class_weights: torch.Tensor | None = None, multilabel: bool = False) -> None:
         super().__init__()
-        self.classifier, self.multilabel, self.smoothing = classifier, multilabel, settings.label_smoothing
+        self.classifier, self.multilabel, self.smoothing = classifier, multilabel, settings.loss_smoothing
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.mixup = None
         if settings.mixing and not multilabel:
@@ -78,6 +78,39 @@ class ClassificationObjective(nn.Module):
             loss = nn.functional.cross_entropy(logits, labels, weight=self.class_weights,
                                                label_smoothing=self.smoothing)
         return {"loss": loss, "logits": logits}
+
+
+def classifier_groups(classifier: Classifier, settings: FinetuneSection, weight_decay: float,
+                      learning_rate: float) -> list[dict[str, Any]]:
+    """The optimiser groups: layer-wise decay for `finetune`; with `settings.backbone_lr` every group of the
+    expert (blocks, adapters, biases) scaled by backbone_lr / learning_rate, so the head runs at the learning rate
+    and the expert at its own (a group's `lr_scale` is what the engine multiplies the schedule by)."""
+    layer_decay = settings.layer_decay if settings.adaptation == "finetune" else 1.0
+    groups = param_groups(classifier.expert, classifier.head, weight_decay, layer_decay)
+    if settings.backbone_lr is None or settings.adaptation == "lp":
+        return groups
+    if learning_rate <= 0:
+        raise AdaptationError("finetune.backbone_lr needs a positive training_args.learning_rate (the head's)")
+    head = {id(p) for p in classifier.head.parameters()}
+    ratio = settings.backbone_lr / learning_rate
+    out = []
+    for group in groups:  # a group may mix head and expert parameters (one weight-decay group without layer decay)
+        own = [p for p in group["params"] if id(p) in head]
+        expert = [p for p in group["params"] if id(p) not in head]
+        out += [{**group, "params": own}] if own else []
+        out += [{**group, "params": expert, "lr_scale": group.get("lr_scale", 1.0) * ratio}] if expert else []
+    return out
+
+
+def add_paper_metrics(run: dict[str, Any], name: str, data: LabelledImages,
+                      scored: dict[str, tuple[np.ndarray, dict[str, Any]]]) -> None:
+    """`run["paper_metrics"]`: split -> [the paper's metric set, with the definitions it uses] (the layout `probe`
+    writes, which `probing.report` turns into CSV rows and a table)."""
+    from multimeditron.probing.paper_metrics import paper_metric_set
+
+    run["paper_metrics"] = {split: [paper_metric_set(name, data.splits[split].labels, scored[split][0],
+                                                     multilabel=data.multilabel, classes=list(data.classes))]
+                            for split in ("val", "test")}
 
 
 def probabilities(logits: np.ndarray, multilabel: bool) -> np.ndarray:
@@ -144,19 +177,29 @@ def load_finetuned(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
     return Classifier(expert, head, frozen_expert=True).eval(), record
 
 
-def labelled_canvases(data: LabelledImages, split: str, size: int, augment: bool = False, seed: int = 0) -> CanvasDataset:
+def labelled_canvases(data: LabelledImages, split: str, size: int, augment: bool = False, seed: int = 0,
+                      expert: VisionExpert | None = None, settings: FinetuneSection | None = None) -> CanvasDataset:
+    """The split's images as the engine's dataset: the letterbox canvas (with its light augmentation), or with
+    `settings.transform == "timm"` RETFound's timm transforms (training when `augment`, else evaluation), which
+    need the `expert`'s size and normalisation."""
     part = data.splits[split]
+    if settings is not None and settings.transform == "timm":
+        if expert is None:
+            raise ValueError("the timm transform needs the expert (its normalisation)")
+        return TimmDataset(part.images, size, expert.mean, expert.std, settings.timm, data.folder, part.labels,
+                           train=augment, seed=seed)
     return CanvasDataset(part.images, size, data.folder, part.labels, augment=augment, seed=seed)
 
 
-def evaluate_splits(trainer: Any, data: LabelledImages, splits: tuple[str, ...], size: int, bootstrap: int = 0,
+def evaluate_splits(trainer: Any, data: LabelledImages, splits: tuple[str, ...], size: int,
+                    expert: VisionExpert | None = None, settings: FinetuneSection | None = None, bootstrap: int = 0,
                     seed: int = 0) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
     """split -> (probabilities, metrics) with part 1's `classification_metrics`; the test metrics carry bootstrap
     intervals (`bootstrap` resamples, as `probe`'s). The predictions of every process are gathered by the engine
     (each image once, whatever the number of processes)."""
     out = {}
     for split in splits:
-        logits = trainer.predict(labelled_canvases(data, split, size)).predictions
+        logits = trainer.predict(labelled_canvases(data, split, size, expert=expert, settings=settings)).predictions
         probs = probabilities(logits, data.multilabel)
         labels = data.splits[split].labels
         if split == "test" and bootstrap:
@@ -195,19 +238,20 @@ def finetune(expert: VisionExpert, spec: ExpertSpec, data: LabelledImages, recip
     classifier = build_classifier(expert, len(classes), settings)
     class_weights, sample_weights = _balance(train.labels, len(classes), settings.balance)
     objective = ClassificationObjective(classifier, settings, len(classes), class_weights, data.multilabel)
-    layer_decay = settings.layer_decay if settings.adaptation == "finetune" else 1.0
-    groups = param_groups(classifier.expert, classifier.head, args.weight_decay, layer_decay)
+    groups = classifier_groups(classifier, settings, args.weight_decay, args.learning_rate)
     trainable = sum(p.numel() for g in groups for p in g["params"])
     total = sum(p.numel() for p in classifier.parameters())
     trainer = train_objective(
-        objective, labelled_canvases(data, "train", expert.image_size, settings.augment, args.seed), args, groups,
-        recipe.schedule, eval_dataset=labelled_canvases(data, "val", expert.image_size),
+        objective, labelled_canvases(data, "train", expert.image_size, settings.augment, args.seed, expert, settings),
+        args, groups, recipe.schedule,
+        eval_dataset=labelled_canvases(data, "val", expert.image_size, expert=expert, settings=settings),
         compute_metrics=_metrics_fn(settings.select_metric, data.multilabel), sample_weights=sample_weights,
         resume=args.resume_from_checkpoint, drop_last_train=settings.mixing, callbacks=callbacks,
         log_name="finetune")
     history = epoch_history(trainer.state.log_history)
     best_epoch = max(history, key=lambda h: h.get("score", -np.inf))["epoch"] if history else None
-    scored = evaluate_splits(trainer, data, ("val", "test"), expert.image_size, settings.bootstrap, args.seed)
+    scored = evaluate_splits(trainer, data, ("val", "test"), expert.image_size, expert, settings,
+                             bootstrap=settings.bootstrap, seed=args.seed)
     record = {"objective": "classification", "adaptation": settings.adaptation, "select_metric": settings.select_metric,
               "recipe": recipe.to_dict(), "classes": classes, "data": data.name, "epoch": best_epoch,
               "val": plain(scored["val"][1]), "score": selection_value(plain(scored["val"][1]), settings.select_metric),
@@ -215,6 +259,8 @@ def finetune(expert: VisionExpert, spec: ExpertSpec, data: LabelledImages, recip
                                   classes, data.multilabel)}
     result = _result(name or spec.id, record, data, scored, settings.bootstrap, args.seed)
     result["runs"][0]["details"].update({"history": history, "trainable_parameters": trainable, "parameters": total})
+    if settings.paper_metrics:
+        add_paper_metrics(result["runs"][0], settings.paper_metrics, data, scored)
     if trainer.is_world_process_zero():
         save_checkpoint(classifier, spec, out / "best", record)
         (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
@@ -267,7 +313,8 @@ def score_checkpoint(classifier: Classifier, record: dict[str, Any], data: Label
         raise AdaptationError(f"{data.name}: classes {data.classes} differ from the checkpoint's {classes}")
     objective = ClassificationObjective(classifier, FinetuneSection(), len(classes), multilabel=data.multilabel)
     trainer = Trainer(model=objective, args=args)
-    scored = evaluate_splits(trainer, data, ("val", "test"), classifier.expert.image_size, bootstrap, args.seed)
+    scored = evaluate_splits(trainer, data, ("val", "test"), classifier.expert.image_size, bootstrap=bootstrap,
+                             seed=args.seed)
     result = _result(name, provenance, data, scored, bootstrap, args.seed)
     if write and trainer.is_world_process_zero():
         write_outputs(result, data, scored, args.output_dir)
@@ -316,16 +363,37 @@ def finetune_plan(recipe: FinetuneRecipe, data: LabelledImages, expert: VisionEx
     settings = recipe.finetune
     classifier = build_classifier(expert, len(data.classes), settings)
     layer_decay = settings.layer_decay if settings.adaptation == "finetune" else 1.0
-    weight_decay = float(recipe.training_arguments(processes)["weight_decay"])
-    groups = param_groups(classifier.expert, classifier.head, weight_decay, layer_decay)
+    values = recipe.training_arguments(processes)
+    groups = classifier_groups(classifier, settings, float(values["weight_decay"]), float(values["learning_rate"]))
     sizes = ", ".join(f"{s} {len(p)}" for s, p in data.splits.items())
     kind = "labels" if data.multilabel else "classes"
     data_lines = [f"data: {data.name}: {len(data.classes)} {kind} ({', '.join(data.classes)}); images: {sizes}",
                   *(f"data note: {note}" for note in data.notes),
                   f"method: {settings.adaptation}, layer decay {layer_decay:g}, drop path "
                   f"{settings.drop_path if settings.adaptation != 'lp' else 0:g}, label smoothing "
-                  f"{settings.label_smoothing:g}, mixup {settings.mixup:g}, cutmix {settings.cutmix:g}, balance "
-                  f"{settings.balance}, augment {settings.augment}, best epoch by val {settings.select_metric}"]
+                  f"{settings.label_smoothing:g}{'' if settings.smoothing_applies == 'always' else ' (inside mixup/cutmix only)'}, "
+                  f"mixup {settings.mixup:g}, cutmix {settings.cutmix:g}, balance "
+                  f"{settings.balance}, augment {settings.augment}, best epoch by val {settings.select_metric}",
+                  f"head on the {settings.pool or 'family'} output; optimiser {values.get('optim', 'adamw_torch')}"
+                  + (f" ({values['optim_args']})" if values.get("optim_args") else "")
+                  + (f", head lr {values['learning_rate']:.4g}, expert lr {settings.backbone_lr:.4g}"
+                     if settings.backbone_lr is not None else "")
+                  + (f"; LoRA r {settings.lora.r}, alpha {settings.lora.alpha}, dropout {settings.lora.dropout:g}, "
+                     f"bias {settings.lora.bias}" if settings.adaptation == "lora" else ""),
+                  _transform_line(settings, expert.image_size)
+                  + (f"; also reports the {settings.paper_metrics} metric set" if settings.paper_metrics else "")]
     return format_plan("finetune", recipe, data_lines, expert, groups,
                        ["checkpoint-*/ (resumable)", "best/ (adapted expert + head)", "history.json",
                         "results.{json,csv,md}", "plots/", "test_predictions.npz"], processes)
+
+
+def _transform_line(settings: FinetuneSection, size: int) -> str:
+    if settings.transform == "canvas":
+        return (f"images: letterbox canvas {size} px" + (", random resized crop (scale 0.5-1) + flip"
+                                                         if settings.augment else ""))
+    t = settings.timm
+    crop_pct = t.crop_pct if t.crop_pct is not None else (224 / 256 if size <= 224 else 1.0)
+    train = (f"random resized crop scale {t.scale[0]:g}-{t.scale[1]:g} + flip, RandAugment {t.auto_augment}, random "
+             f"erasing {t.re_prob:g} ({t.re_mode})" if settings.augment else "the eval transform")
+    return (f"images: timm create_transform {size} px ({t.interpolation}): train {train}; eval resize "
+            f"{int(size / crop_pct)} + centre crop {size}")

@@ -35,6 +35,26 @@ class _RowImages(Sequence):
         return value if position is None else value[position]["value"]
 
 
+class FirstImages(Sequence):
+    """The first image of each value that is a MultiMediset `modalities` list (a gate, a caption pair: one image
+    per row); other values pass through."""
+
+    def __init__(self, values: Sequence[Any]) -> None:
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
+        value = self.values[index]
+        if isinstance(value, list):
+            images = [m for m in value if not isinstance(m, dict) or m.get("type", "image") == "image"]
+            if not images:
+                raise AdaptDataError(f"row {index}: its `modalities` list holds no image")
+            return images[0]
+        return value
+
+
 def unlabelled_images(path: str | Path, image_column: str | None = None) -> tuple[Sequence[Any], Path]:
     """Every image under `path`: image files anywhere below a folder (a `train|val|test/<class>/` layout included),
     or the images of a parquet/arrow/save_to_disk table (its `image` column, or each row's `modalities` images in
@@ -153,3 +173,59 @@ def augment_canvas(canvas: torch.Tensor, size: int) -> torch.Tensor:
 
     crop = v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True)
     return v2.RandomHorizontalFlip()(crop(canvas)).clamp(0.0, 1.0)
+
+
+def timm_transform(size: int, mean: Sequence[float], std: Sequence[float], settings: Any, train: bool) -> Any:
+    """RETFound's transforms (`util/datasets.py::build_transform`) from timm's `create_transform`: training =
+    random resized crop (`settings.scale`) + flip + RandAugment + normalise + random erasing; evaluation = resize to
+    size / crop_pct (bicubic) + centre crop. `settings` is a `recipes.TimmTransformSection`."""
+    from timm.data import create_transform
+
+    if train:
+        return create_transform(input_size=size, is_training=True, scale=tuple(settings.scale),
+                                color_jitter=settings.color_jitter, auto_augment=settings.auto_augment,
+                                interpolation=settings.interpolation, re_prob=settings.re_prob,
+                                re_mode=settings.re_mode, re_count=settings.re_count, mean=tuple(mean), std=tuple(std))
+    crop_pct = settings.crop_pct if settings.crop_pct is not None else (224 / 256 if size <= 224 else 1.0)
+    return create_transform(input_size=size, is_training=False, interpolation=settings.interpolation,
+                            crop_pct=crop_pct, mean=tuple(mean), std=tuple(std))
+
+
+class TimmDataset(CanvasDataset):
+    """Image values (+ labels) through a timm transform (`timm_transform`), returned in the canvas's [0, 1] space:
+    the transform normalises with the expert's mean/std (so random erasing draws its noise where RETFound's does),
+    and the normalisation is undone here because the expert's `preprocess` applies it again (an affine map: the
+    expert sees the numbers RETFound's pipeline gives it).
+
+    timm draws from Python's `random` and numpy's global generator: both are seeded per sample by (seed, epoch,
+    index) and restored afterwards, as the canvas augmentation does with torch's."""
+
+    def __init__(self, images: Sequence[Any], size: int, mean: Sequence[float], std: Sequence[float],
+                 settings: Any, folder: Path | None = None, labels: Any = None, train: bool = False,
+                 seed: int = 0) -> None:
+        super().__init__(images, size, folder, labels, augment=False, seed=seed)
+        self.transform = timm_transform(size, mean, std, settings, train)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        import random
+
+        import numpy as np
+
+        image = self.canvases.resolver.load(self.canvases.images[index]).convert("RGB")
+        seed = int(self.generator(index).initial_seed())
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                pixels = self.transform(image)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+        pixels = pixels * self.std + self.mean
+        if self.labels is None:
+            return {"pixel_values": pixels}
+        return {"pixel_values": pixels, "labels": torch.as_tensor(self.labels[index])}

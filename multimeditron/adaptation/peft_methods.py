@@ -4,24 +4,31 @@ into plain weights so the adapted expert keeps its own module layout."""
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 from torch import nn
 
 from multimeditron.adaptation.errors import AdaptationError
 
-ADAPTATIONS = ("finetune", "lp", "lora", "bitfit")
+# finetune: everything trains; lp: the head only; lora: adapters; bitfit: the biases
+Adaptation = Literal["finetune", "lp", "lora", "bitfit"]
+ADAPTATIONS: tuple[str, ...] = typing.get_args(Adaptation)
+LoraBias = Literal["none", "all", "lora_only"]
 
 
 @dataclass
-class LoraSettings:
+class LoraSection:
+    """The expert's LoRA adapters (a recipe's `finetune.lora`): DINOv2-on-radiology's places, qkv / fc1 / fc2."""
     r: int = 48
     alpha: int = 16
     dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: ["qkv", "fc1", "fc2"])
+    bias: LoraBias = "none"  # peft's LoraConfig.bias: which biases train beside the adapters
 
 
-def prepare_expert(expert: nn.Module, adaptation: str, lora: LoraSettings | None = None) -> nn.Module:
+def prepare_expert(expert: nn.Module, adaptation: str, lora: LoraSection | None = None) -> nn.Module:
     """Set `requires_grad` on `expert` for `adaptation` (LoRA: inject the adapters first); returns the expert."""
     if adaptation not in ADAPTATIONS:
         raise AdaptationError(f"adaptation {adaptation!r} is not one of {list(ADAPTATIONS)}")
@@ -34,9 +41,9 @@ def prepare_expert(expert: nn.Module, adaptation: str, lora: LoraSettings | None
     elif adaptation == "lora":
         from peft import LoraConfig, inject_adapter_in_model
 
-        settings = lora or LoraSettings()
+        settings = lora or LoraSection()
         config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                            target_modules=list(settings.target_modules))
+                            target_modules=list(settings.target_modules), bias=settings.bias)
         try:
             inject_adapter_in_model(config, expert)  # adapters are trainable, everything else stays frozen
         except ValueError as error:

@@ -22,7 +22,7 @@ def format_plan(command: str, recipe: Any, data_lines: list[str], expert: Vision
              f"{processes} process(es)",
              f"learning rate {values['learning_rate']:.4g} (x each group's scale), warm-up "
              f"{recipe.schedule.warmup_epochs:g} of {values['num_train_epochs']:g} epochs, cosine to "
-             f"{recipe.schedule.min_lr:g}; weight decay {values['weight_decay']:g}; "
+             f"{'no decay' if recipe.schedule.min_lr is None else format(recipe.schedule.min_lr, 'g')}; weight decay {values['weight_decay']:g}; "
              f"precision {'bf16' if values.get('bf16') else 'fp16' if values.get('fp16') else 'fp32'}"
              + (f"; DeepSpeed {values['deepspeed']}" if values.get("deepspeed") else ""),
              "trainable parameters per group:"]

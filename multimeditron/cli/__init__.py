@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from multimeditron.errors import UserError
@@ -21,6 +22,8 @@ SUBCOMMANDS = {
     "adapt": "adapt",
     "finetune": "finetune",
     "segment": "segment",
+    "train-gate": "train_gate",
+    "train-expert": "train_expert",
 }
 
 SUMMARIES = {
@@ -34,7 +37,18 @@ SUMMARIES = {
     "adapt": "adapt a vision expert to unlabelled images by token reconstruction (RETFound-Green)",
     "finetune": "fine-tune a vision expert on labelled images (finetune, lp, lora, bitfit)",
     "segment": "train a segmentation decoder on a frozen vision expert (linear or U-Net), Dice/Jaccard on test",
+    "train-gate": "train a mixture's modality gate (a timm classifier) for router: pretrained",
+    "train-expert": "train a CLIP-family expert contrastively on image-caption pairs (open_clip)",
 }
+
+
+def configure_logging() -> None:
+    """The application's log format; INFO on the main process, warnings only on the others (a library module never
+    configures logging itself)."""
+    from multimeditron.training.arguments import is_main_process
+
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _move_launcher_rank(argv: list[str]) -> list[str]:

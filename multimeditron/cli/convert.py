@@ -86,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
             report = convert_image_folder(args.root, args.out, question=args.question, attachment_token=token,
                                           skip_bad=args.skip_bad, overwrite=args.overwrite,
                                           progress=not args.no_progress)
-    except BadRowsError as error:  # listed, then one `error:` line from the dispatcher (exit 2)
-        _report_bad(error.bad)
+    except BadRowsError as error:
+        _report_bad(error.bad)  # every bad row on its own line, then the one `error:` line of the dispatcher
         raise
     if report.bad:
         _report_bad(report.bad)
@@ -100,11 +100,14 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from multimeditron.errors import UsageError
-    from multimeditron.model.published_checkpoint import PUBLISHED_ATTACHMENT_TOKEN, convert_published_checkpoint
+    from multimeditron.model.published_checkpoint import (
+        PUBLISHED_ATTACHMENT_TOKEN,
+        convert_published_checkpoint,
+    )
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
-        raise UsageError(f"--out {out} is not empty; choose another folder")
+        raise UsageError(f"--out {out} is not empty")
     model, processor = convert_published_checkpoint(args.published_dir, args.tokenizer,
                                                     args.attachment_token or PUBLISHED_ATTACHMENT_TOKEN)
     model.save_pretrained(out)

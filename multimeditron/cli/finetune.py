@@ -1,6 +1,7 @@
 """`multimeditron finetune`: adapt a vision expert to a labelled image set (full fine-tuning, linear probe, LoRA or
-BitFit) as RETFound's `main_finetune.py` does, on the engine (`torchrun` for several processes); `--eval
---checkpoint` scores a saved run. Every flag is a shorthand of a key of the YAML recipe (`--config`)."""
+BitFit) on the outline of RETFound's `main_finetune.py`, on the engine (`torchrun` for several processes); `--eval
+--checkpoint` scores a saved run. Every flag is a shorthand of a key of the YAML recipe (`--config`); the papers'
+exact recipes are `cookbook/experts/*.yaml` (what still differs: `cookbook/experts/README.md`)."""
 from __future__ import annotations
 
 import argparse
@@ -40,12 +41,21 @@ SHORTHANDS = [
               "(RETFound)"),
     Shorthand("--layer-decay", "finetune.layer_decay", "finetune: layer-wise lr decay (1: off)"),
     Shorthand("--drop-path", "finetune.drop_path", "stochastic depth (not for lp)"),
-    Shorthand("--smoothing", "finetune.label_smoothing", "label smoothing"),
-    Shorthand("--mixup", "finetune.mixup", "mixup alpha (0: off)"),
-    Shorthand("--cutmix", "finetune.cutmix", "cutmix alpha (0: off)"),
+    Shorthand("--smoothing", "finetune.label_smoothing", "label smoothing (in the loss; with --smoothing-applies "
+              "mixing only inside mixup/cutmix, as RETFound, whose loss is a plain CrossEntropyLoss)"),
+    Shorthand("--smoothing-applies", "finetune.smoothing_applies", "always: in the loss; mixing: only inside "
+              "mixup/cutmix (RETFound)"),
+    Shorthand("--mixup", "finetune.mixup", "mixup alpha (0: off; RETFound's default is 0 too)"),
+    Shorthand("--cutmix", "finetune.cutmix", "cutmix alpha (0: off; RETFound's default is 0 too)"),
     Shorthand("--balance", "finetune.balance", "imbalanced data: inverse-frequency class weights, or a balanced "
               "sampler"),
     Shorthand("--no-augment", "finetune.augment", "no random resized crop / flip", type=SWITCH, value=False),
+    Shorthand("--transform", "finetune.transform", "canvas: the VLM's letterbox canvas (crop 0.5-1 + flip); timm: "
+              "RETFound's timm create_transform (RandAugment, random erasing, bicubic, Resize + CenterCrop eval; "
+              "finetune.timm.* keys)"),
+    Shorthand("--backbone-lr", "finetune.backbone_lr", "the expert's (adapters') peak rate beside the head's --lr "
+              "(DINOv2-on-radiology)", type=float),
+    Shorthand("--paper-metrics", "finetune.paper_metrics", "also report this paper's metric set", type=str),
     Shorthand("--select-metric", "finetune.select_metric", "what the best epoch maximises on val (retfound: mean "
               "of macro F1, AUROC, kappa)"),
     Shorthand("--bootstrap", "finetune.bootstrap", "test-set resamples for the 95%% intervals of the test metrics "
@@ -54,6 +64,8 @@ SHORTHANDS = [
     Shorthand("--lora-alpha", "finetune.lora.alpha", "LoRA scaling numerator (scale = alpha / r)"),
     Shorthand("--lora-dropout", "finetune.lora.dropout", "dropout on the LoRA path"),
     Shorthand("--lora-targets", "finetune.lora.target_modules", "comma-separated module names", type=comma_list),
+    Shorthand("--lora-bias", "finetune.lora.bias", "which biases train beside the adapters (DINOv2-on-radiology: "
+              "lora_only)"),
     *schedule_shorthands(),
     *(dataclasses.replace(s, help=s.help + " (default: --blr x global batch / 256)") if s.flag == "--lr" else s
       for s in training_shorthands()),

@@ -48,7 +48,8 @@ SHORTHANDS = [
               "~/.cache/multimeditron/probe without --out)", type=str, metavar="DIR"),
     Shorthand("--no-cache", "embedding.cache", "always recompute the embeddings", type=SWITCH, value=False),
     Shorthand("--k", "probe.k", "kNN k grid, comma-separated", type=comma_ints),
-    Shorthand("--shots", "probe.shots", "few-shot N per class, comma-separated", type=comma_ints),
+    Shorthand("--shots", "probe.shots", "few-shot N per class (probe.fewshot_sampling systematic: N in total), "
+              "comma-separated", type=comma_ints),
     Shorthand("--draws", "probe.draws", "few-shot random draws per N"),
     Shorthand("--linear-epochs", "probe.linear_epochs", "epochs of the linear heads"),
     Shorthand("--select-metric", "probe.select_metric", "what hyperparameters maximise on val (retfound: mean of "
@@ -58,6 +59,19 @@ SHORTHANDS = [
               "random-weight expert"),
     threads_shorthand(),
 ]
+
+
+def protocol_plan(method) -> str:
+    """Every protocol setting a paper's recipe may change, in one line (the dry run's)."""
+    return (f"knn softmax over {'the top max k' if method.knn_softmax_over == 'max_k' else 'the k neighbours'}, "
+            f"ML-kNN counts each training row {'itself' if method.mlknn_count_self else 'among the others only'}; "
+            f"linear: lrs {method.linear_lrs}, batch {method.linear_batch_size}, {method.linear_epochs} epochs, "
+            f"features {'standardised' if method.linear_standardise else 'raw'}, binary "
+            f"{'one logit + BCE' if method.one_logit else 'two logits + cross-entropy'}; logreg C "
+            f"{method.c_grid}, max_iter {method.logreg_max_iter}; chosen setting "
+            f"{'retrained on train + val' if method.retrain_on_trainval else 'trained on train only'} before test; "
+            f"fewshot {method.fewshot_sampling} sampling, {method.fewshot_head} head; paper metric sets "
+            f"{method.paper_metrics or 'none'}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         device=str(resolve_device(embedding.device)), dtype=embedding.dtype, cache_dir=cache_dir,
         window=parse_window(section.intensity) if section.intensity else None, bootstrap=method.bootstrap,
         seed=method.seed, ordinal=section.ordinal, select_metric=method.select_metric, draws=method.draws,
-        linear_epochs=method.linear_epochs, ks=tuple(method.k), shots=tuple(method.shots))
+        linear_epochs=method.linear_epochs, ks=tuple(method.k), shots=tuple(method.shots),
+        protocol_options=method.protocol_options(), paper_metrics=tuple(method.paper_metrics))
     sizes = ", ".join(f"{s} {len(p)}" for s, p in data.splits.items())
     print(f"[probe] data {data.name}: {len(data.classes)} {'labels' if data.multilabel else 'classes'} "
           f"({', '.join(data.classes[:8])}{' ...' if len(data.classes) > 8 else ''}); images: {sizes}")
@@ -128,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
               f"k grid {method.k}; shots {method.shots} x {method.draws} draws; bootstrap {method.bootstrap}; "
               f"embeddings batch {embedding.batch_size} ({embedding.dtype}, cache {cache_dir or 'off'}); writes "
               f"{recipe.out + '/ results.{json,csv,md}, plots/' if recipe.out else 'nothing (print only)'}")
+        print(f"[probe] dry run: {protocol_plan(method)}")
         return 0
     folder = run_folder(recipe.out, "probe", dataclasses.asdict(recipe),
                         {split: data.fingerprint(split) for split in data.splits}, overwrite=args.overwrite,

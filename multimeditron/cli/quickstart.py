@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--warmup-images must be at least 30 (val and test hold a tenth each, and need images of "
                          f"every label), got {args.warmup_images}")
     torch.set_num_threads(args.threads)
+    from multimeditron.cli import configure_logging
+
+    configure_logging()
     run_quickstart(args.out, num_train=args.num_train, num_test=args.num_test, seed=args.seed,
                    epochs=(args.stage1_epochs, args.stage2_epochs),
                    warmup_epochs=args.warmup_epochs, warmup_images=args.warmup_images)

@@ -39,21 +39,20 @@ def comma_ints(text: str) -> list[int]:
 
 
 def schema_entry(schema: type, key: str) -> tuple[Any, Any]:
-    """(type hint, default) of a dotted key of a recipe dataclass; a nested section's default is read from the
-    instance its parent builds (`schedule: Schedule(warmup_epochs=10.0)`), not from the section class alone;
-    `training_args.X` reads the recipe's TrainingArguments defaults (`...` when X is left to HF's own default)."""
+    """(type hint, default) of a dotted key of a recipe dataclass; `training_args.X` reads the recipe's
+    TrainingArguments defaults (`...` when X is left to HF's own default). A nested section's defaults are read from
+    the section the recipe builds by default (a recipe may give its `schedule` other defaults than the class)."""
     hint: Any = schema
     default: Any = dataclasses.MISSING
-    parent: Any = None  # the default instance of the section being walked, when its parent builds one
     parts = key.split(".")
     for i, part in enumerate(parts):
         if part == "training_args" and i == len(parts) - 2:
             defaults = getattr(schema, "engine_training_defaults", lambda: {})()
             return Any, defaults.get(parts[-1], ...)
-        fields = {f.name: f for f in dataclasses.fields(hint)}
-        f = fields[part]
+        f = {f.name: f for f in dataclasses.fields(hint)}[part]
+        parent = default
         hint = typing.get_type_hints(hint)[part]
-        if parent is not None:
+        if dataclasses.is_dataclass(parent) and not isinstance(parent, type):
             default = getattr(parent, part)
         elif f.default is not dataclasses.MISSING:
             default = f.default
@@ -63,7 +62,6 @@ def schema_entry(schema: type, key: str) -> tuple[Any, Any]:
             default = dataclasses.MISSING
         if i < len(parts) - 1:
             hint = next(a for a in (typing.get_args(hint) or (hint,)) if dataclasses.is_dataclass(a))
-            parent = default if dataclasses.is_dataclass(default) else None
     return hint, default
 
 
@@ -78,6 +76,8 @@ def _choices(hint: Any) -> tuple[Any, ...] | None:
 
 
 def _converter(hint: Any) -> Callable[[str], Any]:
+    if typing.get_origin(hint) is Literal:
+        return str
     options = [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]
     for simple in (bool, int, float):
         if simple in options and str not in options:
@@ -92,8 +92,6 @@ def _shown(default: Any) -> str:
         return ""
     if isinstance(default, list):
         return f" (default: {','.join(map(str, default)) or 'none'})"
-    if isinstance(default, float):
-        return f" (default: {default:g})"
     return f" (default: {default})" if default is not None else " (default: none)"
 
 

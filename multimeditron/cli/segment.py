@@ -26,10 +26,11 @@ SHORTHANDS = [
               type=int),
     bad_image_shorthand(),
     Shorthand("--decoder", "segment.decoder", "linear: BatchNorm + 1x1 conv on the last block; unet: 4 blocks "
-              "merged coarse to fine"),
+              "merged coarse to fine; dinov2_linear, dinov2_unet: DINOv2-on-radiology's"),
     Shorthand("--num-classes", "segment.num_classes", "classes including background 0 (default: the largest train "
               "mask id + 1)", type=int),
     Shorthand("--dice-weight", "segment.dice_weight", "loss = cross-entropy + W x Dice loss"),
+    Shorthand("--loss", "segment.loss", "ce+dice, or dice (monai's Dice loss alone, DINOv2-on-radiology's)"),
     Shorthand("--overlays", "segment.overlays", "test cases drawn as PNGs"),
     *schedule_shorthands(),
     *training_shorthands(),

@@ -28,7 +28,6 @@ def run(args: argparse.Namespace) -> int:
     if args.trust_remote_code:
         overrides.append("model.trust_remote_code=true")
     try:
-        _refuse_published_schema(args.config)
         config = load_config(args.config, overrides)
         # The dry run leaves missing paths (an earlier stage's output, data on another machine) to plan lines.
         check_run(config, paths=not args.dry_run)
@@ -44,27 +43,11 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, KeyError) as error:  # the architecture itself (MultiMeditronConfig, expert registry)
             raise ConfigError(f"{args.config}: model: {str(error).strip(chr(34) + chr(39))}") from error
         return 0
+    from multimeditron.cli import configure_logging
     from multimeditron.training.run import run_training
 
+    configure_logging()
     result = run_training(config)
     print(f"final model: {result.final_dir}")
     return 0
 
-
-def _refuse_published_schema(path: str) -> None:
-    """A config of the published toolkit (base_llm, modalities, ...) gets the command that converts it, not a
-    list of unknown keys."""
-    from pathlib import Path
-
-    import yaml
-
-    from multimeditron.config import ConfigError
-    from multimeditron.config_migration import is_published_config
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
-        return  # load_config reports these with its own message
-    if is_published_config(data):
-        raise ConfigError(f"a config of the published MultiMeditron toolkit (base_llm, modalities, ...); convert "
-                          f"it first: multimeditron convert config {path} --out converted.yaml")

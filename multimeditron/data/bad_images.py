@@ -49,8 +49,12 @@ class ImageScreen:
         self.refused: list[dict[str, Any]] = []
 
     def _check(self, value: Any) -> BadSample | None:
+        # a MultiMediset `modalities` list: each of its images
+        images = [m for m in value if not isinstance(m, dict) or m.get("type", "image") == "image"] \
+            if isinstance(value, list) else [value]
         try:
-            self.resolver.check(value)
+            for image in images:
+                self.resolver.check(image)
         except BadSample as error:
             return error
         return None

@@ -35,7 +35,7 @@ DEFAULT_FOLDER_QUESTION = "Which class does this image show? Options: {classes}.
 _SAVED_MARKERS = ("state.json", "dataset_dict.json", "dataset_info.json")
 
 
-class ConversionError(UserError, ValueError):
+class ConversionError(UserError):
     """The input cannot be converted at all (missing file, wrong layout, output in the way)."""
 
 

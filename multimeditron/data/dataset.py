@@ -13,26 +13,49 @@ import os
 import tempfile
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import numpy as np
 import torch
 
-from multimeditron.config import DataSection, DatasetEntry
 from multimeditron.data.encode import ENCODED_FEATURES, RowEncoder
 from multimeditron.data.images import ImageResolver
 from multimeditron.data.packing import pack
 from multimeditron.data.placeholders import resolve_attachment_token
 from multimeditron.data.refused_share import check_refused_share
 from multimeditron.data.report import THIN_IMAGE, TRUNCATED, BadSample, BadSampleReport, DataError
-from multimeditron.data.sources import cap_rows, load_source, mixture
+from multimeditron.data.sources import DatasetEntry, cap_rows, load_source, mixture
 from multimeditron.model.image_processing import ThinImageWarning
 from multimeditron.model.processing import MultiMeditronProcessor
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataSection:
+    """The datasets and how they become training rows (the run config's `data:` section is this)."""
+
+    train: list[DatasetEntry] = field(default_factory=list)
+    eval: list[DatasetEntry] = field(default_factory=list)
+    max_sequence_length: int = 2048
+    packing: bool = False
+    on_bad_sample: Literal["error", "skip"] = "error"
+    # Under `skip`: a dataset with a larger share of refused rows stops the run (a wrong placeholder must not quietly
+    # empty it). 1.0 = never stop.
+    max_bad_sample_share: float = 0.01
+    # Placeholder in the data: "auto" = detected per dataset from its rows (<|image|>, <|reserved_special_token_0|>,
+    # <image>); None = the model's; or the exact string.
+    attachment_token: str | None = "auto"
+    # Caption rows (`text`): "chat" = a "Describe the image" turn with the caption as the answer; "raw" = the text
+    # itself with the loss on it and an end-of-sequence token; "published" = the text tokenised as the published
+    # MultiMeditron did (the tokenizer's BOS, no EOS, image delimiters in the loss). data/raw_caption.py.
+    caption_format: Literal["chat", "raw", "published"] = "chat"
+    image_base_dir: str | None = None  # base folder for relative image paths (paths escaping it are refused)
+    num_proc: int = 1  # processes for tokenisation (datasets.map)
+    seed: int | None = None  # mixture sampling seed; None = the run seed
 
 MAX_REPLACEMENTS = 64  # consecutive unreadable rows tolerated when replacing one in a worker
 

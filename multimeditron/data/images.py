@@ -111,6 +111,8 @@ def image_identity(value: Any, folder: str | os.PathLike | None = None) -> bytes
     file's size and modification time (relative paths against `folder`)."""
     import hashlib
 
+    if isinstance(value, dict) and isinstance(value.get("value"), dict):
+        value = value["value"]  # the whole modality {type, value}, as `ImageResolver.locate` reads it
     if isinstance(value, dict) and value.get("bytes"):
         return hashlib.blake2b(bytes(value["bytes"]), digest_size=16).digest()
     if isinstance(value, (bytes, bytearray)):

@@ -203,9 +203,8 @@ def read_labelled_table(path: str | Path, image_column: str | None = None, label
     """A parquet/arrow file or folder, or a `save_to_disk` Dataset/DatasetDict, as labelled splits."""
     import datasets
 
-    from multimeditron.config import DatasetEntry
     from multimeditron.data.report import DataError
-    from multimeditron.data.sources import load_source, split_names
+    from multimeditron.data.sources import DatasetEntry, load_source, split_names
 
     local = Path(path)
     try:

@@ -34,8 +34,9 @@ THIN_IMAGE = "image_thinner_than_a_patch"  # so elongated that on the canvas its
 EXAMPLES_PER_REASON = 10  # rows remembered per reason, enough to go and look without keeping millions
 
 
-class BadSample(Exception):
-    """One row is unusable; raised by the checks and caught where rows are counted."""
+class BadSample(UserError):
+    """One row is unusable; raised by the checks and caught where rows are counted. One that no policy catches
+    (a corrupt image in a probe folder, say) reaches the CLI as a user error: one `error:` line naming the file."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)

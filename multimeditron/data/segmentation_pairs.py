@@ -268,9 +268,8 @@ def _table(root: Path, image_column: str, mask_column: str, split_column: str,
            ) -> tuple[dict[str, Pairs], Path | None]:
     import datasets
 
-    from multimeditron.config import DatasetEntry
     from multimeditron.data.report import DataError
-    from multimeditron.data.sources import load_source
+    from multimeditron.data.sources import DatasetEntry, load_source
 
     try:
         source = load_source(DatasetEntry(str(root)), "train")

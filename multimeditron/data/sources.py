@@ -14,11 +14,20 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from multimeditron.config import DatasetEntry
 from multimeditron.data.report import DataError
 from multimeditron.hub_ids import looks_like_hub_id
 
 _FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
+
+
+@dataclass
+class DatasetEntry:
+    """One dataset of a mixture (the run config's `data.train[i]` / `data.eval[i]` are these)."""
+
+    path: str  # save_to_disk folder, parquet/arrow file(s) or hub id
+    weight: float = 1.0  # relative sampling weight in the mixture
+    max_samples: int | None = None  # cap on rows taken from this dataset
+    split: str | None = None  # split of a DatasetDict / hub dataset (default: train for train, test for eval)
 
 
 @dataclass

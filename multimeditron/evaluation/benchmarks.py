@@ -15,7 +15,12 @@ from datasets import Dataset
 from multimeditron.errors import UsageError
 from multimeditron.evaluation.data import decode_image, load_table, slake_image
 from multimeditron.evaluation.scoring import (
-    choice_correct, exact_match, extract_choice, is_closed, percent, vqa_summary,
+    choice_correct,
+    exact_match,
+    extract_choice,
+    is_closed,
+    percent,
+    vqa_summary,
 )
 from multimeditron.model.configuration import DEFAULT_ATTACHMENT_TOKEN
 

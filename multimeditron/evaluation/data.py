@@ -58,16 +58,11 @@ def slake_image(name: str, repo_id: str) -> Image.Image:
             if (Path(root) / candidate).is_file():
                 return load_image(candidate, base_dir=root)  # base_dir: a name with '..' cannot leave the folder
         raise FileNotFoundError(f"{name} is not under {root}")
-    archive = _open_zip(root)
-    for member in (name, f"imgs/{name}"):
-        if member in archive.NameToInfo:
-            return load_image(archive.read(member))
+    with zipfile.ZipFile(root) as archive:  # opened per image: no handle outlives the call (or crosses a fork)
+        for member in (name, f"imgs/{name}"):
+            if member in archive.NameToInfo:
+                return load_image(archive.read(member))
     raise FileNotFoundError(f"{name} is not in {root}")
-
-
-@lru_cache(maxsize=4)
-def _open_zip(path: str) -> zipfile.ZipFile:
-    return zipfile.ZipFile(path)
 
 
 @lru_cache(maxsize=1)

@@ -13,7 +13,11 @@ from tqdm.auto import tqdm
 
 from multimeditron.evaluation.published_tasks import lmms_prompt_join
 from multimeditron.inference import (
-    continuation_logprob, generate_answers, load_pretrained, messages_to_chat, resolve_device,
+    continuation_logprob,
+    generate_answers,
+    load_pretrained,
+    messages_to_chat,
+    resolve_device,
 )
 
 DEFAULT_BATCH_SIZE = 8

@@ -15,8 +15,15 @@ from typing import Any, ClassVar
 
 from multimeditron.evaluation.benchmarks import Benchmark, ChoiceBenchmark, SlakeBenchmark, VQABenchmark
 from multimeditron.evaluation.published_scoring import (
-    GMAI_MAX_NEW_TOKENS, VQA_MAX_NEW_TOKENS, derived_open, gmai_correct, gmai_letter, gmai_prompt, is_yes_no,
-    vqa_correct, vqa_prompt,
+    GMAI_MAX_NEW_TOKENS,
+    VQA_MAX_NEW_TOKENS,
+    derived_open,
+    gmai_correct,
+    gmai_letter,
+    gmai_prompt,
+    is_yes_no,
+    vqa_correct,
+    vqa_prompt,
 )
 from multimeditron.evaluation.scoring import percent
 

@@ -1,5 +1,11 @@
 """The MultiMeditron model: configuration, modeling, vision stack and processor; registered with the Auto classes."""
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+from transformers import (
+                            AutoConfig,
+                            AutoImageProcessor,
+                            AutoModelForCausalLM,
+                            AutoModelForImageTextToText,
+                            AutoProcessor,
+)
 
 from multimeditron.model.configuration import MultiMeditronConfig
 from multimeditron.model.image_processing import MultiMeditronImageProcessor

@@ -4,9 +4,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from multimeditron.model.configuration import DEFAULT_ATTACHMENT_TOKEN, MultiMeditronConfig
+from multimeditron.experts.base import LoadReport
+from multimeditron.model.configuration import MultiMeditronConfig
 from multimeditron.model.image_processing import MultiMeditronImageProcessor
 from multimeditron.model.modeling import MultiMeditronForCausalLM
 from multimeditron.model.processing import MultiMeditronProcessor
@@ -25,43 +33,50 @@ def load_llm(name_or_path: str, dtype: torch.dtype | str = "auto", attn_implemen
     return llm, tokenizer
 
 
-def build_model(
-    llm: str,
-    experts: list[dict[str, Any]],
-    fusion: str = "none",
-    projection: str = "shared",
-    router: str = "uniform",
-    router_top_k: int | None = None,
-    attachment_token: str = DEFAULT_ATTACHMENT_TOKEN,
-    dtype: torch.dtype | str = "auto",
-    attn_implementation: str = "sdpa",
-    trust_remote_code: bool = False,
-    **config_kwargs: Any,
-) -> tuple[MultiMeditronForCausalLM, MultiMeditronProcessor]:
-    """A new model (pretrained LLM + experts loaded from their checkpoints, new parts initialised) and its processor."""
+def offline_llm_config(name: str) -> PretrainedConfig | None:
+    """The LLM's config when it is available offline (tiny preset, local folder, local HF cache), else None."""
+    if is_tiny_preset(name):
+        return build_tiny_llm(name).config
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def build_model(llm: str, experts: list[dict[str, Any]], dtype: torch.dtype | str = "auto",
+                attn_implementation: str = "sdpa", trust_remote_code: bool = False,
+                **architecture: Any) -> tuple[MultiMeditronForCausalLM, MultiMeditronProcessor]:
+    """A new model (pretrained LLM + experts loaded from their checkpoints, new parts initialised) and its processor.
+
+    `architecture`: the other `MultiMeditronConfig` arguments (fusion, projection, router, ...), with its defaults.
+    Each checkpoint load logs what it did; `assemble_model` also returns those reports.
+    """
     language_model, tokenizer = load_llm(llm, dtype, attn_implementation, trust_remote_code)
     token_ids = add_image_tokens(tokenizer, language_model)
-    config = MultiMeditronConfig(
-        text_config=language_model.config, experts=experts, fusion=fusion, projection=projection, router=router,
-        router_top_k=router_top_k, attachment_token=attachment_token, base_llm=llm, **token_ids,
-        **config_kwargs,
-    )
+    config = MultiMeditronConfig(text_config=language_model.config, experts=experts, base_llm=llm, **token_ids,
+                                 **architecture)
+    model, processor, _ = assemble_model(config, language_model, tokenizer, attn_implementation)
+    return model, processor
+
+
+def assemble_model(config: MultiMeditronConfig, language_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                   attn_implementation: str = "sdpa",
+                   ) -> tuple[MultiMeditronForCausalLM, MultiMeditronProcessor, dict[str, LoadReport]]:
+    """The model of `config` around a loaded LLM (whose tokenizer already has the image tokens), the experts' and
+    the gate's checkpoints loaded, its processor, and what each expert checkpoint load did (by `expert[i] id`)."""
     config._attn_implementation = attn_implementation
     # Building the vision stack records each expert's resolved architecture in `config.experts[i]["options"]`
     # (VisionStack.__init__), so the saved model reloads without the expert checkpoints or the hub.
     model = MultiMeditronForCausalLM(config, language_model=language_model)
-    # What each checkpoint load did (each also logs it in one line); a training run writes them to its folder.
-    model.load_reports = {}
+    load_reports = {}
     for index, spec in enumerate(model.config.experts):
         if spec.get("checkpoint"):
-            report = model.vision.experts[index].load_checkpoint(spec["checkpoint"])
-            model.load_reports[f"expert[{index}] {spec['id']}"] = report
+            load_reports[f"expert[{index}] {spec['id']}"] = model.vision.experts[index].load_checkpoint(spec["checkpoint"])
     classifier = model.vision.router.classifier
     if classifier is not None and classifier.spec.checkpoint:
         classifier.load_checkpoint(classifier.spec.checkpoint)
     model.to(language_model.dtype)
-    processor = build_processor(model, tokenizer)
-    return model, processor
+    return model, build_processor(model, tokenizer), load_reports
 
 
 def build_processor(model: MultiMeditronForCausalLM, tokenizer: PreTrainedTokenizerBase) -> MultiMeditronProcessor:

@@ -1,9 +1,12 @@
 """`MultiMeditronConfig`: the architecture of a MultiMeditron model (LLM config, experts, fusion, projection, router).
 
-Only architecture lives here; the number of image tokens is derived from the experts when the model is built.
+The one home of the architecture's defaults and checks, as `LlavaConfig` is Llava's: the run config's `model:`
+section takes its keys and defaults from here (`SECTION_KEYS`, `ARCHITECTURE_DEFAULTS`) and is validated by building
+this config. The number of image tokens is derived from the experts when the model is built.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
@@ -22,6 +25,11 @@ from multimeditron.experts.base import ExpertSpec
 IMAGE_TOKEN = "<|image_pad|>"
 IMAGE_START_TOKEN = "<|image_start|>"
 IMAGE_END_TOKEN = "<|image_end|>"
+
+
+def counted_from_the_start(index: int, num_experts: int) -> int:
+    """An expert index; a negative one counts from the end, as the published `generalist_idx: -1` (the last)."""
+    return index + num_experts if -num_experts <= index < 0 else index
 
 
 class MultiMeditronConfig(PretrainedConfig):
@@ -119,8 +127,8 @@ class MultiMeditronConfig(PretrainedConfig):
             raise ValueError(f"fusion: `none` takes exactly one expert, got {n}; choose avg, cat or attn")
         if self.fusion != "none" and n < 2:
             raise ValueError(f"fusion: {self.fusion!r} mixes several experts, got {n}; use fusion `none`")
-        if n and -n <= self.generalist_index < 0:
-            self.generalist_index += n  # counted from the end, as the published `generalist_idx: -1`
+        if n:
+            self.generalist_index = counted_from_the_start(self.generalist_index, n)
         if n and not 0 <= self.generalist_index < n:
             raise ValueError(f"generalist_index: {self.generalist_index} is outside the {n} experts")
         if self.router_top_k is not None:
@@ -133,14 +141,29 @@ class MultiMeditronConfig(PretrainedConfig):
             raise ValueError(f"attn_variant: `published` attends over every expert (dense routing, as published); "
                              f"router_top_k {self.router_top_k} runs only some of the {n} experts")
 
+        if not self.router_aux_loss_coef >= 0:
+            raise ValueError(f"router_aux_loss_coef: must be >= 0, got {self.router_aux_loss_coef}")
         if (self.router == "pretrained") != (self.router_classifier is not None):
-            raise ValueError("router_classifier: given exactly when router is `pretrained`")
+            raise ValueError("router_classifier: required with router: pretrained, and only with it")
         if self.router_classifier is not None and n:
-            from multimeditron.model.gate_classifier import GateClassifierSpec
+            from multimeditron.model.gate_classifier import GateClassifierSpec, complete_router_classifier
 
-            # stored complete (defaults filled in), so a saved model rebuilds the same classifier
-            self.router_classifier = GateClassifierSpec.from_dict(self.router_classifier, n).to_dict()
+            # A train-gate folder fills in what the config leaves out (its architecture, class_to_expert from its
+            # class names); stored complete, so a saved model rebuilds the same classifier without the folder.
+            completed = complete_router_classifier(self.router_classifier, self.experts)
+            self.router_classifier = GateClassifierSpec.from_dict(completed, n).to_dict()
 
     @property
     def experts_top_k(self) -> int:
         return self.router_top_k if self.router_top_k is not None else len(self.experts)
+
+
+# The arguments a run config's `model:` section sets, by name; the rest (text_config, the special tokens' ids,
+# base_llm) is filled in when the model is built.
+SECTION_KEYS: tuple[str, ...] = (
+    "experts", "fusion", "projection", "projector_type", "router", "router_top_k", "router_classifier",
+    "image_geometry", "generalist_index", "attn_heads", "attn_variant", "attachment_token", "router_aux_loss_coef")
+# Of those, the training settings: a run that continues from a saved model may change them.
+TRAINING_SETTINGS: tuple[str, ...] = ("router_aux_loss_coef",)
+ARCHITECTURE_DEFAULTS: dict[str, Any] = {
+    key: inspect.signature(MultiMeditronConfig.__init__).parameters[key].default for key in SECTION_KEYS}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,7 +13,20 @@ from transformers.modeling_outputs import CausalLMOutputWithPast, MoeCausalLMOut
 
 from multimeditron.model.configuration import MultiMeditronConfig
 from multimeditron.model.packed_attention import packed_attention_inputs
+from multimeditron.model.router import Routing
 from multimeditron.model.vision_stack import VisionStack
+
+
+@dataclass
+class MultiMeditronCausalLMOutput(MoeCausalLMOutputWithPast):
+    """The causal LM output with the router's decisions, as Mixtral returns its router logits: `router_probs`
+    (num_images, E), the gate's (or the pretrained classifier's) expert probabilities; `expert_mask` (num_images, E),
+    the experts each image ran (one all-False row for a batch without images, which ran the vision stack on a blank
+    canvas); `aux_loss`, the learned router's load-balancing term (`model.router.load_balancing_loss`), not weighted
+    and not added to `loss`: the trainer adds `router_aux_loss_coef` times it where it reduces the loss."""
+
+    router_probs: torch.Tensor | None = None
+    expert_mask: torch.Tensor | None = None
 
 
 class MultiMeditronPreTrainedModel(PreTrainedModel):
@@ -81,11 +95,13 @@ class MultiMeditronForCausalLM(MultiMeditronPreTrainedModel, GenerationMixin):
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Canvas images (num_images, 3, S, S) in [0, 1] -> (num_images, num_image_tokens, hidden_size)."""
-        return self.vision(pixel_values)
+        features, _ = self.vision(pixel_values)
+        return features
 
     def merge_image_features(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor,
-                             pixel_values: torch.Tensor) -> torch.Tensor:
-        """Write the image features into the image-token positions, after checking that the counts agree."""
+                             pixel_values: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        """Write the image features into the image-token positions, after checking that the counts agree; also
+        return the routing that weighted the experts."""
         image_mask = input_ids == self.config.image_token_id
         n_tokens = int(image_mask.sum())
         n_images = pixel_values.shape[0]
@@ -99,16 +115,15 @@ class MultiMeditronForCausalLM(MultiMeditronPreTrainedModel, GenerationMixin):
         if n_images == 0:
             # A batch without images still runs the vision stack, on one blank canvas weighted zero: under ZeRO-3
             # every rank must join the vision parameters' gathers, also when other ranks' batches hold images.
-            blank = self.get_image_features(pixel_values.new_zeros(1, *pixel_values.shape[1:]))
-            routing = self.vision.last_routing
-            if routing is not None:
-                # No image, no routing decision: zero weights make the balance term 0, yet it keeps its graph, so
-                # the output holds the same tensors (aux_loss) as on ranks with images (ZeRO-3 hooks count them).
-                self.vision.last_routing = dataclasses.replace(routing, weights=torch.zeros_like(routing.weights))
-            return inputs_embeds + blank.sum().to(inputs_embeds.dtype) * 0
-        features = self.get_image_features(pixel_values).to(inputs_embeds.device, inputs_embeds.dtype)
+            blank, routing = self.vision(pixel_values.new_zeros(1, *pixel_values.shape[1:]))
+            # No image, no routing decision: zero weights make the balance term 0 and count no expert use, yet it
+            # keeps its graph, so the output holds the same tensors as on ranks with images (ZeRO-3 hooks count them).
+            routing = dataclasses.replace(routing, weights=torch.zeros_like(routing.weights))
+            return inputs_embeds + blank.sum().to(inputs_embeds.dtype) * 0, routing
+        features, routing = self.vision(pixel_values)
+        features = features.to(inputs_embeds.device, inputs_embeds.dtype)
         mask = image_mask.unsqueeze(-1).expand_as(inputs_embeds)
-        return inputs_embeds.masked_scatter(mask, features)
+        return inputs_embeds.masked_scatter(mask, features), routing
 
     def forward(
         self,
@@ -126,7 +141,7 @@ class MultiMeditronForCausalLM(MultiMeditronPreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        self.vision.last_routing = None  # the routing of this forward only (a batch may hold no image)
+        routing = None  # a forward without pixel_values (text, or a generation step after the first) routes nothing
         # transformers renamed past_key_values -> cache (generate passes `cache`); take either, hand on the LLM's name
         cache = kwargs.pop("cache", None)
         past_key_values = cache if cache is not None else past_key_values
@@ -135,7 +150,7 @@ class MultiMeditronForCausalLM(MultiMeditronPreTrainedModel, GenerationMixin):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
             if pixel_values is not None:
-                inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, pixel_values)
+                inputs_embeds, routing = self.merge_image_features(input_ids, inputs_embeds, pixel_values)
             elif (past_key_values is None or past_key_values.get_seq_length() == 0) and bool(
                     (input_ids == self.config.image_token_id).any()):
                 raise ValueError("the input holds image tokens but no pixel_values were given")
@@ -151,9 +166,10 @@ class MultiMeditronForCausalLM(MultiMeditronPreTrainedModel, GenerationMixin):
             kwargs.update(packed)
         if labels is not None and self.training and isinstance(logits_to_keep, int) and logits_to_keep == 0 \
                 and self._logits_are_plain_projection():
-            return self._with_balance_loss(
-                self._forward_labelled_positions(inputs_embeds, attention_mask, position_ids, labels, **kwargs))
-        return self._with_balance_loss(self.language_model(
+            return self._with_routing(
+                self._forward_labelled_positions(inputs_embeds, attention_mask, position_ids, labels, **kwargs),
+                routing)
+        return self._with_routing(self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -161,24 +177,21 @@ class MultiMeditronForCausalLM(MultiMeditronPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
             **kwargs,
-        ))
+        ), routing)
 
     def _cache_argument(self) -> str:
         """The name the wrapped LLM's forward takes the KV cache under (`cache` in newer transformers)."""
         parameters = inspect.signature(self.language_model.forward).parameters
         return "cache" if "cache" in parameters else "past_key_values"
 
-    def _with_balance_loss(self, output: CausalLMOutputWithPast) -> CausalLMOutputWithPast:
-        """With a learned router: the load-balancing term as `aux_loss`, added to a training loss times
-        `router_aux_loss_coef` (Mixtral's convention; 0 disables it)."""
-        routing = self.vision.last_routing
-        balance = routing.balance_loss() if routing is not None else None
-        if balance is None:
+    @staticmethod
+    def _with_routing(output: CausalLMOutputWithPast, routing: Routing | None) -> CausalLMOutputWithPast:
+        """With a learned or pretrained router: its decisions in the output (`MultiMeditronCausalLMOutput`), and the
+        balance term where it applies (the learned router)."""
+        if routing is None or routing.probs is None:
             return output
-        coef = getattr(self.config, "router_aux_loss_coef", 0.0)
-        if output.loss is not None and self.training and coef:
-            output.loss = output.loss + coef * balance.to(output.loss.device)
-        return MoeCausalLMOutputWithPast(**output, aux_loss=balance)
+        return MultiMeditronCausalLMOutput(**output, aux_loss=routing.balance_loss(), router_probs=routing.probs,
+                                           expert_mask=routing.selected)
 
     # LLM families whose logits are the LM head's plain projection of the last hidden state, the only thing the
     # labelled-positions path below reproduces. An allow-list: a family not named here (Gemma 2's soft-capping,

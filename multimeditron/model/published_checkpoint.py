@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from multimeditron.config_migration import FUSIONS, PUBLISHED_GATE_ARCH
+from multimeditron.choices import PUBLISHED_FUSIONS, PUBLISHED_GATE_ARCH
 from multimeditron.errors import UserError
 from multimeditron.experts.checkpoints import read_checkpoint
 from multimeditron.model.builder import build_processor
@@ -86,15 +86,15 @@ def _architecture(config: dict[str, Any], where: str) -> dict[str, Any]:
     if len(names) < 2:
         raise PublishedCheckpointError(f"{where}: modalities[0].expert_clip_names needs at least two experts")
     method = modality.get("fusion_method", "weighted_average")
-    if method not in FUSIONS:
+    if method not in PUBLISHED_FUSIONS:
         raise PublishedCheckpointError(f"{where}: modalities[0].fusion_method {method!r} is not one of "
-                                       f"{list(FUSIONS)}")
+                                       f"{list(PUBLISHED_FUSIONS)}")
     if modality.get("projection_type", "mlp") != "mlp":
         raise PublishedCheckpointError(f"{where}: modalities[0].projection_type {modality['projection_type']!r}; "
                                        f"only the published mlp projector is known")
     arch: dict[str, Any] = {
         "experts": [{"id": "clip", "checkpoint": name, "options": dict(CLIP_OPTIONS)} for name in names],
-        "fusion": FUSIONS[method], "projection": projection, "projector_type": "mlp3x_gelu",
+        "fusion": PUBLISHED_FUSIONS[method], "projection": projection, "projector_type": "mlp3x_gelu",
         "image_geometry": "center_crop", "generalist_index": int(modality.get("generalist_idx", -1)) % len(names),
     }
     if method == "cross_attn":

@@ -1,6 +1,6 @@
 """Per-image expert weights: `uniform` (every expert), `learned` (a gate on the generalist's pooled feature, top-k) or
 `pretrained` (a frozen image classifier's class probabilities mapped to the experts, dense or top-k, as the published
-MultiMeditron gate), with the Switch/Mixtral load-balancing loss and the experts' usage of the last batch."""
+MultiMeditron gate), and the Switch/Mixtral load-balancing loss (`load_balancing_loss`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,15 +31,21 @@ class Routing:
         return self.selected.float().mean(dim=0)
 
     def balance_loss(self) -> torch.Tensor | None:
-        """The Switch Transformer / Mixtral load-balancing term E * sum_e f_e * P_e: f_e is the fraction of routing
-        slots (image x top-k) given to expert e, P_e the mean gate probability of e. Its minimum, 1, is reached with
-        a uniform spread; a router that collapses onto one expert approaches E. None for the uniform router and the
-        pretrained classifier."""
+        """`load_balancing_loss` of this routing; None for the uniform router and the pretrained classifier."""
         if self.probs is None or not self.balanced:
             return None
-        num_experts = self.probs.shape[-1]
-        slots = self.selected.float().sum(dim=0) / (self.weights.shape[0] * self.top_k)
-        return num_experts * (slots * self.probs.mean(dim=0)).sum()
+        return load_balancing_loss(self.probs, self.selected, self.top_k)
+
+
+def load_balancing_loss(router_probs: torch.Tensor, expert_mask: torch.Tensor, top_k: int) -> torch.Tensor:
+    """The Switch Transformer / Mixtral load-balancing term E * sum_e f_e * P_e over (num_images, E) gate
+    probabilities and the experts each image ran: f_e is the fraction of routing slots (image x top-k) given to
+    expert e, P_e the mean gate probability of e. Its minimum, 1, is reached with a uniform spread; a router that
+    collapses onto one expert approaches E. Rows that ran no expert (a batch without images) count as no slot: the
+    term is then 0, with the gate still in its graph."""
+    num_experts = router_probs.shape[-1]
+    slots = expert_mask.float().sum(dim=0) / (expert_mask.shape[0] * top_k)
+    return num_experts * (slots * router_probs.mean(dim=0)).sum()
 
 
 class Router(nn.Module):
@@ -51,7 +57,7 @@ class Router(nn.Module):
     the gate.
 
     Pretrained: the classifier's expert probabilities (its class probabilities summed per expert), selected the same
-    way; it reads the canvas itself, learns only in `trainable_stages` and, frozen, stays in eval mode.
+    way; it reads the canvas itself and, frozen (training.stages decides by its `trainable_stages`), stays in eval mode.
     """
 
     def __init__(self, kind: str, num_experts: int, top_k: int, generalist_dim: int,
@@ -59,20 +65,13 @@ class Router(nn.Module):
         super().__init__()
         self.kind, self.num_experts, self.top_k = kind, num_experts, top_k
         self.gate = nn.Linear(generalist_dim, num_experts) if kind == "learned" else None
-        self.classifier = None
-        if kind == "pretrained":
-            if classifier is None:
-                raise ValueError("router_classifier: required with router: pretrained (class_to_expert, checkpoint, "
-                                 "arch)")
-            self.classifier = GateClassifier(GateClassifierSpec.from_dict(classifier, num_experts), num_experts)
+        # `classifier` is given exactly with `pretrained` (MultiMeditronConfig checks it).
+        self.classifier = (GateClassifier(GateClassifierSpec.from_dict(classifier, num_experts), num_experts)
+                           if kind == "pretrained" else None)
 
     @property
     def needs_generalist(self) -> bool:
         return self.gate is not None
-
-    def trains_in(self, stage: str) -> bool:
-        """Whether the router's own parameters learn in `stage` (the classifier only where its spec says so)."""
-        return self.classifier is None or stage in self.classifier.spec.trainable_stages
 
     def train(self, mode: bool = True) -> Router:
         super().train(mode)

@@ -68,7 +68,6 @@ class VisionStack(nn.Module):
         self.cross_attention = (build_cross_attention(getattr(config, "attn_variant", "residual"), fused_width,
                                                       config.attn_heads) if self.fusion == "attn" else None)
         self.num_image_tokens = self.tokens_per_expert * (self.top_k if self.fusion == "cat" else 1)
-        self.last_routing: Routing | None = None
 
     def restore_non_persistent_buffers(self, specs: list[dict]) -> None:
         """Recompute the experts' non-persistent buffers (RoPE periods, position ids, ...).
@@ -118,14 +117,14 @@ class VisionStack(nn.Module):
         tokens = resample_tokens(raw, self.experts[index].patch_grid, self.target_grid)
         return self.projectors[index](tokens) if self.projection == "per_expert" else tokens
 
-    def forward(self, canvas: torch.Tensor) -> torch.Tensor:
-        """Canvas images (B, 3, S, S) in [0, 1] -> image tokens (B, num_image_tokens, LLM hidden size)."""
+    def forward(self, canvas: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        """Canvas images (B, 3, S, S) in [0, 1] -> image tokens (B, num_image_tokens, LLM hidden size) and the
+        routing that weighted the experts (for the balance loss and the usage logs, carried in the model output)."""
         batch = canvas.shape[0]
         needs_generalist = self.router.needs_generalist or self.fusion == "attn"
         generalist_raw = self.experts[self.generalist_index](canvas) if needs_generalist else None
         routing = self.router(generalist_raw, batch, canvas.device, canvas)
-        # Kept for the loss (balance term) and the training logs (usage); replaced by every forward.
-        self.last_routing, weights = routing, routing.weights
+        weights = routing.weights
 
         per_expert, idle = [], []
         for index, expert in enumerate(self.experts):
@@ -150,4 +149,4 @@ class VisionStack(nn.Module):
                      self.cross_attention)
         if self.projection == "shared":
             fused = self.projectors[0](fused)
-        return fused + sum(idle).to(fused.dtype) if idle else fused
+        return (fused + sum(idle).to(fused.dtype) if idle else fused), routing

@@ -106,3 +106,42 @@ def per_label_metrics(y_true: np.ndarray, scores: np.ndarray, names: list[str], 
             metrics = {m: {"value": v} for m, v in classification_metrics(y, binary).items()}
         out[name] = {**metrics, "positives": int(y.sum()), "n": int(len(y))}
     return out
+
+
+def median_bootstrap_auroc(y_true: np.ndarray, scores: np.ndarray, *, n_resamples: int = 100, seed: int = 42,
+                           ) -> dict[str, Any]:
+    """RETFound-Green's AUROC (its `Eval_*.ipynb::get_bootstrap_aucs`): `n_resamples` resamples of all rows with
+    replacement, NOT stratified, drawn by `np.random.RandomState(seed).choice`, the same rows for every class and
+    every model (the notebook makes a new RandomState(42) per call); reported as the median. `y_true` (n,) 0/1 and
+    `scores` (n,) for one class. Resamples holding one class only (the notebook would stop there) are left out and
+    counted."""
+    from sklearn.metrics import roc_auc_score
+
+    y_true, scores = np.asarray(y_true).astype(int), np.asarray(scores, dtype=np.float64)
+    rng = np.random.RandomState(seed)
+    rows = list(range(len(y_true)))
+    values, skipped = [], 0
+    for _ in range(n_resamples):
+        chosen = rng.choice(rows, size=len(rows), replace=True)
+        if len(np.unique(y_true[chosen])) < 2:
+            skipped += 1
+            continue
+        values.append(float(roc_auc_score(y_true[chosen], scores[chosen])))
+    median = float(np.median(values)) if values else "undefined: one class"
+    return {"value": median, "n_resamples": len(values), "one_class_resamples": skipped, "resamples": values}
+
+
+def wilcoxon_comparison(resamples_a: list[float], resamples_b: list[float]) -> dict[str, Any]:
+    """RETFound-Green's model comparison: scipy's Wilcoxon signed-rank test on two models' bootstrap AUROCs (paired
+    resample by resample, which `median_bootstrap_auroc` guarantees by drawing the same rows for both)."""
+    from scipy.stats import wilcoxon
+
+    a, b = np.asarray(resamples_a, dtype=np.float64), np.asarray(resamples_b, dtype=np.float64)
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError(f"wilcoxon: {len(a)} and {len(b)} bootstrap values; both need the same resamples")
+    if np.all(a == b):
+        return {"median_a": float(np.median(a)), "median_b": float(np.median(b)), "statistic": None,
+                "p_value": 1.0, "note": "identical bootstrap values"}
+    test = wilcoxon(a, b)
+    return {"median_a": float(np.median(a)), "median_b": float(np.median(b)), "statistic": float(test.statistic),
+            "p_value": float(test.pvalue)}

@@ -25,7 +25,6 @@ from multimeditron.dtypes import parse_dtype
 from multimeditron.experts.base import VisionExpert
 
 
-
 @dataclass
 class Embeddings:
     """Per image (or per group after `aggregate`): `pooled` (N, D) the expert's global output; `cls_layers`

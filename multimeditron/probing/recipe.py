@@ -11,6 +11,10 @@ from multimeditron.data.bad_images import BadImagePolicy
 from multimeditron.probing.metrics import SelectionMetric
 from multimeditron.probing.protocols.fewshot import SHOTS
 from multimeditron.probing.protocols.knn import KS
+from multimeditron.probing.protocols.linear import LEARNING_RATES
+from multimeditron.probing.protocols.logreg import C_GRID
+
+PaperMetricSet = Literal["retfound", "dinov2_radiology", "retfound_green"]
 
 Protocol = Literal["knn", "linear", "logreg", "fewshot"]
 PROTOCOL_NAMES: tuple[str, ...] = ("knn", "linear", "logreg", "fewshot")
@@ -54,6 +58,30 @@ class ProtocolSection:
     select_metric: SelectionMetric = "auroc"  # what hyperparameters maximise on val
     bootstrap: int = 1000  # resamples for the test intervals (0: none)
     seed: int = 0
+    # The papers' variants (defaults: this toolkit's protocols; cookbook/experts/ sets the papers' values):
+    knn_softmax_over: Literal["k", "max_k"] = "k"  # max_k: DINOv2's kNN weights, softmax over the grid's top k
+    mlknn_count_self: bool = False  # ML-kNN training rows count themselves (DINOv2-on-radiology's MLkNN)
+    linear_lrs: list[float] = field(default_factory=lambda: list(LEARNING_RATES))
+    linear_batch_size: int = 256
+    linear_standardise: bool = True  # False: raw features (DINOv2-on-radiology)
+    one_logit: bool = False  # binary tasks as one logit + BCE in the linear heads (DINOv2-on-radiology)
+    retrain_on_trainval: bool = False  # linear / logreg: the chosen setting retrained on train + val before test
+    c_grid: list[float] = field(default_factory=lambda: list(C_GRID))  # logreg; one value: fixed C
+    logreg_max_iter: int = 1000
+    fewshot_sampling: Literal["per_class", "systematic"] = "per_class"  # systematic: N in total, one draw
+    fewshot_head: Literal["logreg", "linear"] = "logreg"
+    paper_metrics: list[PaperMetricSet] = field(default_factory=list)  # also these papers' metric sets
+
+    def protocol_options(self) -> dict[str, dict[str, Any]]:
+        """Each protocol's keyword arguments from this section (beyond select_metric, k, shots, draws, seed)."""
+        linear = {"learning_rates": tuple(self.linear_lrs), "batch_size": self.linear_batch_size,
+                  "standardise": self.linear_standardise, "one_logit": self.one_logit}
+        return {"knn": {"softmax_over": self.knn_softmax_over, "mlknn_count_self": self.mlknn_count_self},
+                "linear": {**linear, "retrain": self.retrain_on_trainval},
+                "logreg": {"c_grid": tuple(self.c_grid), "max_iter": self.logreg_max_iter,
+                           "retrain": self.retrain_on_trainval},
+                "fewshot": {"sampling": self.fewshot_sampling, "head": self.fewshot_head,
+                            "linear_options": {**linear, "epochs": self.linear_epochs}}}
 
     def __post_init__(self) -> None:
         for name in ("k", "shots"):
@@ -64,6 +92,12 @@ class ProtocolSection:
             raise ValueError("protocols: name at least one of " + ", ".join(PROTOCOL_NAMES))
         if self.draws < 1 or self.linear_epochs < 1 or self.bootstrap < 0:
             raise ValueError("draws and linear_epochs must be >= 1, bootstrap >= 0")
+        for name in ("linear_lrs", "c_grid"):
+            values = getattr(self, name)
+            if not values or any(v <= 0 for v in values):
+                raise ValueError(f"{name} must be a non-empty list of positive numbers, got {values}")
+        if self.linear_batch_size < 1 or self.logreg_max_iter < 1:
+            raise ValueError("linear_batch_size and logreg_max_iter must be >= 1")
 
 
 @dataclass

@@ -99,6 +99,52 @@ def comparison_table(result: dict[str, Any]) -> str:
 CSV_FIELDS = ["expert", "protocol", "split", "metric", "value", "low", "high", "std", "chosen", "label"]
 
 
+def paper_metric_values(run: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(split, `SET:metric` or `SET:metric[class]`, value) for every number of a run's paper metric sets (the
+    bootstrap resamples themselves stay in results.json)."""
+    out = []
+    for split, sets in run.get("paper_metrics", {}).items():
+        for entry in sets:
+            for metric, value in entry["metrics"].items():
+                if metric == "bootstrap_aurocs":
+                    continue
+                if isinstance(value, dict):
+                    for cls, item in value.items():
+                        out.append((split, f"{entry['set']}:{metric}[{cls}]",
+                                    item["value"] if isinstance(item, dict) else item))
+                else:
+                    out.append((split, f"{entry['set']}:{metric}", value))
+    return out
+
+
+def paper_metrics_table(result: dict[str, Any]) -> str:
+    """The paper metric sets' test numbers, one row per expert x protocol x number, the definition named once."""
+    lines, definitions = [], {}
+    for run in result["runs"]:
+        for split, sets in run.get("paper_metrics", {}).items():
+            for entry in sets:
+                definitions[entry["set"]] = entry["definition"]
+        for split, metric, value in paper_metric_values(run):
+            if split == "test":
+                lines.append(f"| {run['expert']} | {run['protocol']} | {metric} | {format_metric(value)} |")
+    if not lines:
+        return ""
+    head = ["| expert | protocol | paper metric (test) | value |", "|---|---|---|---|"]
+    notes = [f"- `{name}`: {text}" for name, text in definitions.items()]
+    return "\n".join(head + lines + [""] + notes)
+
+
+def wilcoxon_table(result: dict[str, Any]) -> str:
+    if not result.get("wilcoxon"):
+        return ""
+    lines = ["| protocol | a | b | class | median AUROC a | median AUROC b | Wilcoxon p |", "|---|---|---|---|---|---|---|"]
+    for comparison in result["wilcoxon"]:
+        for cls, entry in comparison["per_class"].items():
+            lines.append(f"| {comparison['protocol']} | {comparison['a']} | {comparison['b']} | {cls} | "
+                         f"{entry['median_a']:.3f} | {entry['median_b']:.3f} | {entry['p_value']:.3g} |")
+    return "\n".join(lines)
+
+
 def csv_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per expert x protocol x split x metric; multi-label runs add a row per label (`label`: its name;
     empty on the rows of the means over labels)."""
@@ -111,6 +157,7 @@ def csv_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "std": entry.get("std", ""), "chosen": json.dumps(run["chosen"], sort_keys=True), "label": label}
 
     for run in result["runs"]:
+        rows += [row(run, split, metric, value) for split, metric, value in paper_metric_values(run)]
         for split in ("val", "test"):
             rows += [row(run, split, metric, run[split][metric]) for metric in METRICS if metric in run[split]]
         for label, entry in (run.get("per_label") or {}).items():
@@ -128,8 +175,9 @@ def write_reports(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(csv_rows(result))
-    tables = [markdown_table(result), per_label_table(result), comparison_table(result), refused_table(result)]
-    paths["markdown"].write_text("\n\n".join(t for t in tables if t) + "\n")
+    parts = [markdown_table(result), per_label_table(result), comparison_table(result), paper_metrics_table(result),
+             wilcoxon_table(result), refused_table(result)]
+    paths["markdown"].write_text("\n\n".join(p for p in parts if p) + "\n")
     return paths
 
 

@@ -44,6 +44,8 @@ class ProbeSettings:
     shots: tuple[int, ...] = SHOTS
     draws: int = 5
     linear_epochs: int = 100
+    protocol_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra kwargs per protocol
+    paper_metrics: tuple[str, ...] = ()  # also report these papers' metric sets (`paper_metrics`)
     progress: bool | None = None
     log: Any = print  # where progress lines go
     stats: dict[str, Any] = field(default_factory=dict)  # filled in: embedding time, cache hits
@@ -103,18 +105,24 @@ def probe_inputs(data: LabelledImages, embeddings: dict[str, Embeddings], ordina
 
 
 def run_protocol(name: str, inputs: ProbeInputs, settings: ProbeSettings,
-                 label_names: list[str] | None = None) -> ProbeResult:
+                 classes: list[str] | None = None) -> ProbeResult:
     common = {"select_metric": settings.select_metric}
     options = {"knn": {"ks": settings.ks}, "linear": {"epochs": settings.linear_epochs, "seed": settings.seed},
                "logreg": {}, "fewshot": {"shots": settings.shots, "draws": settings.draws, "seed": settings.seed}}
-    result = PROTOCOLS[name](inputs, **common, **options[name])
+    result = PROTOCOLS[name](inputs, **common, **options[name], **settings.protocol_options.get(name, {}))
     if settings.bootstrap and result.test_scores is not None:
         result.test = bootstrap_metrics(result.test_labels, result.test_scores, n_resamples=settings.bootstrap,
                                         seed=settings.seed, **inputs.metric_kwargs())
     if inputs.multilabel and result.test_scores is not None:
-        names = label_names or [str(c) for c in range(inputs.n_classes)]
+        names = classes or [str(c) for c in range(inputs.n_classes)]
         result.per_label = per_label_metrics(result.test_labels, result.test_scores, names,
                                              n_resamples=settings.bootstrap, seed=settings.seed)
+    if settings.paper_metrics and result.test_scores is not None:
+        from multimeditron.probing.paper_metrics import paper_metric_set
+
+        result.paper_metrics = {"test": [paper_metric_set(s, result.test_labels, result.test_scores,
+                                                          multilabel=inputs.multilabel, classes=classes)
+                                         for s in settings.paper_metrics]}
     return result
 
 
@@ -132,10 +140,11 @@ def probe(experts: list[tuple[str, VisionExpert]], data: LabelledImages, setting
         sizes = {split: len(getattr(inputs, split)) for split in SPLITS}
         for protocol in settings.protocols:
             settings.log(f"[probe] {name}: {protocol}")
-            result = run_protocol(protocol, inputs, settings, data.classes)
+            result = run_protocol(protocol, inputs, settings, list(data.classes))
             kept[(name, protocol)] = result
             runs.append({"expert": name, **result.to_dict()})
     comparisons = compare(kept, [n for n, _ in experts], settings, data.multilabel)
+    wilcoxon = wilcoxon_comparisons(kept, [n for n, _ in experts], settings)
     result = {"data": {"name": data.name, "classes": data.classes, "multilabel": data.multilabel,
                        "group_kind": data.group_kind, "rows": sizes,
                        "images": {s: len(data.splits[s]) for s in SPLITS}, "notes": data.notes},
@@ -145,7 +154,7 @@ def probe(experts: list[tuple[str, VisionExpert]], data: LabelledImages, setting
                            "seed": settings.seed, "select_metric": settings.select_metric,
                            "dtype": settings.dtype, "ordinal": settings.ordinal,
                            "window": settings.window.describe() if settings.window else None},
-              "runs": runs, "comparisons": comparisons}
+              "runs": runs, "comparisons": comparisons, **({"wilcoxon": wilcoxon} if wilcoxon else {})}
     if out_dir is not None:
         write_reports(result, out_dir)
         write_plots(kept, data, out_dir)
@@ -168,6 +177,34 @@ def compare(kept: dict[tuple[str, str], ProbeResult], names: list[str], settings
                                            n_resamples=settings.bootstrap, seed=settings.seed,
                                            multilabel=multilabel, ordinal=settings.ordinal)
                 out.append({"protocol": protocol, "a": a, "b": b, "metrics": metrics})
+    return out
+
+
+def wilcoxon_comparisons(kept: dict[tuple[str, str], ProbeResult], names: list[str],
+                         settings: ProbeSettings) -> list[dict[str, Any]]:
+    """RETFound-Green's comparison, with its metric set on: per protocol, pair of experts and class, scipy's Wilcoxon
+    signed-rank test on the two experts' bootstrap AUROCs (the same resampled rows for both)."""
+    from multimeditron.probing.bootstrap import wilcoxon_comparison
+
+    out = []
+    if "retfound_green" not in settings.paper_metrics:
+        return out
+
+    def resamples(result: ProbeResult | None) -> dict[str, list[float]] | None:
+        sets = (result.paper_metrics.get("test", []) if result is not None else [])
+        found = [s["metrics"]["bootstrap_aurocs"] for s in sets if s["set"] == "retfound_green"]
+        return found[0] if found else None
+
+    for protocol in settings.protocols:
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                ra, rb = resamples(kept.get((a, protocol))), resamples(kept.get((b, protocol)))
+                if ra is None or rb is None:
+                    continue
+                per_class = {c: wilcoxon_comparison(ra[c], rb[c]) for c in ra if c in rb and ra[c] and
+                             len(ra[c]) == len(rb[c])}
+                out.append({"protocol": protocol, "a": a, "b": b, "test": "wilcoxon signed-rank on bootstrap "
+                            "AUROCs (RETFound-Green)", "per_class": per_class})
     return out
 
 

@@ -142,13 +142,10 @@ def unique_names(specs: list[ParsedSpec], texts: list[str] | None = None) -> lis
 def check_spec(parsed: ParsedSpec) -> None:
     """What can be checked of an expert before anything heavy: its local checkpoint exists, and its family builds
     with these options (on the meta device: no memory, no weights read). Errors name the expert."""
-    from multimeditron.hub_ids import looks_like_hub_id
+    from multimeditron.experts.checkpoints import check_checkpoint_source
 
-    checkpoint = parsed.spec.checkpoint
-    if checkpoint and not Path(checkpoint).expanduser().exists() \
-            and not looks_like_hub_id(checkpoint, with_file=True):
-        raise ExpertSpecError(f"expert {parsed.name!r}: checkpoint {checkpoint} does not exist (and is not a hub "
-                              f"id owner/name[/file])")
+    if parsed.spec.checkpoint:
+        check_checkpoint_source(parsed.spec.checkpoint)  # CheckpointNotFoundError, a UserError naming the path
     if parsed.model_dir is not None:
         return
     with torch.device("meta"), _named_errors(parsed.name, ignore=OSError):

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from multimeditron.config import without_half_precision_on_cpu
+
 logger = logging.getLogger("multimeditron.train")
 
 
@@ -25,13 +27,10 @@ def training_arguments(values: dict[str, Any], deepspeed: str | None = None):
     """`TrainingArguments(**values)` after the machine's rules; `values` are not modified."""
     from transformers import TrainingArguments
 
-    args = dict(values)
+    args, dropped = without_half_precision_on_cpu(values)
+    for flag in dropped:
+        logger.warning("training_args.%s: no GPU here, training in fp32 on the CPU", flag)
     if not torch.cuda.is_available():
-        args["use_cpu"] = True
-        for flag in ("bf16", "fp16", "tf32"):
-            if args.get(flag):
-                logger.warning("training_args.%s: no GPU here, training in fp32 on the CPU", flag)
-            args[flag] = False
         if world_size() > 1:
             # accelerate fails in one process with gloo set ("Default process group has not been initialized").
             args.setdefault("ddp_backend", "gloo")

@@ -6,53 +6,34 @@ from pathlib import Path
 
 import torch
 
-from multimeditron.config import RunConfig
+from multimeditron.config import RunConfig, model_config
 from multimeditron.hub_ids import looks_like_hub_id
+from multimeditron.model.builder import offline_llm_config
+from multimeditron.model.modeling import MultiMeditronForCausalLM
 from multimeditron.training.arguments import world_size
+from multimeditron.training.preflight import path_problems
+from multimeditron.training.stages import apply_stage, format_table
 
 
-def _llm_config(name: str):
-    """The LLM's config when it is available offline (tiny preset, local folder, local HF cache), else None."""
-    from transformers import AutoConfig
-
-    from multimeditron.presets import TINY_LLMS
-    from multimeditron.presets.tiny_llm import build_tiny_llm
-
-    if name in TINY_LLMS:
-        return build_tiny_llm(name).config
-    try:
-        return AutoConfig.from_pretrained(name, local_files_only=True)
-    except (OSError, ValueError):
-        return None
-
-
-def _meta_model(config: RunConfig):
-    """The run's architecture on the meta device (no memory, no weights), or None when the LLM config is unknown."""
-    from multimeditron.model.configuration import MultiMeditronConfig
-    from multimeditron.model.modeling import MultiMeditronForCausalLM
-    from multimeditron.training.model_setup import check_base_model_agrees
-
+def meta_model(config: RunConfig) -> MultiMeditronForCausalLM | None:
+    """The run's model on the meta device (no memory, no weights), its config built by the run's own function
+    (`multimeditron.config.model_config`; placeholder ids for the special tokens), or None when the LLM config is not
+    available offline."""
     section = config.model
     if section.base_model is not None:
         if not (Path(section.base_model) / "config.json").is_file():
             return None
-        from transformers import AutoConfig
-
-        model_config = AutoConfig.from_pretrained(section.base_model)
-        check_base_model_agrees(section, model_config.to_dict())  # the same check as the real run
+        built = model_config(section)
     else:
-        text_config = _llm_config(section.llm)
+        text_config = offline_llm_config(section.llm)
         if text_config is None:
             return None
         vocab = text_config.vocab_size
-        from multimeditron.training.model_setup import architecture_kwargs
-
-        model_config = MultiMeditronConfig(
-            text_config=text_config, image_token_id=vocab - 3, image_start_token_id=vocab - 2,
-            image_end_token_id=vocab - 1, **architecture_kwargs(section))
-    model_config._attn_implementation = "sdpa"
+        built = model_config(section, text_config, {"image_token_id": vocab - 3, "image_start_token_id": vocab - 2,
+                                                    "image_end_token_id": vocab - 1})
+    built._attn_implementation = "sdpa"
     with torch.device("meta"):
-        return MultiMeditronForCausalLM(model_config)
+        return MultiMeditronForCausalLM(built)
 
 
 def _dataset_line(entry) -> str:
@@ -79,24 +60,24 @@ def sbatch_template_processes() -> tuple[int, int]:
 
 
 def format_plan(config: RunConfig) -> str:
-    from multimeditron.training.stages import apply_stage, format_table
-
     section, data, args = config.model, config.data, config.training_args
     lines = ["MultiMeditron training plan (dry run: nothing loaded)", f"stage: {config.stage}"]
     if section.base_model is not None:
         exists = "found" if Path(section.base_model).is_dir() else "not found yet (an earlier stage writes it)"
         lines.append(f"model: continue from {section.base_model} ({exists}); its stored architecture is used")
     else:
-        lines.append(f"model: LLM {section.llm}; fusion {section.fusion}"
-                     + (f" ({section.attn_variant} layer, {section.attn_heads} heads)" if section.fusion == "attn"
-                        else "") + f"; projection {section.projection} "
-                     f"({section.projector_type}); router {section.router}"
-                     + (f" top-{section.router_top_k}" if section.router_top_k else "")
+        arch = model_config(section)  # the architecture as the model takes it (e.g. generalist_index counted)
+        lines.append(f"model: LLM {section.llm}; fusion {arch.fusion}"
+                     + (f" ({arch.attn_variant} layer, {arch.attn_heads} heads)" if arch.fusion == "attn"
+                        else "") + f"; projection {arch.projection} "
+                     f"({arch.projector_type}); router {arch.router}"
+                     + (f" top-{arch.router_top_k}" if arch.router_top_k else "")
                      + (f" (classifier {section.router_classifier_dict()})" if section.router_classifier else "")
-                     + f"; image geometry {section.image_geometry}"
-                     + (f"; generalist expert[{section.generalist_index}]" if len(section.experts) > 1 else "")
-                     + (f"; router balance loss x {section.router_aux_loss_coef}" if section.router == "learned"
-                        else ""))
+                     + f"; image geometry {arch.image_geometry}"
+                     + (f"; generalist expert[{arch.generalist_index}]" if len(arch.experts) > 1 else "")
+                     + (f"; router balance loss x {arch.router_aux_loss_coef}" if arch.router == "learned"
+                        else "")
+                     + f"; image placeholder {arch.attachment_token}")
         for i, expert in enumerate(section.experts):
             lines.append(f"  expert[{i}] {expert.id}" + (" (tiny)" if expert.tiny else "")
                          + f" checkpoint={expert.checkpoint or 'random init'}"
@@ -108,7 +89,7 @@ def format_plan(config: RunConfig) -> str:
         lines.append(config.part_learning_rates.describe(default_rate))
     if config.lora is not None:
         lines.append(f"lora: r={config.lora.r} alpha={config.lora.alpha} targets={config.lora.target_modules}")
-    model = _meta_model(config)
+    model = meta_model(config)
     if model is None:
         lines.append("parameters: the LLM config is not available offline; per-part counts appear at the start "
                      "of the real run")
@@ -141,8 +122,6 @@ def format_plan(config: RunConfig) -> str:
                  + ("one token mean over the global batch" if config.loss_averaging == "global_tokens"
                     else "a token mean per micro-batch, averaged over accumulation steps, as published") + ")")
     lines.append(f"deepspeed: {config.deepspeed or 'off'}; output: {args['output_dir']}")
-    from multimeditron.training.preflight import path_problems
-
     problems = path_problems(config)
     lines.append("paths: all found" if not problems else "paths the real run will refuse unless they exist by then:")
     lines += [f"  - {problem}" for problem in problems]

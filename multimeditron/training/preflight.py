@@ -13,16 +13,19 @@ from pathlib import Path
 
 import torch
 
-from multimeditron.config import ConfigError, RunConfig, written_keys
+from multimeditron.config import ConfigError, RunConfig, model_config, written_keys
 from multimeditron.data.sources import split_names
 from multimeditron.hub_ids import looks_like_hub_id
+from multimeditron.model.builder import offline_llm_config
 from multimeditron.presets import TINY_LLMS
+from multimeditron.training.stages import STAGE_PARTS
 
 
 def check_run(config: RunConfig, paths: bool = True) -> None:
     """Every check below; with `paths=False` (dry run) the path checks are left to `path_problems`."""
     _check_llm_name(config)
     _check_architecture(config)
+    _check_stage_parts(config)
     _check_combinations(config)
     _check_expert_options(config)
     _check_lora_targets(config)
@@ -39,10 +42,10 @@ def _check_llm_name(config: RunConfig) -> None:
 
 
 def _check_architecture(config: RunConfig) -> None:
-    """A new model's architecture is validated as the model config validates it; beside `base_model`, every
-    written architecture key must agree with the stored one (training.model_setup.check_base_model_agrees)."""
+    """A new model's architecture was validated with the config (`multimeditron.config.model_config`); its expert ids
+    are checked here against the registry. Beside `base_model`, every written architecture key must agree with the
+    stored one: the stored config is built through the same function the run uses."""
     from multimeditron.experts.registry import available_experts
-    from multimeditron.model.configuration import MultiMeditronConfig
 
     section = config.model
     if section.base_model is not None:
@@ -50,11 +53,7 @@ def _check_architecture(config: RunConfig) -> None:
             problems = _model_folder_problem("model.base_model", section.base_model, multimeditron=True)
             if problems:  # e.g. a plain LLM's folder
                 raise ConfigError(problems[0])
-            from transformers import AutoConfig
-
-            from multimeditron.training.model_setup import check_base_model_agrees
-
-            check_base_model_agrees(section, AutoConfig.from_pretrained(section.base_model).to_dict())
+            model_config(section)
         return
     from multimeditron.experts.adapted import adapted_spec
 
@@ -67,15 +66,31 @@ def _check_architecture(config: RunConfig) -> None:
             adapted_spec(expert)
         except ValueError as error:
             raise ConfigError(f"model.experts[{i}]: {error}") from error
+
+
+def _check_stage_parts(config: RunConfig) -> None:
+    """What the stage trains (`STAGE_PARTS`) against LoRA and the per-part learning rates."""
+    trained = STAGE_PARTS[config.stage]
+    if config.lora is not None and "llm" not in trained:
+        llm_stages = ", ".join(name for name, parts in STAGE_PARTS.items() if "llm" in parts)
+        raise ConfigError(f"lora: stage {config.stage!r} does not train the LLM; LoRA needs one of {llm_stages}")
+    if config.part_learning_rates is None:
+        return
+    for part in config.part_learning_rates.as_dict():
+        if part not in trained:
+            raise ConfigError(f"part_learning_rates.{part}: stage {config.stage!r} does not train this part "
+                              f"(it trains {sorted(trained)})")
+    if config.deepspeed is not None and "optimizer" in read_deepspeed(config.deepspeed):
+        raise ConfigError(f"part_learning_rates: the DeepSpeed file {config.deepspeed} defines its own "
+                          "`optimizer`, which would ignore per-part learning rates; remove one of the two")
+
+
+def read_deepspeed(path: str) -> dict:
+    """The DeepSpeed JSON file of the config; an unreadable one is an error naming the key."""
     try:
-        MultiMeditronConfig(experts=[e.to_dict() for e in section.experts], fusion=section.fusion,
-                            projection=section.projection, projector_type=section.projector_type,
-                            router=section.router, router_top_k=section.router_top_k,
-                            router_classifier=section.router_classifier_dict(), image_geometry=section.image_geometry,
-                            generalist_index=section.generalist_index, attn_heads=section.attn_heads,
-                            attn_variant=section.attn_variant)
-    except ValueError as error:  # its messages start with the key ("fusion: ...")
-        raise ConfigError(f"model.{error}") from error
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"deepspeed: {path} is not a readable JSON file: {error}") from error
 
 
 def _check_expert_options(config: RunConfig) -> None:
@@ -131,9 +146,7 @@ def _text_config(config: RunConfig):
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(section.base_model).text_config
-    from multimeditron.training.plan import _llm_config
-
-    return _llm_config(section.llm)
+    return offline_llm_config(section.llm)
 
 
 def _check_combinations(config: RunConfig) -> None:
@@ -151,8 +164,6 @@ def _check_combinations(config: RunConfig) -> None:
                           "lists no dataset; add one or remove eval_strategy")
     if args.get("load_best_model_at_end") and not config.data.eval:
         raise ConfigError("training_args.load_best_model_at_end: needs data.eval to pick the best model")
-    if config.model.router_aux_loss_coef < 0:
-        raise ConfigError(f"model.router_aux_loss_coef: must be >= 0, got {config.model.router_aux_loss_coef}")
 
 
 def path_problems(config: RunConfig) -> list[str]:
@@ -188,9 +199,9 @@ def path_problems(config: RunConfig) -> list[str]:
         problems.append(f"training_args.resume_from_checkpoint: {resume} is not a checkpoint folder")
     if config.deepspeed is not None:
         try:
-            json.loads(Path(config.deepspeed).read_text())
-        except (OSError, ValueError) as error:
-            problems.append(f"deepspeed: {config.deepspeed} is not a readable JSON file: {error}")
+            read_deepspeed(config.deepspeed)
+        except ConfigError as error:
+            problems.append(str(error))
     return problems
 
 

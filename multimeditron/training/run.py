@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from multimeditron.config import ConfigError, RunConfig
@@ -39,7 +38,9 @@ def build_training_arguments(config: RunConfig, overrides: dict[str, Any] | None
 
 
 def prepare_model(config: RunConfig):
-    model, processor = load_run_model(config)
+    """The run's model with LoRA injected and the stage applied, its processor, the per-part table and what each
+    expert checkpoint load did."""
+    model, processor, load_reports = load_run_model(config)
     if config.lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -51,7 +52,7 @@ def prepare_model(config: RunConfig):
         except ValueError as error:  # PEFT: target modules not found in the model, ...
             raise ConfigError(f"lora.target_modules: {error}") from error
     table = apply_stage(model, config.stage, lora=config.lora is not None)
-    return model, processor, table
+    return model, processor, table, load_reports
 
 
 def save_final(trainer, model, processor, directory: Path) -> None:
@@ -78,14 +79,12 @@ def run_training(config: RunConfig, callbacks: list | None = None,
     from multimeditron.training.trainer import MultiMeditronTrainer
 
     check_run(config)  # every check that needs no model, before anything heavy is built
-    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from transformers import set_seed
 
     set_seed(config.seed)  # before the model is built: new parts (projectors, router, ...) initialise reproducibly
     # The model is built before the TrainingArguments: once DeepSpeed ZeRO-3 arguments exist, transformers builds
     # models under zero.Init, whose partitioned (empty) parameters the image-token set-up cannot edit.
-    model, processor, table = prepare_model(config)
+    model, processor, table, load_reports = prepare_model(config)
     args = build_training_arguments(config)
     output_dir = Path(args.output_dir)
     if is_main_process():
@@ -94,7 +93,7 @@ def run_training(config: RunConfig, callbacks: list | None = None,
             logger.info(config.part_learning_rates.describe(args.learning_rate))
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "run_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        reports = {name: report.to_dict() for name, report in getattr(model, "load_reports", {}).items()}
+        reports = {name: report.to_dict() for name, report in load_reports.items()}
         if reports:  # which entry, which keys dropped, what was resampled, per expert checkpoint
             (output_dir / "load_reports.json").write_text(json.dumps(reports, indent=2) + "\n")
     data = build_sft_datasets(config.data, processor, seed=config.seed)

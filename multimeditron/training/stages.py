@@ -5,18 +5,29 @@
 - end2end: alignment + the LLM (or its LoRA adapters, and then still the new special-token rows);
 - full: end2end + the vision experts;
 - lm_only: the LLM alone.
-(The table itself is `multimeditron.config.STAGE_PARTS`.) A `pretrained` router's classifier learns only in the stages
-its `trainable_stages` name (published: `full`).
+A `pretrained` router's classifier learns only in the stages its `trainable_stages` name (published: `full`).
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from multimeditron.config import STAGE_PARTS
+from multimeditron.choices import STAGES
 from multimeditron.model.modeling import MultiMeditronForCausalLM
+
+# What each training stage trains: "vision_glue" (projectors, fusion, router and, while the LLM is frozen, the new
+# special-token rows of its embeddings), "experts", "llm" (or its LoRA adapters).
+STAGE_PARTS: dict[str, frozenset[str]] = {
+    "alignment": frozenset({"vision_glue"}),
+    "vision_alignment": frozenset({"vision_glue", "experts"}),
+    "end2end": frozenset({"vision_glue", "llm"}),
+    "full": frozenset({"vision_glue", "experts", "llm"}),
+    "lm_only": frozenset({"llm"}),
+}
+assert tuple(STAGE_PARTS) == STAGES, "the stage names of multimeditron.choices.Stage, in the same order"
 
 
 @dataclass
@@ -54,7 +65,7 @@ def stage_parameters(model: MultiMeditronForCausalLM) -> dict[str, list[nn.Param
     the LLM. A parameter outside the vision stack and the LLM is an error naming it."""
     vision = model.vision
     embeddings = model.get_input_embeddings().weight
-    rows_only = getattr(embeddings, "_multimeditron_trained_rows", None) is not None
+    rows_only = _row_mask(embeddings) is not None
     parts: dict[str, list[nn.Parameter]] = {"vision_glue": [], "experts": [], "llm": []}
     for module in vision.part_modules().values():
         is_expert = any(module is expert for expert in vision.experts)
@@ -86,7 +97,9 @@ def apply_stage(model: MultiMeditronForCausalLM, stage: str, lora: bool = False)
         for name, param in model.language_model.named_parameters():
             param.requires_grad_("lora_" in name)
     # A pretrained router's classifier learns only in the stages its config names (published: `full`).
-    model.vision.router.requires_grad_(model.vision.router.trains_in(stage) and "vision_glue" in parts)
+    classifier = model.vision.router.classifier
+    router_trains = classifier is None or stage in classifier.spec.trainable_stages
+    model.vision.router.requires_grad_(router_trains and "vision_glue" in parts)
     model.vision.router.train(model.vision.router.training)  # a frozen classifier goes (back) to eval mode
     # With the LLM frozen, or trained through LoRA adapters (which leave the embeddings frozen), the image
     # start/end tokens' embedding rows still have to learn (they are new); they are then part of vision_glue.
@@ -95,20 +108,39 @@ def apply_stage(model: MultiMeditronForCausalLM, stage: str, lora: bool = False)
     return trainable_table(model)
 
 
+@dataclass
+class RowMask:
+    """The embedding rows that learn while the rest of the matrix stays frozen, and the gradient hook that zeroes
+    every other row's gradient."""
+
+    weight: weakref.ref  # the embedding matrix (a weak reference: the mask does not keep a model alive)
+    rows: list[int]
+    hook: torch.utils.hooks.RemovableHandle
+
+
+# The row masks in force, by the id of the embedding matrix they apply to: held here, by the stage logic, not on the
+# tensor (a dict keyed by the tensor itself would compare tensors elementwise).
+_ROW_MASKS: dict[int, RowMask] = {}
+
+
+def _row_mask(weight: nn.Parameter) -> RowMask | None:
+    mask = _ROW_MASKS.get(id(weight))
+    return mask if mask is not None and mask.weight() is weight else None  # an id is reused after a tensor dies
+
+
 def _limit_embedding_rows(weight: nn.Parameter, rows: list[int] | None) -> None:
     """In alignment only the new tokens' rows learn: the gradient of every other row is zeroed."""
-    handle = getattr(weight, "_multimeditron_row_hook", None)
-    if handle is not None:
-        handle.remove()
-        weight._multimeditron_row_hook = None
-        weight._multimeditron_trained_rows = None
+    previous = _row_mask(weight)
+    if previous is not None:
+        previous.hook.remove()
+    _ROW_MASKS.pop(id(weight), None)
     if rows is None:
         return
     weight.requires_grad_(True)
     mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
     mask[rows] = 1
-    weight._multimeditron_row_hook = weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))
-    weight._multimeditron_trained_rows = list(rows)
+    hook = weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))
+    _ROW_MASKS[id(weight)] = RowMask(weakref.ref(weight), list(rows), hook)
 
 
 def trainable_table(model: MultiMeditronForCausalLM) -> list[PartStatus]:
@@ -119,8 +151,8 @@ def trainable_table(model: MultiMeditronForCausalLM) -> list[PartStatus]:
         for p in params:
             if not p.requires_grad:
                 continue
-            trained_rows = getattr(p, "_multimeditron_trained_rows", None)
-            trainable += p[0].numel() * len(trained_rows) if trained_rows is not None else p.numel()
+            row_mask = _row_mask(p)
+            trainable += p[0].numel() * len(row_mask.rows) if row_mask is not None else p.numel()
         rows.append(PartStatus(name, trainable, total))
     return rows
 

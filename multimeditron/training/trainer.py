@@ -1,6 +1,6 @@
 """`MultiMeditronTrainer`: HF Trainer plus per-part learning rates, the loss averaging of the run config
-(`loss_averaging`), throughput logging (samples/s, tokens/s), the learned router's usage and balance loss in the
-logs."""
+(`loss_averaging`), the learned router's balance term added where the loss is reduced, throughput logging
+(samples/s, tokens/s) and the router's usage and balance loss in the logs (summed over every process)."""
 from __future__ import annotations
 
 import time
@@ -10,7 +10,6 @@ import torch
 from transformers import Trainer
 
 from multimeditron.training.stages import stage_parameters
-
 
 LOSS_AVERAGING = ("global_tokens", "micro_batch")
 
@@ -29,9 +28,8 @@ class MultiMeditronTrainer(Trainer):
         self._window_start = time.perf_counter()
         self._window_samples: torch.Tensor | int = 0  # tensors on the device once a batch is counted
         self._window_tokens: torch.Tensor | int = 0
-        self._router_images: torch.Tensor | None = None  # images per expert since the last log (on the device)
-        self._router_balance: torch.Tensor | int = 0  # summed balance loss since the last log (on the device)
-        self._router_steps = 0
+        # Since the last log, on the device: images per expert, images, summed balance term, batches with images.
+        self._router_stats: torch.Tensor | None = None
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         # Decoupled weight decay would shrink every embedding row, also the rows the alignment stage keeps frozen
@@ -67,8 +65,10 @@ class MultiMeditronTrainer(Trainer):
                                              num_items_in_batch=num_items_in_batch)
         aux = outputs.get("aux_loss") if isinstance(outputs, dict) else None
         if aux is not None and model.training:
-            loss = self._rescale_balance_loss(loss, aux, num_items_in_batch)
-            self._record_routing(aux)
+            coef = self.model.config.router_aux_loss_coef
+            if coef:
+                loss = loss + coef * self._balance_weight(num_items_in_batch) * aux.to(loss.device, loss.dtype)
+            self._record_routing(outputs["expert_mask"], aux)
         return (loss, outputs) if return_outputs else loss
 
     def _count_batch(self, inputs: dict[str, Any]) -> None:
@@ -86,37 +86,46 @@ class MultiMeditronTrainer(Trainer):
             self._window_tokens = self._window_tokens + mask.sum()
             self._window_samples = self._window_samples + mask.shape[0]
 
-    def _rescale_balance_loss(self, loss: torch.Tensor, aux: torch.Tensor, num_items_in_batch: Any) -> torch.Tensor:
-        """The model adds coef * balance to its loss. When the language-model loss is a sum over the whole
-        accumulated batch divided by its token count, HF Trainer neither averages micro-batches nor ranks (it
-        multiplies by the world size); the balance term, a per-micro-batch mean, is brought back to a mean here."""
-        coef = getattr(self.model.config, "router_aux_loss_coef", 0.0)
-        if not coef or not (self.model_accepts_loss_kwargs and num_items_in_batch is not None):
-            return loss
-        scale = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
-        accumulation = max(getattr(self, "current_gradient_accumulation_steps", 1), 1)
-        return loss - (scale - 1.0 / accumulation) * coef * aux.to(loss.device, loss.dtype)
+    def _balance_weight(self, num_items_in_batch: Any) -> float:
+        """The balance term is a mean per micro-batch; the optimizer step takes its mean over micro-batches and
+        processes (DDP and DeepSpeed average gradients over processes). When the language-model loss is already a
+        mean over the whole accumulated batch (a token sum divided by `num_items_in_batch`), the Trainer does not
+        divide by the accumulation steps, so the term is divided here; otherwise the Trainer divides the whole loss
+        (the rule of `Trainer.training_step`)."""
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) \
+                or self.compute_loss_func is not None
+        return 1.0 / max(getattr(self, "current_gradient_accumulation_steps", 1), 1) if scaled else 1.0
 
-    def _record_routing(self, aux: torch.Tensor) -> None:
-        routing = self.model.vision.last_routing
-        if routing is None:
-            return
-        # Device tensors, read once per log: a per-step read would be a host sync that stalls the GPU.
-        counts = routing.selected.detach().float().sum(dim=0)
-        self._router_images = counts if self._router_images is None else self._router_images + counts
-        self._router_balance = self._router_balance + aux.detach().float()
-        self._router_steps += 1
+    def _record_routing(self, expert_mask: torch.Tensor, balance: torch.Tensor) -> None:
+        """Add one micro-batch's routing to the window. A batch without images (its mask has no expert set) adds
+        neither images nor a balance value. Device tensors, read once per log: a per-step read would be a host
+        sync that stalls the GPU."""
+        mask = expert_mask.detach().float()
+        images = mask.amax(dim=-1).sum()
+        has_images = (images > 0).float()
+        stats = torch.cat([mask.sum(dim=0), torch.stack([images, balance.detach().float() * has_images,
+                                                         has_images])])
+        self._router_stats = stats if self._router_stats is None else self._router_stats + stats
 
     def _routing_logs(self) -> dict[str, float]:
-        """Fraction of images that ran each expert (sums to top_k) and the mean balance loss since the last log."""
-        if self._router_images is None:
+        """Fraction of images that ran each expert (sums to top_k) and the mean balance loss of the batches with
+        images since the last log, over every process. Every process calls it at the same step (HF Trainer logs on
+        all of them), so the sum across processes is a collective they all join."""
+        if self._router_stats is None:
+            return {}
+        stats = self._router_stats
+        if self.accelerator.num_processes > 1:
+            stats = self.accelerator.reduce(stats, reduction="sum")
+        self._router_stats = None
+        *counts, images, balance, batches = stats.cpu().tolist()
+        if not batches:
             return {}
         experts = self.model.vision.experts
-        counts = self._router_images.cpu()
-        images = counts / max(float(counts.sum()) / self.model.vision.top_k, 1e-9)
-        logs = {f"router_usage/{i}_{e.expert_id}": round(float(v), 4) for i, (e, v) in enumerate(zip(experts, images))}
-        logs["router_balance_loss"] = round(float(self._router_balance) / self._router_steps, 5)
-        self._router_images, self._router_balance, self._router_steps = None, 0, 0
+        logs = {f"router_usage/{i}_{e.expert_id}": round(count / images, 4)
+                for i, (e, count) in enumerate(zip(experts, counts))}
+        logs["router_balance_loss"] = round(balance / batches, 5)
         return logs
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:

@@ -1,5 +1,6 @@
-"""The expert half under torchrun: two CPU processes (DDP, gloo) train and score like one process with the same global
-batch, for `finetune` and for `adapt`, and a YAML recipe runs exactly as the same flags.
+"""The expert half under torchrun: two CPU processes (DDP, gloo; and DeepSpeed ZeRO-2 for `finetune`) train and score
+like one process with the same global batch, for `finetune` and for `adapt`, and a YAML recipe runs exactly as the
+same flags.
 
 Tolerance: the weights agree to 1e-5 (DDP sums the two halves' gradients in another order than one process does,
 which changes the last bits of each step); the metrics, computed on every image once, agree to 1e-6."""
@@ -21,11 +22,11 @@ from tests.adaptation.conftest import TEXTURE_EXPERT
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def launch(processes: int, argv: list[str], tmp_path: Path) -> None:
+def launch(processes: int, argv: list[str], tmp_path: Path, extra_env: dict[str, str] | None = None) -> None:
     port = str(29700 + os.getpid() % 500)
     prefix = [sys.executable, "-m"] if processes == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-port", port, "-m"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(extra_env or {})}
     proc = subprocess.run([*prefix, "multimeditron", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -39,23 +40,37 @@ def assert_close_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
 
 
 def test_two_processes_finetune_like_one_with_the_same_global_batch(texture_folder: Path, tmp_path: Path) -> None:
-    # Data that divides by the global batch (32 train images, 8 a step); no drop path or mixup (they draw from each
-    # process's own generator); augmentation is drawn per image, so it may stay on.
-    common = ["finetune", "--expert", TEXTURE_EXPERT, "--data", str(texture_folder), "--epochs", "2",
+    # Train divides by the global batch (32 images, 8 a step); val (7) and test (9) do not divide by 2 processes,
+    # and every image must still be scored once. No drop path or mixup (they draw from each process's own
+    # generator); augmentation is drawn per image, so it may stay on.
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(texture_folder, data)
+    for split, keep in (("val", 7), ("test", 9)):
+        files = sorted((data / split).rglob("*.png"), key=lambda p: (p.name, p.parent.name))  # classes alternate
+        for extra in files[keep:]:
+            extra.unlink()
+    common = ["finetune", "--expert", TEXTURE_EXPERT, "--data", str(data), "--epochs", "2",
               "--lr", "2e-3", "--warmup-epochs", "0.5", "--drop-path", "0", "--seed", "3"]
     launch(1, [*common, "--batch-size", "8", "--out", "one"], tmp_path)
     launch(2, [*common, "--batch-size", "4", "--out", "two"], tmp_path)
-    for name in ("expert.safetensors", "head.safetensors"):
-        assert_close_weights(tmp_path / "one" / "best" / name, tmp_path / "two" / "best" / name)
+    # DeepSpeed ZeRO-2 through the recipe's `deepspeed` key (CPU: DS_ACCELERATOR=cpu, the cookbook's CPU JSON)
+    launch(2, [*common, "--batch-size", "4", "--out", "zero2", "--set",
+               f"deepspeed={ROOT / 'cookbook' / 'deepspeed_zero2_cpu.json'}"], tmp_path, {"DS_ACCELERATOR": "cpu"})
+    for run in ("two", "zero2"):
+        for name in ("expert.safetensors", "head.safetensors"):
+            assert_close_weights(tmp_path / "one" / "best" / name, tmp_path / run / "best" / name)
     one, two = (json.loads((tmp_path / run / "results.json").read_text())["runs"][0] for run in ("one", "two"))
     for split in ("val", "test"):
         for metric, value in one[split].items():
             if isinstance(value, float):
                 assert two[split][metric] == pytest.approx(value, abs=1e-6), (split, metric)
-    # every test image scored once: no duplicated or dropped image when 16 are shared by 2 processes
+    # every test image scored once: no duplicated or dropped image when 9 are shared by 2 processes
     import numpy as np
 
-    assert len(np.load(tmp_path / "two" / "test_predictions.npz")["labels"]) == 16
+    predictions = np.load(tmp_path / "two" / "test_predictions.npz")
+    assert len(predictions["labels"]) == len(predictions["probabilities"]) == 9
     assert one["chosen"] == two["chosen"]
 
 

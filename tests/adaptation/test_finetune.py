@@ -14,11 +14,10 @@ from multimeditron.adaptation.engine import ExpertTrainer, Schedule
 from multimeditron.adaptation.experts import load_expert
 from multimeditron.adaptation.finetune import build_classifier, finetune
 from multimeditron.adaptation.optim import param_groups
-from multimeditron.adaptation.peft_methods import merged_copy
+from multimeditron.adaptation.peft_methods import LoraSection, merged_copy
 from multimeditron.adaptation.recipes import (
     FinetuneRecipe,
     FinetuneSection,
-    LoraSection,
 )
 from multimeditron.cli import main
 from multimeditron.data.labelled_images import load_labelled_images

@@ -114,7 +114,7 @@ def test_adapted_folder_is_a_vlm_expert_from_a_stage_yaml(adapted_run: Path, tmp
         "stage": "alignment",
         "training_args": {"output_dir": str(tmp_path / "run")},
     }))
-    model, _ = load_run_model(load_config(stage))
+    model, _, _ = load_run_model(load_config(stage))
     weights = load_file(str(adapted_run / "expert.safetensors"))
     assert _states_equal({k: v.float() for k, v in model.vision.experts[0].state_dict().items()}, weights)
     # The saved VLM rebuilds the same architecture without the folder (the config records tiny: true).

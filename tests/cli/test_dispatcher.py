@@ -47,7 +47,7 @@ def test_a_user_error_is_one_line_without_traceback(command, monkeypatch, capsys
 
 @pytest.mark.parametrize("command", [["eval", "--task", "mmd_slake"], ["generate", "--prompt", "hi"]])
 def test_a_missing_model_folder_is_one_error_line(command, tmp_path, capsys):
-    """Before: a raw OSError traceback from `inference.load_pretrained`."""
+    """A missing model folder is one `error:` line, not an OSError traceback from `inference.load_pretrained`."""
     missing = tmp_path / "no-such-model"
     assert main([*command, "--model", str(missing)]) == 2
     assert capsys.readouterr().err == f"error: model folder {missing} does not exist\n"
@@ -67,7 +67,7 @@ def test_a_missing_model_folder_is_one_error_line(command, tmp_path, capsys):
     (["generate", "--prompt", "hi", "--image", "no-such.png"], "error: --image: missing_image: image file"),
 ])
 def test_eval_and_generate_option_errors_are_user_errors(argv, message, tmp_path, capsys):
-    """Before: `SystemExit("multimeditron eval: ...")`, which bypassed the dispatcher's `error:` line and --debug."""
+    """A usage error is a `UsageError` (the dispatcher's `error:` line, and --debug), not a `SystemExit`."""
     from multimeditron.errors import UsageError
 
     argv = [*argv[:1], "--model", str(tmp_path), *argv[1:]] if argv != ["eval"] else argv

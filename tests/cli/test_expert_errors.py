@@ -49,7 +49,7 @@ def test_a_missing_checkpoint_is_one_line(command, images, pairs, tmp_path, caps
     data = pairs if command == "segment" else images
     assert main([command, "--expert", "retfound_green:/no/such/weights.pth", "--tiny", "--data", str(data),
                  "--out", str(tmp_path / "out")]) == 2
-    assert "checkpoint /no/such/weights.pth does not exist" in one_error_line(capsys)
+    assert "checkpoint '/no/such/weights.pth' is neither an existing file" in one_error_line(capsys)
     assert not (tmp_path / "out").exists()
 
 
@@ -111,7 +111,7 @@ def test_probe_settings_are_refused_before_embedding(flags, message, images, tmp
 def test_a_warm_up_longer_than_the_run_is_refused(images, capsys):
     assert main(["finetune", *TINY, "--data", str(images), "--epochs", "8", "--dry-run"]) == 2
     line = one_error_line(capsys)
-    assert "schedule.warmup_epochs (--warmup-epochs): 10 warm-up epochs (the default) are longer than the run" in line
+    assert "schedule.warmup_epochs (--warmup-epochs): 10 warm-up epochs are longer than the run (8" in line
     assert main(["finetune", *TINY, "--data", str(images), "--epochs", "8", "--warmup-epochs", "1",
                  "--dry-run"]) == 0
 
@@ -207,7 +207,7 @@ def test_every_expert_command_shows_defaults_and_help(capsys):
 
     from multimeditron.cli import SUBCOMMANDS
 
-    for command in ("probe", "finetune", "adapt", "segment"):
+    for command in ("probe", "finetune", "adapt", "segment", "train-gate", "train-expert"):
         parser = argparse.ArgumentParser()
         importlib.import_module(f"multimeditron.cli.{SUBCOMMANDS[command]}").add_arguments(parser)
         for action in parser._actions:
@@ -215,12 +215,12 @@ def test_every_expert_command_shows_defaults_and_help(capsys):
                 assert action.help and len(action.help.split("[")[0].strip()) > 3, (command, action.option_strings)
         text = parser.format_help()
         assert "--threads N" in text and "--overwrite" in text
-        if command in ("finetune", "adapt", "segment"):
+        if command != "probe":
             assert "(default: 0)" in " ".join(text.split()) and "--resume" in text
     parser = argparse.ArgumentParser()
     importlib.import_module("multimeditron.cli.finetune").add_arguments(parser)
     text = " ".join(parser.format_help().split())
-    assert "[schedule.warmup_epochs] (default: 10)" in text  # the recipe's own default, not the section class's
+    assert "[schedule.warmup_epochs] (default: 10.0)" in text  # the recipe's own default, not the section class's
     assert "--adaptation {finetune,lp,lora,bitfit}" in text and "[training_args.num_train_epochs] (default: 50)" in text
 
 

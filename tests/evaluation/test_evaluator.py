@@ -10,9 +10,9 @@ import pytest
 from datasets import DatasetDict
 
 from multimeditron.cli import main
+from multimeditron.data.report import DataError
 from multimeditron.evaluation import TASKS_DIR
 from multimeditron.evaluation.benchmarks import get_benchmark
-from multimeditron.data.report import DataError
 from multimeditron.evaluation.data import decode_image, load_table
 from multimeditron.evaluation.evaluator import evaluate_synthetic, markdown_table
 from multimeditron.inference import load_pretrained

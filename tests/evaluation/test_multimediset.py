@@ -76,20 +76,20 @@ def test_scores_the_last_assistant_turn_per_question_type(model_and_set, tmp_pat
     assert "| multimediset / organ | 2 | 50.0 |" in table
 
 
-def test_relative_paths_resolve_against_image_base_dir_when_given(model_and_set, tmp_path, checkpoint):
-    from multimeditron.data.report import BadSample
-
+def test_relative_paths_resolve_against_image_base_dir_when_given(model_and_set, tmp_path, checkpoint, capsys):
     _, _, directory, _ = model_and_set
-    with pytest.raises(BadSample, match="scan.png"):  # not in the given base folder, though next to the data
-        main(["eval", "--model", checkpoint, "--task", "multimediset", "--data", str(directory),
-              "--image-base-dir", str(tmp_path), "--max-new-tokens", "1"])
+    # not in the given base folder, though next to the data: refused, one `error:` line naming the file
+    assert main(["eval", "--model", checkpoint, "--task", "multimediset", "--data", str(directory),
+                 "--image-base-dir", str(tmp_path), "--max-new-tokens", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "error: missing_image: " in err and "scan.png" in err and "Traceback" not in err
 
 
 
 
 def test_the_data_placeholder_is_read_as_training_reads_it(model_and_set, tmp_path):
-    """Before: the benchmark assumed the toolkit's default `<|image|>`, so LLaVA-style `<image>` rows (which training
-    detects with `data.attachment_token: auto`) were refused as holding 0 placeholders."""
+    """The benchmark detects the data's placeholder as training does (`data.attachment_token: auto`), so
+    LLaVA-style `<image>` rows are read, not refused as holding 0 placeholders."""
     model, processor, directory, replies = model_and_set
     table = DatasetDict.load_from_disk(str(directory))["test"].select(range(2))
     llava = tmp_path / "llava"

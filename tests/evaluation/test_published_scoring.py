@@ -11,7 +11,13 @@ from multimeditron.cli import main as cli_main
 from multimeditron.evaluation import TASKS_DIR
 from multimeditron.evaluation.benchmarks import get_benchmark
 from multimeditron.evaluation.published_scoring import (
-    GMAI_POST_PROMPT, VQA_POST_PROMPT, derived_open, extract_final_answer, gmai_letter, gmai_prompt, normalize_vqa,
+    GMAI_POST_PROMPT,
+    VQA_POST_PROMPT,
+    derived_open,
+    extract_final_answer,
+    gmai_letter,
+    gmai_prompt,
+    normalize_vqa,
 )
 from multimeditron.evaluation.published_tasks import published_table, published_vqa_summary, with_scoring
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 import pytest
 
 from multimeditron.evaluation.scoring import (
-    choice_correct, exact_match, extract_choice, is_closed, normalize_answer, percent, vqa_summary, yes_no,
+    choice_correct,
+    exact_match,
+    extract_choice,
+    is_closed,
+    normalize_answer,
+    percent,
+    vqa_summary,
+    yes_no,
 )
 
 OPTIONS = {"A": "CT", "B": "MRI", "C": "X-ray", "D": "Ultrasound", "E": "Fundus photography"}

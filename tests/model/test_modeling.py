@@ -107,7 +107,8 @@ def test_config_refusals_name_the_key():
 
 
 def test_building_a_model_leaves_the_given_config_as_it_was():
-    """Before: `VisionStack` wrote each expert's resolved architecture into the caller's `config.experts`."""
+    """Building a model records each expert's resolved architecture in the model's own config, never in the
+    caller's `config.experts`."""
     import copy
 
     from multimeditron.model.configuration import MultiMeditronConfig

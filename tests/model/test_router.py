@@ -100,19 +100,28 @@ def test_gate_gradient_is_non_zero(fusion, top_k):
     assert output.aux_loss is not None and output.aux_loss.item() >= 1.0 - 1e-5
 
 
-def test_balance_loss_enters_the_training_loss_with_its_coefficient():
+def test_balance_loss_enters_the_training_loss_with_its_coefficient(tmp_path):
+    """The model returns the balance term beside the language-model loss; the trainer, where the loss is reduced,
+    adds it with `router_aux_loss_coef`, in training only."""
+    from multimeditron.training.arguments import training_arguments
+    from multimeditron.training.trainer import MultiMeditronTrainer
+
     kwargs = {"experts": [GENERALIST, SPECIALIST], "fusion": "avg", "router": "learned", "router_top_k": 1}
     model, processor = tiny_model(**kwargs, router_aux_loss_coef=0.5)
     batch = prompt_batch(processor, [1, 1])
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     model.train()
-    with_aux = model(**batch, labels=labels)
+    output = model(**batch, labels=labels)
     model.config.router_aux_loss_coef = 0.0
-    without = model(**batch, labels=labels)
-    assert with_aux.loss.item() == pytest.approx(without.loss.item() + 0.5 * with_aux.aux_loss.item(), rel=1e-5)
-    model.eval()  # evaluation losses stay the language-model loss
+    assert model(**batch, labels=labels).loss.item() == pytest.approx(output.loss.item(), rel=1e-5)
     model.config.router_aux_loss_coef = 0.5
-    assert model(**batch, labels=labels).loss.item() == pytest.approx(without.loss.item(), rel=1e-5)
+    trainer = MultiMeditronTrainer(model=model, args=training_arguments({"output_dir": str(tmp_path),
+                                                                         "report_to": "none"}))
+    loss = trainer.compute_loss(model, {**batch, "labels": labels})
+    assert loss.item() == pytest.approx(output.loss.item() + 0.5 * output.aux_loss.item(), rel=1e-5)
+    model.eval()  # evaluation losses stay the language-model loss
+    assert trainer.compute_loss(model, {**batch, "labels": labels}).item() == pytest.approx(output.loss.item(),
+                                                                                              rel=1e-5)
 
 
 # ---- a synthetic routing task -------------------------------------------------------------------------------------
@@ -165,19 +174,20 @@ def test_learned_router_sends_each_kind_to_its_expert(monkeypatch, fusion, top_k
     generator = torch.Generator().manual_seed(0)
     for _ in range(STEPS):
         images, _, labels = synthetic_batch(32, generator)
-        logits = head(stack(images).flatten(1))
+        features, routing = stack(images)
+        logits = head(features.flatten(1))
         # The balance term explores: a top-k router only learns about the experts it picks.
-        loss = nn.functional.cross_entropy(logits, labels) + 0.1 * stack.last_routing.balance_loss()
+        loss = nn.functional.cross_entropy(logits, labels) + 0.1 * routing.balance_loss()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     images, kinds, _ = synthetic_batch(300, generator)
     with torch.no_grad():
-        stack(images)
-    selected = stack.last_routing.selected  # (B, E): the experts each image ran
+        _, routing = stack(images)
+    selected = routing.selected  # (B, E): the experts each image ran
     for kind in KINDS:
         share = selected[kinds == kind, kind].float().mean()
-        assert share >= 0.9, (fusion, top_k, kind, share, stack.last_routing.usage().tolist())
+        assert share >= 0.9, (fusion, top_k, kind, share, routing.usage().tolist())
 
 
 STEPS = 600  # avg with top-2 of 3 needs about 500 steps here; top-1 about 250

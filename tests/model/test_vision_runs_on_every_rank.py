@@ -19,11 +19,11 @@ def test_text_only_batch_and_unrouted_expert_change_nothing_but_get_zero_gradien
         empty = model(input_ids=batch["input_ids"], pixel_values=torch.zeros(0, 3, size, size)).logits
     assert torch.equal(plain, empty)
     model.train()
-    model(input_ids=batch["input_ids"], labels=batch["input_ids"],
-          pixel_values=torch.zeros(0, 3, size, size)).loss.backward()
+    output = model(input_ids=batch["input_ids"], labels=batch["input_ids"], pixel_values=torch.zeros(0, 3, size, size))
+    output.loss.backward()
     vision = dict(model.vision.named_parameters())
     assert all(p.grad is not None and not p.grad.any() for p in vision.values())  # every expert ran, weighted 0
-    assert model.vision.last_routing is not None and not model.vision.last_routing.selected.any()
+    assert output.expert_mask is not None and not output.expert_mask.any()
 
     # an image routed to expert 0 only: expert 1 runs on a blank canvas, its weight 0 changes nothing
     model.zero_grad()
@@ -31,9 +31,9 @@ def test_text_only_batch_and_unrouted_expert_change_nothing_but_get_zero_gradien
         model.vision.router.gate.weight.zero_()
         model.vision.router.gate.bias.copy_(torch.tensor([5.0, -5.0]))
     canvas = torch.rand(1, 3, size, size)
-    features = model.vision(canvas)
-    assert model.vision.last_routing.selected.tolist() == [[True, False]]
-    expected = model.vision.projectors[0](model.vision.experts[0](canvas) * model.vision.last_routing.weights[0, 0])
+    features, routing = model.vision(canvas)
+    assert routing.selected.tolist() == [[True, False]]
+    expected = model.vision.projectors[0](model.vision.experts[0](canvas) * routing.weights[0, 0])
     assert torch.allclose(features, expected, atol=1e-6)
     features.sum().backward()
     specialist = [p.grad for p in model.vision.experts[1].parameters()]

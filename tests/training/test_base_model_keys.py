@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from multimeditron.config import ConfigError, parse_config
-from multimeditron.training.model_setup import check_base_model_agrees
+from multimeditron.config import ConfigError, check_base_model_agrees, parse_config
 from multimeditron.training.plan import format_plan
 from tests.conftest import GENERALIST, SPECIALIST, tiny_model
 

@@ -12,7 +12,8 @@ import pytest
 from multimeditron.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((ROOT / "cookbook").rglob("*.yaml"))
+# The VLM stage configs; cookbook/experts/ holds the expert commands' recipes (tests/adaptation/test_expert_cookbook.py).
+CONFIGS = sorted(p for p in (ROOT / "cookbook").rglob("*.yaml") if "experts" not in p.relative_to(ROOT / "cookbook").parts)
 EXPERIMENTS = ["single_clip/qwen_biomedclip", "single_clip/apertus_biomedclip", "single_clip/llama_biomedclip",
                "single_clip/llama_clip"] + [f"moe/{f}/{p}" for f in ("attn", "avg", "cat") for p in ("pep", "shared")]
 
@@ -136,6 +137,23 @@ def test_sbatch_template_is_valid_bash_and_renders(tmp_path):
 TEMPLATE = ROOT / "cookbook" / "training_template.sh"
 
 
+def test_sbatch_template_runs_any_subcommand_with_its_arguments_intact(tmp_path):
+    """`bash training_template.sh finetune --config ... --expert '{id: x, tiny: true}'`: the expert half under
+    torchrun on every node, each argument one word (a YAML mapping with spaces and braces included); the VLM's
+    data roots are not asked for."""
+    env = {**os.environ, "BASH_FUNC_scontrol%%": "() {  echo node-a; echo node-b; }",
+           "BASH_FUNC_srun%%": "() {  shift 2; \"$@\"; }",  # run the node command: `bash -c "torchrun ..."`
+           "BASH_FUNC_torchrun%%": "() {  printf '<%s>' \"$@\"; }", "SLURM_JOB_NODELIST": "node-[a-b]",
+           "SLURM_NNODES": "2", "SLURM_JOB_ID": "77", "SLURM_PROCID": "0", "WORKING_DIR": str(tmp_path)}
+    env = {k: v for k, v in env.items() if k not in ("STORAGE_ROOT", "MODEL_ROOT", "NNODES")}
+    proc = subprocess.run(["bash", str(TEMPLATE), "finetune", "--config", "cookbook/experts/x.yaml", "--expert",
+                           "{id: retfound_green, tiny: true}"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "<-m><multimeditron><finetune><--config><cookbook/experts/x.yaml><--expert>" \
+           "<{id: retfound_green, tiny: true}>" in proc.stdout
+    assert "<--nnodes><2>" in proc.stdout and "<--rdzv-endpoint><node-a:29500>" in proc.stdout
+
+
 def _outside_slurm_env(tmp_path, **extra):
     """The environment of a login node: no job yet; `sbatch` is an exported function that prints its arguments."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ("NNODES", "ACCOUNT")}
@@ -257,7 +275,11 @@ def test_each_recipe_writes_its_own_folder_and_stage2_continues_stage1(experimen
 
 
 def test_the_dry_runs_template_defaults_are_the_templates(monkeypatch):
-    from multimeditron.training.plan import TEMPLATE_GPUS_PER_NODE, TEMPLATE_NODES, sbatch_template_processes
+    from multimeditron.training.plan import (
+        TEMPLATE_GPUS_PER_NODE,
+        TEMPLATE_NODES,
+        sbatch_template_processes,
+    )
 
     script = (ROOT / "cookbook" / "training_template.sh").read_text()
     assert f'--nodes "${{NNODES:-{TEMPLATE_NODES}}}"' in script

@@ -13,7 +13,8 @@ from tests.training.conftest import write_run_config
 
 
 def test_the_run_logs_and_keeps_each_experts_load_report(synthetic_dir, tmp_path, caplog):
-    """Before: `LoadReport`s were computed and thrown away (a student fallback or a resampled grid went unseen)."""
+    """Each expert checkpoint load is logged and kept in the run folder, so a student fallback or a resampled grid
+    is seen."""
     checkpoint, _ = write_mermed(tmp_path, img_size=48, with_teacher=False)  # 3x3 patches; the tiny expert has 2x2
     path = write_run_config(tmp_path / "run.yaml", synthetic_dir, tmp_path / "out", stage="alignment", max_steps=1,
                             per_device_train_batch_size=2)

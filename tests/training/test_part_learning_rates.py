@@ -68,8 +68,10 @@ def test_config_reads_part_learning_rates(tmp_path):
     ("full", {"llm": 1e-4}, {"optimizer": {"type": "AdamW"}}, "defines its own `optimizer`"),
 ])
 def test_config_refuses_rates_that_would_be_ignored(tmp_path, stage, rates, deepspeed, message):
+    from multimeditron.training.preflight import check_run
+
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_config(_config(tmp_path, stage, rates, deepspeed))
+        check_run(load_config(_config(tmp_path, stage, rates, deepspeed)), paths=False)
 
 
 def test_the_vision_glue_rate_reaches_the_new_token_rows(tmp_path):
@@ -88,7 +90,7 @@ def test_the_vision_glue_rate_reaches_the_new_token_rows(tmp_path):
 
 
 def test_an_unclaimed_trainable_parameter_is_named_by_the_optimizer(tmp_path):
-    """Before: `KeyError: <an id>` from `create_optimizer`."""
+    """A parameter outside every part is an error naming it, not a bare `KeyError` from `create_optimizer`."""
     model, _ = tiny_model()
     apply_stage(model, "full")
     model.stray = torch.nn.Linear(2, 2)

@@ -4,10 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multimeditron.config import STAGE_PARTS
-from multimeditron.training.stages import apply_stage, format_table
+from multimeditron.training.stages import STAGE_PARTS, apply_stage, format_table
 from tests.conftest import GENERALIST, SPECIALIST, prompt_batch, tiny_model
-
 
 # stage: (vision glue, experts, llm, llm input embeddings), as the stage table of the issue and README states them.
 EXPECTED = {
@@ -114,7 +112,7 @@ def test_every_parameter_is_in_exactly_one_part(fusion, projection, router):
 
 
 def test_a_parameter_no_part_claims_is_named():
-    """Before: a bare `KeyError` (an id) from `create_optimizer`."""
+    """A parameter outside every part is an error naming it, not a bare `KeyError` from `create_optimizer`."""
     from multimeditron.training.stages import stage_parameters
 
     model, _ = tiny_model()

@@ -31,7 +31,7 @@ def trainer(tmp_path):
 
 
 def test_counting_a_batch_reads_nothing_on_the_host(trainer, monkeypatch):
-    """Before: `int(mask.sum())` every step, a host sync that stalls the GPU pipeline."""
+    """Counting a batch reads nothing on the host: a per-step read is a sync that stalls the GPU pipeline."""
     monkeypatch.setattr(HostReadSpy, "reads", [])
     padded = {"attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]).as_subclass(HostReadSpy)}
     packed = {"sample_ids": torch.tensor([[0, 0, 1, 1, 1, -1], [2, 2, 2, 2, 3, 3]]).as_subclass(HostReadSpy)}

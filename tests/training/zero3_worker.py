@@ -83,8 +83,8 @@ def main(out: Path, deepspeed: str | None) -> None:
     routing: list[dict] = []
 
     def record(module, inputs, output) -> None:
-        selected = module.vision.last_routing
-        routing.append({"experts": None if selected is None else selected.selected.any(dim=0).tolist()})
+        selected = output.get("expert_mask")
+        routing.append({"experts": None if selected is None else selected.any(dim=0).tolist()})
 
     model.register_forward_hook(record)
     trainer = MultiMeditronTrainer(model=model, args=args, train_dataset=rows,

@@ -23,8 +23,12 @@ from multimeditron.adaptation.segmentation.decoders import build_decoder
 from multimeditron.adaptation.segmentation.metrics import (
     IGNORED,
     confusion_counts,
+    confusion_matrix,
+    counts_from_confusion,
     dice_loss,
+    monai_dice_loss,
     segmentation_metrics,
+    torchmetrics_style_metrics,
 )
 from multimeditron.data.segmentation_pairs import SegmentationData
 from multimeditron.experts.base import VisionExpert
@@ -92,17 +96,20 @@ def encode_pairs(expert: VisionExpert, data: SegmentationData, split: str, layer
 
 class Segmenter(nn.Module):
     """The decoder and its loss as the engine's model: `forward(pixel_values, grids, labels)` -> {"loss", "logits"}
-    with loss = cross-entropy + `dice_weight` x Dice loss."""
+    with loss = cross-entropy + `dice_weight` x Dice loss (`loss` "ce+dice"), or monai's Dice loss alone ("dice",
+    DINOv2-on-radiology's)."""
 
-    def __init__(self, decoder: nn.Module, dice_weight: float = 1.0) -> None:
+    def __init__(self, decoder: nn.Module, dice_weight: float = 1.0, loss: str = "ce+dice") -> None:
         super().__init__()
-        self.decoder, self.dice_weight = decoder, dice_weight
+        self.decoder, self.dice_weight, self.loss = decoder, dice_weight, loss
 
     def forward(self, pixel_values: torch.Tensor, grids: torch.Tensor,
                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         logits = self.decoder(list(grids.unbind(1)), pixel_values).float()
         if labels is None:
             return {"logits": logits}
+        if self.loss == "dice":
+            return {"loss": monai_dice_loss(logits, labels), "logits": logits}
         loss = F.cross_entropy(logits, labels, ignore_index=IGNORED) if (labels >= 0).any() else logits.sum() * 0
         return {"loss": loss + self.dice_weight * dice_loss(logits, labels), "logits": logits}
 
@@ -139,13 +146,13 @@ def overlay_png(canvas: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, p
 
 @torch.no_grad()
 def native_metrics(segmenter: Segmenter, encoded: Encoded, num_classes: int, classes: list[str], batch_size: int,
-                   device: str | torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
-    """(canvas predictions (N, S, S), metrics): each image's logits are cut to its content on the canvas, resized
-    to its mask's own resolution (bilinear) and scored there, so experts of different input sizes are scored
-    against the same ground truth and the padding is never counted."""
+                   device: str | torch.device) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+    """(canvas predictions (N, S, S), metrics, confusion matrix (C, C)): each image's logits are cut to its content
+    on the canvas, resized to its mask's own resolution (bilinear) and scored there, so experts of different input
+    sizes are scored against the same ground truth and the padding is never counted."""
     segmenter = segmenter.eval()
     size = encoded.canvases.shape[-1]
-    counts = torch.zeros(num_classes, 3, dtype=torch.float64)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
     predictions = []
     for start in range(0, len(encoded.canvases), batch_size):
         rows = slice(start, start + batch_size)
@@ -155,8 +162,8 @@ def native_metrics(segmenter: Segmenter, encoded: Encoded, num_classes: int, cla
             top, left, h, w = canvas_box(truth.shape[1], truth.shape[0], size)
             content = one[:, top:top + h, left:left + w].unsqueeze(0)
             pred = F.interpolate(content, size=truth.shape, mode="bilinear", align_corners=False)[0].argmax(0)
-            counts += confusion_counts(pred.cpu(), torch.from_numpy(truth), num_classes)
-    return torch.cat(predictions), segmentation_metrics(counts, classes)
+            confusion += confusion_matrix(pred.cpu(), torch.from_numpy(truth), num_classes)
+    return torch.cat(predictions), segmentation_metrics(counts_from_confusion(confusion), classes), confusion
 
 
 def segment(expert: VisionExpert, data: SegmentationData, recipe: SegmentRecipe,
@@ -172,7 +179,7 @@ def segment(expert: VisionExpert, data: SegmentationData, recipe: SegmentRecipe,
     method = recipe.segment
     out = Path(args.output_dir)
     expert.requires_grad_(False)
-    layers = 4 if method.decoder == "unet" else 1
+    layers = int(build_decoder(method.decoder, 8, 2).layers)  # blocks the decoder reads
     device = str(args.device)
     num_classes = int(data.num_classes or 0)
     if num_classes < 2:
@@ -182,7 +189,7 @@ def segment(expert: VisionExpert, data: SegmentationData, recipe: SegmentRecipe,
     classes = ["background"] + [f"class_{c}" for c in range(1, num_classes)]
     width = encoded["train"].grids.shape[2]
     torch.manual_seed(args.seed)
-    segmenter = Segmenter(build_decoder(method.decoder, width, num_classes), method.dice_weight)
+    segmenter = Segmenter(build_decoder(method.decoder, width, num_classes), method.dice_weight, method.loss)
     groups = param_groups(nn.Identity(), segmenter, args.weight_decay)
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
@@ -207,6 +214,9 @@ def segment(expert: VisionExpert, data: SegmentationData, recipe: SegmentRecipe,
                              "palette": data.rules.palette},
               "pixels": data.pixels, "refused": data.refused, "notes": data.notes,
               "val": val[1], "test": test[1]}
+    if method.paper_metrics == "dinov2_radiology":
+        result["paper_metrics"] = {split: torchmetrics_style_metrics(scored[2], classes)
+                                   for split, scored in (("val", val), ("test", test))}
     if trainer.is_world_process_zero():
         save_model(segmenter.decoder, str(out / "decoder.safetensors"))
         (out / "segmentation.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -232,7 +242,11 @@ def segment_plan(recipe: SegmentRecipe, data: SegmentationData, expert: VisionEx
                   f"({'declared' if method.num_classes else 'from the train masks'}); ignored pixels: "
                   f"{'none' if rules.black_white or rules.ignore_index is None else rules.ignore_index}",
                   *(f"data note: {note}" for note in data.notes),
-                  f"method: {method.decoder} decoder on the frozen expert, loss cross-entropy + "
-                  f"{method.dice_weight:g} x Dice; Dice and Jaccard at each mask's own resolution"]
+                  f"method: {method.decoder} decoder on the frozen expert, loss "
+                  + ("Dice only (monai DiceLoss, softmax, background included)" if method.loss == "dice" else
+                     f"cross-entropy + {method.dice_weight:g} x Dice")
+                  + "; Dice and Jaccard at each mask's own resolution"
+                  + (f"; also reports {method.paper_metrics}'s torchmetrics-style Dice/Jaccard (background "
+                     f"ignored)" if method.paper_metrics else "")]
     return format_plan("segment", recipe, data_lines, expert, param_groups(nn.Identity(), decoder, weight_decay),
                        ["checkpoint-*/", "decoder.safetensors", "segmentation.json", "overlays/"], processes)

@@ -35,12 +35,21 @@ def topk_neighbours(queries: np.ndarray, bank: np.ndarray, k: int, exclude_self:
 
 
 def weighted_vote(sims: np.ndarray, ids: np.ndarray, train_labels: np.ndarray, k: int, n_classes: int,
-                  temperature: float = TEMPERATURE) -> np.ndarray:
-    """Class probabilities (n, C) from the first k neighbours, weighted by exp(similarity / T)."""
-    weights = np.exp((sims[:, :k] - sims[:, :1]) / temperature)  # shifted by the max: same ratios, no overflow
+                  temperature: float = TEMPERATURE, softmax_over: str = "k") -> np.ndarray:
+    """Class scores (n, C) from the first k neighbours, weighted by exp(similarity / T).
+
+    `softmax_over` "k": the weights are normalised over those k (the scores are probabilities); "max_k": over all
+    the neighbours `sims` holds (the grid's largest k), then the first k summed, as DINOv2's `eval/knn.py` (and
+    DINOv2-on-radiology's) `KnnModule.forward` does: a row's scores then sum to its share of the top-max_k weight."""
+    if softmax_over not in ("k", "max_k"):
+        raise ValueError(f"knn softmax_over {softmax_over!r} is not k or max_k")
+    span = k if softmax_over == "k" else sims.shape[1]
+    weights = np.exp((sims[:, :span] - sims[:, :1]) / temperature)  # shifted by the max: same ratios, no overflow
+    weights = weights / weights.sum(axis=1, keepdims=True)
     votes = np.zeros((len(sims), n_classes))
-    np.add.at(votes, (np.repeat(np.arange(len(sims)), k), train_labels[ids[:, :k]].reshape(-1)), weights.reshape(-1))
-    return votes / votes.sum(axis=1, keepdims=True)
+    np.add.at(votes, (np.repeat(np.arange(len(sims)), k), train_labels[ids[:, :k]].reshape(-1)),
+              weights[:, :k].reshape(-1))
+    return votes
 
 
 class MLKNN:
@@ -75,11 +84,15 @@ class MLKNN:
 
 
 def knn_probe(data: ProbeInputs, ks: tuple[int, ...] = KS, temperature: float = TEMPERATURE,
-              select_metric: str = "auroc") -> ProbeResult:
-    """Cosine kNN on the experts' global embeddings; k (and nothing else) chosen on val."""
+              select_metric: str = "auroc", softmax_over: str = "k", mlknn_count_self: bool = False) -> ProbeResult:
+    """Cosine kNN on the experts' global embeddings; k (and nothing else) chosen on val. `softmax_over`: see
+    `weighted_vote`. `mlknn_count_self`: ML-kNN's training statistics count each training row among its own
+    neighbours (DINOv2-on-radiology's `MLkNN(k, s=1.0, ignore_first_neighbours=0)`, scikit-multilearn); by default
+    a row's neighbours are the other rows."""
     train = l2_normalise(data.train.embeddings.pooled)
     val, test = l2_normalise(data.val.embeddings.pooled), l2_normalise(data.test.embeddings.pooled)
-    usable = sorted({min(k, len(train) - (1 if data.multilabel else 0)) for k in ks if k > 0})
+    own = 1 if data.multilabel and not mlknn_count_self else 0
+    usable = sorted({min(k, len(train) - own) for k in ks if k > 0})
     usable = [k for k in usable if k >= 1]
     if not usable:
         raise ValueError("knn: the training split is too small for any k")
@@ -91,15 +104,20 @@ def knn_probe(data: ProbeInputs, ks: tuple[int, ...] = KS, temperature: float = 
     test_sims, test_ids = topk_neighbours(test, train, kmax)
     kwargs = data.metric_kwargs()
     if data.multilabel:
-        _, train_ids = topk_neighbours(train, train, kmax, exclude_self=True)
+        _, train_ids = topk_neighbours(train, train, kmax, exclude_self=not mlknn_count_self)
         models = {k: MLKNN(k).fit(train, data.train.labels, train_ids) for k in usable}
         scorer = (lambda k, sims, ids: models[k].predict_proba(ids))
     else:
-        scorer = (lambda k, sims, ids: weighted_vote(sims, ids, data.train.labels, k, data.n_classes, temperature))
+        scorer = (lambda k, sims, ids: weighted_vote(sims, ids, data.train.labels, k, data.n_classes, temperature,
+                                                     softmax_over))
     grid = {k: fast_metrics(data.val.labels, scorer(k, val_sims, val_ids), **kwargs) for k in usable}
     best = max(usable, key=lambda k: selection_score(grid[k], select_metric))
     scores = scorer(best, test_sims, test_ids)
     chosen = {"k": best} if data.multilabel else {"k": best, "temperature": temperature}
+    if data.multilabel and mlknn_count_self:
+        chosen["count_self"] = True
+    if not data.multilabel and softmax_over == "max_k":
+        chosen["softmax_over"] = f"top {kmax}"
     return ProbeResult("knn", chosen, grid[best], classification_metrics(data.test.labels, scores, **kwargs),
                        scores, data.test.labels, notes + (["ML-kNN (multi-label)"] if data.multilabel else []),
                        {"val_grid": {str(k): selection_score(m, select_metric)[0] for k, m in grid.items()}})

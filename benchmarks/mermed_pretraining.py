@@ -1,0 +1,238 @@
+"""Does `adapt --objective mermed` learn, and how fast is its step? On the quickstart's labelled drawn images
+(`multimeditron.data.synthetic_findings`: modality, finding left/right, number of findings), a tiny ViT expert is
+pretrained WITHOUT labels on the train split; the teacher it writes and the same expert at its random start are
+then probed on held-out labels: cosine kNN and a linear probe (`multimeditron.probing`, hyperparameters chosen on
+val), test AUROC per label with 95% bootstrap intervals.
+
+Speed: images per second per process of the engine's step (HF Trainer, the objective, the EMA callback) against a
+plain-loop re-creation of the published `train_one_epoch` (yangzhou12/MerMED `main_mermed.py`: per-iteration lr /
+wd / momentum / teacher-temperature arrays, the criterion's double loop over view pairs, DINO's per-parameter
+gradient clipping, the EMA loop over parameters) on the same tiny ViT, crops and batches; data loading included in
+both. The loop lives here only, as a yardstick.
+
+    python benchmarks/mermed_pretraining.py                 # ~5 min on 2 CPU cores
+    python benchmarks/mermed_pretraining.py --epochs 10 --train 120 --skip-speed
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+EXPERT = '{id: "timm:vit_small_patch16_224", tiny: true, image_size: 32, options: {patch_size: 8}}'
+
+
+def method_flags(args: argparse.Namespace) -> list[str]:
+    return ["--objective", "mermed", "--expert", EXPERT, "--local-crops", str(args.local_crops), "--out-dim",
+            str(args.out_dim), "--partition-size", str(args.partition_size), "--momentum-teacher", "0.99",
+            "--batch-size", str(args.batch), "--lr", str(args.lr), "--warmup-epochs", "2",
+            "--set", "mermed.hidden_dim=256", "--set", "mermed.bottleneck_dim=64", "--set", "mermed.drop_path=0.1",
+            "--set", f"mermed.warmup_teacher_temp_epochs={max(1, args.epochs // 5)}", "--seed", str(args.seed)]
+
+
+def probe_table(folder: Path, spec: str, seed: int, n_resamples: int) -> dict[str, dict[str, dict]]:
+    """{protocol: {label: bootstrap AUROC entry}} of an expert (a SPEC) on the drawn test split."""
+    from multimeditron.config import DatasetEntry
+    from multimeditron.data.sources import load_source
+    from multimeditron.data.synthetic_findings import LABEL_COLUMNS
+    from multimeditron.probing.bootstrap import bootstrap_metrics
+    from multimeditron.probing.embed import embed
+    from multimeditron.probing.protocols.common import Labelled, ProbeInputs
+    from multimeditron.probing.protocols.knn import knn_probe
+    from multimeditron.probing.protocols.linear import linear_probe
+    from multimeditron.probing.specs import build_probe_expert, parse_spec
+
+    expert = build_probe_expert(parse_spec(spec), seed)
+    splits = {}
+    for split in ("train", "val", "test"):
+        table = load_source(DatasetEntry(str(folder)), split).dataset
+        rows = [table[i]["image"] for i in range(len(table))]
+        labels = np.stack([np.asarray(table[c]) for c in LABEL_COLUMNS], axis=1)
+        splits[split] = Labelled(embed(expert, rows, progress=False, n_layers=1), labels)
+    data = ProbeInputs(splits["train"], splits["val"], splits["test"], len(LABEL_COLUMNS), multilabel=True)
+    out = {}
+    for name, result in (("knn", knn_probe(data, ks=(5, 10, 20))),
+                         ("linear", linear_probe(data, learning_rates=(1e-3, 1e-2), epochs=100, layer_counts=(1,),
+                                                 seed=seed))):
+        out[name] = {label: bootstrap_metrics(result.test_labels[:, [c]], result.test_scores[:, [c]], multilabel=True,
+                                              n_resamples=n_resamples, seed=seed, metrics=("auroc",))["auroc"]
+                     for c, label in enumerate(LABEL_COLUMNS)}
+    return out
+
+
+def published_step_loop(args: argparse.Namespace, data: Path, steps: int) -> float:
+    """Images per second of a plain re-creation of the published loop over the same crops."""
+    from multimeditron.adaptation.experts import load_expert
+    from multimeditron.adaptation.multicrop import (
+        MultiCropCanvases,
+        local_crop_size,
+        resolve_sources,
+    )
+    from multimeditron.adaptation.optim import param_groups
+    from multimeditron.adaptation.recipes import AdaptRecipe, load_recipe
+    from multimeditron.adaptation.self_distillation import MemorySelfDistillation
+    from multimeditron.adaptation.trunk import vit_trunk
+
+    keys = [("objective", "mermed", ""), ("data.path", str(data), ""), ("expert.spec", EXPERT, "")]
+    recipe = load_recipe(AdaptRecipe, None, keys, _overrides(args))
+    expert, _ = load_expert(EXPERT, seed=args.seed)
+    m = recipe.mermed
+    objective = MemorySelfDistillation(expert.train(), m, args.seed)
+    sources = resolve_sources(recipe.data, expert.mean, expert.std)
+    dataset = MultiCropCanvases(sources, expert.image_size, local_crop_size(32, 8, m.local_crop_size), m, args.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True)
+    groups = param_groups(objective.student, objective.student_head, 0.04, m.layer_decay)
+    optimizer = torch.optim.AdamW(groups)
+    total = steps
+    lr = np.linspace(0, args.lr, total)  # published: cosine_scheduler arrays indexed by the iteration
+    wd = 0.4 + 0.5 * (0.04 - 0.4) * (1 + np.cos(np.pi * np.arange(total) / total))
+    mom = 1 + 0.5 * (m.momentum_teacher - 1) * (1 + np.cos(np.pi * np.arange(total) / total))
+    temp = np.full(total, m.teacher_temp)
+    it, start = 0, time.perf_counter()
+    while it < total:
+        for batch in loader:
+            if it == total:
+                break
+            for g in optimizer.param_groups:
+                g["lr"] = lr[it] * g["lr_scale"]
+                if g["weight_decay"] != 0:
+                    g["weight_decay"] = wd[it]
+            crops, n = batch["global_crops"], batch["global_crops"].shape[0]
+            views = crops.transpose(0, 1).flatten(0, 1)
+            local = batch["local_crops"].transpose(0, 1).flatten(0, 1)
+            student = torch.cat([objective.embed(objective.student, objective.student_head, views),
+                                 objective.embed(objective.student, objective.student_head, local)])
+            with torch.no_grad():
+                teacher = objective.embed(objective.teacher, objective.teacher_head, views)
+            s, valid = objective.bank.scores(student, batch["modality"])
+            t, _ = objective.bank.scores(teacher, batch["modality"])
+            objective.bank.enqueue(teacher[n:], batch["modality"])
+            s = s.masked_fill(~valid, -float("inf")) / m.student_temp
+            t = t.masked_fill(~valid[: 2 * n], -float("inf")) / temp[it]
+            ids = torch.multinomial(torch.ones(m.out_dim), (m.out_dim // m.partition_size) * m.partition_size)
+            s_views = [torch.stack(v[:, ids].split(m.partition_size, dim=1)) for v in s.chunk(s.shape[0] // n)]
+            t_views = [torch.stack(v[:, ids].split(m.partition_size, dim=1)) for v in t.chunk(2)]
+            loss, count = 0.0, 0
+            for i, p in enumerate(s_views):  # criterion.py: every student crop against every other teacher view
+                for j, q in enumerate(t_views):
+                    if i == j:
+                        continue
+                    bad = torch.isinf(p) | torch.isinf(q)
+                    terms = -torch.softmax(q, -1) * torch.log_softmax(p, -1)
+                    loss = loss + torch.where(bad, torch.zeros_like(terms), terms).sum(-1).mean()
+                    count += 1
+            loss = loss / count
+            optimizer.zero_grad()
+            loss.backward()
+            for p in [*objective.student.parameters(), *objective.student_head.parameters()]:  # clip_gradients
+                if p.grad is not None:
+                    coef = 1.0 / (p.grad.norm(2) + 1e-6)
+                    if coef < 1:
+                        p.grad.mul_(coef)
+            optimizer.step()
+            with torch.no_grad():
+                for q_, k_ in zip([*objective.student.parameters(), *objective.student_head.parameters()],
+                                  [*objective.teacher.parameters(), *objective.teacher_head.parameters()]):
+                    k_.mul_(mom[it]).add_((1 - mom[it]) * q_.detach())
+            it += 1
+    assert vit_trunk(objective.student) is not None
+    return total * args.batch / (time.perf_counter() - start)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    return [f"mermed.local_crops_number={args.local_crops}", f"mermed.out_dim={args.out_dim}",
+            f"mermed.partition_size={args.partition_size}", "mermed.hidden_dim=256", "mermed.bottleneck_dim=64",
+            "mermed.momentum_teacher=0.99"]
+
+
+def engine_speed(args: argparse.Namespace, data: Path, out: Path, steps: int) -> float:
+    from multimeditron.cli import main
+
+    epochs = steps * args.batch / args.train
+    start = time.perf_counter()
+    assert main(["adapt", *method_flags(args), "--data", str(data), "--out", str(out), "--epochs", f"{epochs:g}",
+                 "--warmup-epochs", "0", "--set", "training_args.save_strategy='no'",
+                 "--set", "training_args.disable_tqdm=true"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    del history
+    return steps * args.batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", type=int, default=240)
+    parser.add_argument("--val", type=int, default=120)
+    parser.add_argument("--test", type=int, default=240)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--local-crops", type=int, default=4)
+    parser.add_argument("--out-dim", type=int, default=1024)
+    parser.add_argument("--partition-size", type=int, default=256)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--speed-steps", type=int, default=30)
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-probes", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    from multimeditron.cli import main as cli
+    from multimeditron.data.synthetic_findings import generate_finding_images
+
+    work = Path(tempfile.mkdtemp(prefix="mermed-bench-"))
+    data = work / "findings"
+    generate_finding_images(data, args.train, args.val, args.test, seed=args.seed, image_size=64)
+    train_only = work / "train"
+    from datasets import load_from_disk
+
+    load_from_disk(str(data))["train"].remove_columns(
+        [c for c in load_from_disk(str(data))["train"].column_names if c != "image"]).save_to_disk(str(train_only))
+    if args.skip_probes:
+        args.epochs = 0
+    start = time.perf_counter()
+    assert args.epochs == 0 or cli(["adapt", *method_flags(args), "--data", str(train_only), "--out", str(work / "run"), "--epochs",
+                str(args.epochs), "--set", "training_args.disable_tqdm=true"]) == 0
+    minutes = (time.perf_counter() - start) / 60
+    if args.skip_probes:
+        return speed(args, train_only, work)
+    history = json.loads((work / "run" / "history.json").read_text())
+    print(f"pretraining: {args.train} unlabelled images, {args.epochs} epochs, {minutes:.1f} min; loss "
+          f"{history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; teacher entropy {history[0]['teacher_entropy']:.2f}"
+          f" -> {history[-1]['teacher_entropy']:.2f} (max {math.log(args.partition_size):.2f})")
+    tables = {"random init": probe_table(data, EXPERT, args.seed, args.bootstrap),
+              "mermed (teacher)": probe_table(data, str(work / "run" / "final"), args.seed, args.bootstrap)}
+    from multimeditron.data.synthetic_findings import LABEL_COLUMNS
+
+    for protocol in ("knn", "linear"):
+        print(f"\n{protocol}: test AUROC [95% bootstrap interval], {args.test} test images")
+        print("| label | random init | pretrained (mermed) |\n|---|---|---|")
+        means = {name: [] for name in tables}
+        for label in LABEL_COLUMNS:
+            cells = []
+            for name, table in tables.items():
+                e = table[protocol][label]
+                means[name].append(e["value"])
+                cells.append(f"{e['value']:.3f} [{e.get('low', float('nan')):.3f}, {e.get('high', float('nan')):.3f}]")
+            print(f"| {label} | " + " | ".join(cells) + " |")
+        print("| mean | " + " | ".join(f"{np.mean(v):.3f}" for v in means.values()) + " |")
+    if not args.skip_speed:
+        speed(args, train_only, work)
+
+
+def speed(args: argparse.Namespace, train_only: Path, work: Path) -> None:
+    engine = engine_speed(args, train_only, work / "speed", args.speed_steps)
+    plain = published_step_loop(args, train_only, args.speed_steps)
+    print(f"\nspeed ({args.speed_steps} steps of {args.batch} images, 2 + {args.local_crops} crops, 1 process, "
+          f"{torch.get_num_threads()} threads): engine {engine:.1f} images/s, published loop re-created "
+          f"{plain:.1f} images/s, ratio {engine / plain:.2f}")
+
+
+if __name__ == "__main__":
+    main()
