@@ -1,11 +1,12 @@
 """The one policy for files that an image set of the expert half cannot read (labelled images, image + mask pairs,
 unlabelled images), the expert commands' counterpart of training's `on_bad_sample`.
 
-Every file is checked when the set is loaded, before anything heavy runs: present, a readable header, intact data
-chunks, not a decompression bomb (`ImageResolver.check`: no pixel decoding, about a tenth of a decode). Under
-`error` (the default) the run stops with one line that counts and names them; under `skip` they are left out and
-listed in the run's results (`refused`: split, file, reason). A file that passes the check and still cannot be
-decoded stops the run later with its name (`undecodable`).
+Every file is checked when the set is loaded, before anything heavy runs. Under `error` (the default) the check is
+cheap (`ImageResolver.check`: present, a readable header, intact data chunks, not a decompression bomb; no pixel
+decoding, about a tenth of a decode) and the run stops with one line that counts and names the files; a file that
+passes it and still cannot be decoded stops the run later with its name (`undecodable`). Under `skip` every file is
+decoded once (`ImageResolver.load`), so that no file the run would fail on is kept; the refused ones are left out
+and listed in the run's results (`refused`: split, file, reason).
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class ImageScreen:
             if isinstance(value, list) else [value]
         try:
             for image in images:
-                self.resolver.check(image)
+                self.resolver.load(image) if self.policy == "skip" else self.resolver.check(image)
         except BadSample as error:
             return error
         return None

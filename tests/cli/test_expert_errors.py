@@ -96,6 +96,12 @@ def test_a_file_that_passes_the_check_but_does_not_decode_is_one_line(workers, i
     # with workers the error comes back wrapped in the worker's traceback text: still one line
     assert main(["probe", *TINY, "--data", str(root), "--protocol", "knn", "--no-cache", "--workers", workers]) == 2
     assert "damaged.png: corrupt_image" in one_error_line(capsys)
+    if workers == "0":  # --skip-bad-images decodes every file up front: this one is left out like the others
+        out = tmp_path / "out"
+        assert main(["probe", *TINY, "--data", str(root), "--protocol", "knn", "--bootstrap", "0", "--no-cache",
+                     "--skip-bad-images", "--out", str(out)]) == 0
+        refused = json.loads((out / "results.json").read_text())["refused"]
+        assert [Path(r["file"]).name for r in refused] == ["damaged.png"]
 
 
 @pytest.mark.parametrize("flags,message", [
