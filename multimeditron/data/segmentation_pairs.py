@@ -201,6 +201,17 @@ def load_segmentation_pairs(path: str | Path, image_column: str = "image", mask_
     return check_masks(data, rules, num_classes)
 
 
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
+
+
+def _lossy_hint(data: SegmentationData) -> str:
+    """The likely cause when JPEG masks hold stray ids: lossy compression blurs every edge into other values."""
+    lossy = [image_name(m, i) for pairs in data.splits.values() for i, m in enumerate(pairs.masks)
+             if image_name(m, i).lower().endswith(LOSSY_SUFFIXES)]
+    return (f". {len(lossy)} mask(s) are JPEG (e.g. {lossy[0]}): JPEG compression turns the edges of a mask into "
+            f"ids in between; save masks losslessly (PNG)") if lossy else ""
+
+
 def check_masks(data: SegmentationData, rules: MaskRules, num_classes: int | None = None) -> SegmentationData:
     """Reads every mask once: each the size of its image, colour masks only with a palette, ids within the classes
     (`num_classes`, or the largest train id + 1, which must not leave most ids unused); sets the data's rules
@@ -246,7 +257,8 @@ def check_masks(data: SegmentationData, rules: MaskRules, num_classes: int | Non
             raise ImageDataError(f"{data.name}: the train masks hold the ids {train_ids[:12]}"
                                  f"{' ...' if len(train_ids) > 12 else ''}, which leaves most of 0..{num_classes - 1} "
                                  f"unused: declare the classes with --num-classes (segment.num_classes), set the id "
-                                 f"of unlabelled pixels with data.ignore_index, or give data.palette for colour masks")
+                                 f"of unlabelled pixels with data.ignore_index, or give data.palette for colour masks"
+                                 + _lossy_hint(data))
     if num_classes < 2 or set(train_ids) <= {0}:
         raise ImageDataError(f"{data.name}: the train masks hold only class 0 (background); nothing to segment")
     for split, counts in per_split.items():
@@ -258,7 +270,7 @@ def check_masks(data: SegmentationData, rules: MaskRules, num_classes: int | Non
                                  f"classes 0..{num_classes - 1} (e.g. {files[0]}); "
                                  + (f"pixels to leave out must equal data.ignore_index ({ignore}), or "
                                     if ignore is not None else "set data.ignore_index for unlabelled pixels, or ")
-                                 + "declare more classes with --num-classes")
+                                 + "declare more classes with --num-classes" + _lossy_hint(data))
     data.rules, data.num_classes = rules, num_classes
     data.pixels = {split: [counts.get(c, 0) for c in range(num_classes)] for split, counts in per_split.items()}
     return data

@@ -100,6 +100,15 @@ def test_black_white_masks_are_0_and_1(tmp_path):
     assert data.read_mask(data.splits["test"].masks[0]).max() == 1
 
 
+def test_jpeg_masks_are_refused_saying_why(tmp_path):
+    root = _masks(tmp_path, {"train": [_square(255, 32)] * 2, "test": [_square(255, 32)]})
+    for mask in root.glob("*/masks/*.png"):  # the same black/white masks, saved lossily
+        Image.open(mask).save(mask.with_suffix(".jpg"), quality=75)
+        mask.unlink()
+    with pytest.raises(ImageDataError, match=r"mask\(s\) are JPEG .*save masks losslessly \(PNG\)"):
+        load_segmentation_pairs(root)
+
+
 def test_colour_masks_need_a_palette(tmp_path):
     colour = np.zeros((8, 8, 3), dtype=np.uint8)
     colour[2:5, 2:5] = (255, 0, 0)
