@@ -57,7 +57,7 @@ def test_unet_beats_linear_on_structures_smaller_than_a_patch(dot_masks: Path, t
     assert dice["unet"] > dice["linear"] + 0.1, dice
 
 
-def test_segment_cli_writes_metrics_and_overlays(square_masks: Path, tmp_path: Path) -> None:
+def test_segment_cli_writes_metrics_and_overlays(square_masks: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert main(["segment", "--expert", SEGMENT_EXPERT, "--data", str(square_masks), "--decoder", "unet",
                  "--out", str(out), "--epochs", "2", "--batch-size", "8", "--overlays", "2"]) == 0
@@ -65,6 +65,17 @@ def test_segment_cli_writes_metrics_and_overlays(square_masks: Path, tmp_path: P
     assert set(result["test"]["per_class"]) == {"background", "class_1"}
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["test_000.png", "test_001.png"]
     assert (out / "decoder.safetensors").is_file()
+    # --resume continues a stopped run (here: one stopped after its last checkpoint, its record not marked finished)
+    # and says where; a finished run is not resumed
+    args = ["segment", "--expert", SEGMENT_EXPERT, "--data", str(square_masks), "--decoder", "unet", "--out", str(out),
+            "--epochs", "2", "--batch-size", "8", "--overlays", "2", "--resume"]
+    assert main(args) == 2
+    record = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "finished"}))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert f"resuming from {out / 'checkpoint-'}" in capsys.readouterr().out
+    assert json.loads((out / "segmentation.json").read_text())["test"]["per_class"]
 
 
 def test_dice_is_scored_at_each_masks_own_resolution(tmp_path: Path) -> None:
