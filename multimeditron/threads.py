@@ -7,14 +7,17 @@ shared cores (same result)."""
 from __future__ import annotations
 
 
+def check_threads(threads: int | None) -> None:
+    """The one rule for a thread count (a recipe's `threads`): None, or at least 1."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"must be at least 1, got {threads}")
+
+
 def use_threads(threads: int | None) -> None:
-    """Set every pool to `threads` for the rest of the process; None leaves the defaults."""
+    """Set every pool to `threads` (checked by the recipe: `check_threads`) for the rest of the process; None leaves
+    the defaults."""
     if threads is None:
         return
-    if threads < 1:
-        from multimeditron.errors import UsageError
-
-        raise UsageError(f"--threads must be at least 1, got {threads}")
     import torch
     from threadpoolctl import threadpool_limits
 

@@ -25,6 +25,7 @@ from multimeditron.config import (
 from multimeditron.data.bad_images import BadImagePolicy
 from multimeditron.probing.metrics import SelectionMetric
 from multimeditron.probing.recipe import LabelledDataSection
+from multimeditron.threads import check_threads
 
 Balance = Literal["none", "weights", "sampler"]
 Pool = Literal["token", "avg", "avg_all"]
@@ -392,8 +393,10 @@ def load_recipe(cls: type[RecipeT], path: str | None = None, values: list[tuple[
 
 def _check_rules(recipe: _Recipe) -> None:
     epochs = float(recipe.training_arguments()["num_train_epochs"])
-    if recipe.threads is not None and recipe.threads < 1:
-        raise ConfigError(f"threads: must be at least 1, got {recipe.threads}")
+    try:
+        check_threads(recipe.threads)
+    except ValueError as error:
+        raise ConfigError(f"threads: {error}") from None
     if recipe.schedule.warmup_epochs < 0 or (recipe.schedule.min_lr or 0.0) < 0:
         raise ConfigError("schedule: warmup_epochs and min_lr must be >= 0")
     if recipe.schedule.warmup_epochs > epochs > 0:

@@ -128,8 +128,12 @@ class ProbeRecipe:
     threads: int | None = None  # CPU threads of torch and the BLAS/OpenMP pools (None: torch's default)
 
     def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be at least 1, got {self.threads}")
+        from multimeditron.threads import check_threads
+
+        try:
+            check_threads(self.threads)
+        except ValueError as error:
+            raise ValueError(f"threads {error}") from None
 
     def cache_folder(self) -> Path | None:
         if not self.embedding.cache:
