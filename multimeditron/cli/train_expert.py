@@ -45,7 +45,7 @@ SHORTHANDS = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from multimeditron.adaptation.contrastive import ContrastiveRecipe
+    from multimeditron.adaptation.contrastive.recipe import ContrastiveRecipe
 
     add_recipe_arguments(parser, ContrastiveRecipe, SHORTHANDS, {"training_args": "training (HF TrainingArguments)"})
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -62,12 +62,9 @@ def _line(metrics: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from multimeditron.adaptation.contrastive import (
-        ContrastiveRecipe,
-        contrastive_plan,
-        load_caption_pairs,
-        train_contrastive,
-    )
+    from multimeditron.adaptation.contrastive.data import load_caption_pairs
+    from multimeditron.adaptation.contrastive.recipe import ContrastiveRecipe
+    from multimeditron.adaptation.contrastive.train import contrastive_plan, train_contrastive
     from multimeditron.cli.recipe_flags import load_command_recipe
     from multimeditron.training.arguments import is_main_process, world_size
 

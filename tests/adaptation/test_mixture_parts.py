@@ -83,7 +83,8 @@ def test_clip_expert_recall_rises_from_chance(drawn: Path, tmp_path: Path) -> No
 def test_caption_pairs_per_modality_and_from_conversations(drawn: Path, tmp_path: Path) -> None:
     from datasets import load_from_disk
 
-    from multimeditron.adaptation.contrastive import CaptionDataSection, load_caption_pairs
+    from multimeditron.adaptation.contrastive.data import load_caption_pairs
+    from multimeditron.adaptation.contrastive.recipe import CaptionDataSection
 
     splits = load_caption_pairs(CaptionDataSection(paths=[str(drawn)], modalities=["fundus"]))
     assert set(splits["train"].modalities) == {"fundus"} and len(splits["train"]) == 30
@@ -100,7 +101,7 @@ def test_caption_pairs_per_modality_and_from_conversations(drawn: Path, tmp_path
 @pytest.mark.parametrize("name", ["gate/resnet50.yaml", "gate/resnet18.yaml", "clip/biomedclip.yaml",
                                   "clip/ct.yaml", "clip/mri.yaml", "clip/ultrasound.yaml", "clip/xray.yaml"])
 def test_cookbook_expert_recipes_validate(name: str, monkeypatch, tmp_path: Path) -> None:
-    from multimeditron.adaptation.contrastive import ContrastiveRecipe
+    from multimeditron.adaptation.contrastive.recipe import ContrastiveRecipe
     from multimeditron.adaptation.gate import GateRecipe
     from multimeditron.adaptation.recipes import load_recipe
 
