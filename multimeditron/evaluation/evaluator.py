@@ -41,6 +41,7 @@ def evaluate_rows(model: MultiMeditronForCausalLM, processor: MultiMeditronProce
     samples: list[dict[str, Any]] = []
     routed = ablation is None and routes_images(model)
     names = expert_names(model) if routed else []
+    selections: list[list[list[int]]] = []  # per row, per image: the experts it ran
     desc = bench.name if ablation is None else f"{bench.name} ({ABLATIONS[ablation]})"
     bar = tqdm(total=len(rows), desc=desc, disable=not progress, dynamic_ncols=True)
     partners = _partners(len(rows)) if ablation == "other" else None
@@ -55,19 +56,18 @@ def evaluate_rows(model: MultiMeditronForCausalLM, processor: MultiMeditronProce
                         for index, (chat, images) in zip(indices, requests)]
         replies = generate_answers(model, processor, requests, batch_size=batch_size, stop=bench.stop,
                                    max_new_tokens=max_new_tokens or bench.max_new_tokens, progress=bar)
-        experts = route_images(model, processor, [images for _, images in requests], batch_size) if routed \
-            else [None] * len(docs)
-        for offset, (doc, reply, chosen) in enumerate(zip(docs, replies, experts)):
+        chosen = route_images(model, processor, [images for _, images in requests], batch_size) if routed else []
+        selections += chosen
+        for offset, (doc, reply) in enumerate(zip(docs, replies)):
             sample = {"index": start + offset, "reply": reply, **bench.score(doc, reply)}
-            if chosen is not None:
-                sample.update(modality=bench.modality(doc), experts=[[names[i] for i in image] for image in chosen])
+            if routed:
+                sample.update(modality=bench.modality(doc),
+                              experts=[[names[i] for i in image] for image in chosen[offset]])
             samples.append(sample)
     bar.close()
     result = {"task": bench.name, "metrics": bench.summarize(samples), "samples": samples}
     if routed:
-        result["router_usage"] = usage_by_modality(
-            [s["modality"] for s in samples], [[[names.index(n) for n in image] for image in s["experts"]]
-                                              for s in samples], names)
+        result["router_usage"] = usage_by_modality([s["modality"] for s in samples], selections, names)
     return result
 
 
