@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attachment-token", default=None,
                         help="multimediset/synthetic_vqa: the image placeholder in the data (default: the known "
                              "placeholder its rows use, as training's `auto`, else the model's)")
+    parser.add_argument("--modality-column", default=None, metavar="COL",
+                        help="the rows' modality column, for the router usage per modality that a model with a "
+                             "learned or pretrained router reports (default: modality)")
     parser.add_argument("--image-base-dir", default=None, metavar="DIR",
                         help="folder relative image paths resolve against (training's data.image_base_dir; "
                              "default: the data's own folder)")
@@ -70,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from multimeditron.inference import check_model_path
 
     try:  # refuse a wrong option or task name, a missing model, data or column before loading the model
-        benches = [with_scoring(get_benchmark(task, args.split, args.question_type_column, args.attachment_token),
-                                args.scoring) for task in tasks]
+        benches = [with_scoring(get_benchmark(task, args.split, args.question_type_column, args.attachment_token,
+                                              args.modality_column), args.scoring) for task in tasks]
     except (KeyError, ValueError) as error:
         raise UsageError(str(error.args[0])) from error
     check_model_path(args.model)
@@ -86,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                              max_new_tokens=args.max_new_tokens, split=args.split,
                              question_type_column=args.question_type_column, attachment_token=args.attachment_token,
                              image_ablation=args.image_ablation, scoring=args.scoring,
-                             image_base_dir=args.image_base_dir) for task in tasks]
+                             image_base_dir=args.image_base_dir, modality_column=args.modality_column)
+               for task in tasks]
     if args.out:
         print(f"results in {save_results(results, args.out, model=args.model)}")
     print(markdown_table(results) if args.scoring == "ours" else published_table(results))
@@ -95,4 +99,10 @@ def run(args: argparse.Namespace) -> int:
         from multimeditron.evaluation.evaluator import ablation_table
 
         print("\n" + ablation_table(ablated))
+    if args.scoring != "ours":  # markdown_table already ends with it
+        from multimeditron.evaluation.evaluator import router_usage_tables
+
+        routing = router_usage_tables(results)
+        if routing:
+            print("\n" + routing)
     return 0

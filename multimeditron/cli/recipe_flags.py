@@ -96,11 +96,17 @@ def _shown(default: Any) -> str:
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, schema: type, shorthands: Sequence[Shorthand],
-                         groups: dict[str, str] | None = None) -> None:
+                         groups: dict[str, str] | None = None, several_configs: bool = False) -> None:
     """`--config`, `--set`, `--dry-run`, then each shorthand with the schema's default, choices and type in its
-    help; no flag has an argparse default, so only the flags a user typed override the config."""
-    parser.add_argument("-c", "--config", default=None, metavar="FILE",
-                        help="a YAML recipe; the flags below and --set override its keys")
+    help; no flag has an argparse default, so only the flags a user typed override the config. `several_configs`:
+    `--config` repeatable (a list in `args.config`, None when absent), for commands that run several recipes."""
+    if several_configs:
+        parser.add_argument("-c", "--config", action="append", default=None, metavar="FILE",
+                            help="a YAML recipe; repeat to run several in turn, each to its own output_dir (all "
+                                 "checked first); the flags below and --set override the keys of each")
+    else:
+        parser.add_argument("-c", "--config", default=None, metavar="FILE",
+                            help="a YAML recipe; the flags below and --set override its keys")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any key, e.g. --set training_args.num_train_epochs=5 (repeatable)")
     parser.add_argument("--dry-run", action="store_true",

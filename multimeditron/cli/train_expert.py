@@ -1,13 +1,15 @@
 """`multimeditron train-expert --objective clip`: train a CLIP-family expert contrastively on image-caption pairs
 (the published `train-expert`, `scripts/expert_model_train.py`, `biomed_train.py`) with open_clip's model and loss,
 on the engine (`torchrun` for several processes); the best epoch by val recall@1 goes to `OUT/best/`, an expert
-folder the registry, `probe` and a VLM stage YAML load. Several recipes run one after another by passing several
-`--config` files to a shell loop (the published `batch-train-expert` starts them in parallel). Every flag is a
-shorthand of a key of the YAML recipe (`--config`)."""
+folder the registry, `probe` and a VLM stage YAML load. Several `--config` files run one after another, each to
+its own output folder, after every recipe and its data were checked (the published `batch-train-expert`, which starts
+them in parallel). Every flag is a shorthand of a key of the YAML recipe (`--config`)."""
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Any
 
 from multimeditron.cli.recipe_flags import (
     SWITCH,
@@ -50,9 +52,10 @@ SHORTHANDS = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from multimeditron.adaptation.contrastive import ContrastiveRecipe
+    from multimeditron.adaptation.contrastive.recipe import ContrastiveRecipe
 
-    add_recipe_arguments(parser, ContrastiveRecipe, SHORTHANDS, {"training_args": "training (HF TrainingArguments)"})
+    add_recipe_arguments(parser, ContrastiveRecipe, SHORTHANDS, {"training_args": "training (HF TrainingArguments)"},
+                         several_configs=True)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -64,28 +67,54 @@ def _line(metrics: dict) -> str:
     return text
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from multimeditron.adaptation.contrastive import (
-        ContrastiveRecipe,
-        contrastive_plan,
-        load_caption_pairs,
-        train_contrastive,
-    )
+def load_recipes(args: argparse.Namespace) -> list[tuple[str | None, Any]]:
+    """(config file, recipe) for each `--config` (one recipe from the flags alone without any), each with the
+    flags and `--set` applied, all validated before anything trains: a bad recipe, or two that write to the same
+    output folder, is one error naming the files."""
+    from multimeditron.adaptation.contrastive.recipe import ContrastiveRecipe
     from multimeditron.cli.recipe_flags import load_command_recipe
+    from multimeditron.config import ConfigError
+
+    recipes = [(config, load_command_recipe(ContrastiveRecipe, argparse.Namespace(**{**vars(args), "config": config}),
+                                            SHORTHANDS)) for config in (args.config or [None])]
+    seen: dict[Path, str | None] = {}
+    for config, recipe in recipes:
+        out = Path(recipe.training_arguments()["output_dir"]).expanduser().resolve()
+        if out in seen:
+            raise ConfigError(f"{config}: training_args.output_dir (--out): {out} is also the output of {seen[out]}; "
+                              f"give each recipe its own output folder")
+        seen[out] = config
+    return recipes
+
+
+def run(args: argparse.Namespace) -> int:
+    from multimeditron.adaptation.contrastive.data import load_caption_pairs
+    from multimeditron.training.arguments import is_main_process
+
+    recipes = load_recipes(args)
+    # every recipe's data read before the first one trains (pairs are read lazily: only the tables are opened)
+    runs = [(config, recipe, load_caption_pairs(recipe.data, seed=int(recipe.training_arguments()["seed"])))
+            for config, recipe in recipes]
+    say = print if is_main_process() else (lambda *_: None)
+    for index, (config, recipe, splits) in enumerate(runs, start=1):
+        if len(runs) > 1:
+            say(f"[train-expert] recipe {index} of {len(runs)}: {config}")
+        _run_one(args, recipe, splits)
+    return 0
+
+
+def _run_one(args: argparse.Namespace, recipe: Any, splits: dict) -> None:
+    from multimeditron.adaptation.contrastive.train import contrastive_plan, train_contrastive
     from multimeditron.data.bad_images import refused_summary
     from multimeditron.run_folder import run_folder
     from multimeditron.threads import use_threads
     from multimeditron.training.arguments import is_main_process, world_size
 
-    recipe = load_command_recipe(ContrastiveRecipe, args, SHORTHANDS)
     use_threads(recipe.threads)
     values = recipe.training_arguments(world_size())
-    splits = load_caption_pairs(recipe.data, seed=int(values["seed"]))
     if args.dry_run:
         print(contrastive_plan(recipe, splits, world_size()))
-        return 0
+        return
     say = print if is_main_process() else (lambda *_: None)
     say("[train-expert] pairs: " + ", ".join(f"{s} {len(p)}" for s, p in splits.items()))
     refused = [r for p in splits.values() for r in p.refused]
@@ -107,4 +136,3 @@ def run(args: argparse.Namespace) -> int:
     say(f"[train-expert] best epoch {record['epoch']} of {len(record['history'])}; expert "
         f"{record['name'] or '(unnamed)'} in {folder}; in a stage config: model.experts: ["
         + json.dumps({"id": expert_id, "checkpoint": str(folder)}) + "]")
-    return 0

@@ -306,13 +306,14 @@ def _row(rng: np.random.Generator, qtype: str, j: int, image_size: int) -> dict[
     return make_row([image_modality(png_bytes(image))],
                     [{"role": "user", "content": f"{ATTACHMENT_TOKEN}\n{question}"},
                      {"role": "assistant", "content": answer}],
-                    question_type=qtype, answer=answer, choices=choices)
+                    question_type=qtype, answer=answer, choices=choices, modality=modality)
 
 
 def features() -> Features:
-    """The Arrow features of a synthetic split (the MultiMediset columns plus the evaluation metadata)."""
+    """The Arrow features of a synthetic split (the MultiMediset columns plus the evaluation metadata; `modality`:
+    the drawn image's, which `eval` reads for the router usage per modality)."""
     return conversation_features({"question_type": Value("string"), "answer": Value("string"),
-                                  "choices": [Value("string")]})
+                                  "choices": [Value("string")], "modality": Value("string")})
 
 
 def question_cycle(mix: dict[str, int] | None = None) -> list[str]:

@@ -40,6 +40,8 @@ class Benchmark:
     max_new_tokens: int = 32
     stop: tuple[str, ...] = ("\n\n",)  # lmms-eval's default `until`; the task YAMLs repeat it
     metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
+    # The column naming each row's imaging modality, for the router usage per modality (rows without it: none).
+    modality_column: str = "modality"
     # What joins the image placeholders and the question in the user turn.
     prompt_join: ClassVar[str] = "\n"
 
@@ -86,6 +88,11 @@ class Benchmark:
 
     def question(self, doc: dict[str, Any]) -> str:
         raise NotImplementedError
+
+    def modality(self, doc: dict[str, Any]) -> str | None:
+        """The row's imaging modality (its `modality_column`), None when it has none."""
+        value = doc.get(self.modality_column)
+        return None if value is None else str(value)
 
     def images(self, doc: dict[str, Any], image_dir: str | None = None) -> list:
         return [decode_image(doc["image"], image_dir)]
@@ -281,13 +288,15 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
 
 
 def get_benchmark(name: str, split: str | None = None, question_type_column: str | None = None,
-                  attachment_token: str | None = None) -> Benchmark:
-    """A task by name; `split`, `question_type_column` and `attachment_token` adjust it for this run (the last two
-    only for tasks that read MultiMediset rows)."""
+                  attachment_token: str | None = None, modality_column: str | None = None) -> Benchmark:
+    """A task by name; `split`, `question_type_column`, `attachment_token` and `modality_column` adjust it for this
+    run (the second and third only for tasks that read MultiMediset rows)."""
     if name not in BENCHMARKS:
         raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(BENCHMARKS)}")
     bench = BENCHMARKS[name]
     changes: dict[str, Any] = {"split": split} if split else {}
+    if modality_column:
+        changes["modality_column"] = modality_column
     if attachment_token:
         if not isinstance(bench, ConversationBenchmark):
             raise ValueError(f"{name} does not read MultiMediset rows: --attachment-token does not apply")

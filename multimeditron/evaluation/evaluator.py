@@ -18,6 +18,7 @@ from multimeditron.data.sources import choose_split
 from multimeditron.evaluation.benchmarks import BENCHMARKS, Benchmark, ConversationBenchmark, get_benchmark
 from multimeditron.evaluation.data import SPLIT_PREFERENCE
 from multimeditron.evaluation.published_tasks import with_scoring
+from multimeditron.evaluation.routing import expert_names, route_images, routes_images, usage_by_modality, usage_table
 from multimeditron.inference import generate_answers, messages_to_chat
 from multimeditron.model.modeling import MultiMeditronForCausalLM
 from multimeditron.model.processing import MultiMeditronProcessor
@@ -32,10 +33,15 @@ def evaluate_rows(model: MultiMeditronForCausalLM, processor: MultiMeditronProce
                   ablation: str | None = None) -> dict[str, Any]:
     """Answer and score every row; returns {"task", "metrics", "samples"} (one sample per row: reply + score).
     `image_dir`: the folder relative image paths resolve against (the data's folder). `ablation`: replace every
-    image by a blank one, by noise, or by another row's image (see `ABLATIONS`)."""
+    image by a blank one, by noise, or by another row's image (see `ABLATIONS`). A model that routes images
+    (learned or pretrained router) also gets "router_usage": per modality (`bench.modality`), the fraction of
+    images each expert ran (`routing.usage_by_modality`), and each sample the experts of its images."""
     if ablation is not None and ablation not in ABLATIONS:
         raise ValueError(f"unknown image ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
     samples: list[dict[str, Any]] = []
+    routed = ablation is None and routes_images(model)
+    names = expert_names(model) if routed else []
+    selections: list[list[list[int]]] = []  # per row, per image: the experts it ran
     desc = bench.name if ablation is None else f"{bench.name} ({ABLATIONS[ablation]})"
     bar = tqdm(total=len(rows), desc=desc, disable=not progress, dynamic_ncols=True)
     partners = _partners(len(rows)) if ablation == "other" else None
@@ -50,10 +56,19 @@ def evaluate_rows(model: MultiMeditronForCausalLM, processor: MultiMeditronProce
                         for index, (chat, images) in zip(indices, requests)]
         replies = generate_answers(model, processor, requests, batch_size=batch_size, stop=bench.stop,
                                    max_new_tokens=max_new_tokens or bench.max_new_tokens, progress=bar)
+        chosen = route_images(model, processor, [images for _, images in requests], batch_size) if routed else []
+        selections += chosen
         for offset, (doc, reply) in enumerate(zip(docs, replies)):
-            samples.append({"index": start + offset, "reply": reply, **bench.score(doc, reply)})
+            sample = {"index": start + offset, "reply": reply, **bench.score(doc, reply)}
+            if routed:
+                sample.update(modality=bench.modality(doc),
+                              experts=[[names[i] for i in image] for image in chosen[offset]])
+            samples.append(sample)
     bar.close()
-    return {"task": bench.name, "metrics": bench.summarize(samples), "samples": samples}
+    result = {"task": bench.name, "metrics": bench.summarize(samples), "samples": samples}
+    if routed:
+        result["router_usage"] = usage_by_modality([s["modality"] for s in samples], selections, names)
+    return result
 
 
 # What each image becomes in an ablation run: the accuracy left shows how much the answers depend on the image.
@@ -91,14 +106,17 @@ def evaluate_task(model: MultiMeditronForCausalLM, processor: MultiMeditronProce
                   max_new_tokens: int | None = None, progress: bool = True, split: str | None = None,
                   question_type_column: str | None = None, attachment_token: str | None = None,
                   image_ablation: bool = False, scoring: str = "ours",
-                  image_base_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                  image_base_dir: str | os.PathLike | None = None,
+                  modality_column: str | None = None) -> dict[str, Any]:
     """Score a model on one task; `data`: a local copy (else $MMD_<TASK>_DATA, else the hub); `limit`: the first
     N rows (lmms-eval's --limit takes the same ones); `split`, `question_type_column`, `attachment_token`: see
     `get_benchmark`. Relative image paths resolve against `image_base_dir` (training's `data.image_base_dir`), else
-    the data's folder. With `image_ablation` the task runs again per kind of `ABLATIONS`, whose metrics go to
+    the data's folder; `modality_column`: the rows' modality for the router usage (default `modality`). With
+    `image_ablation` the task runs again per kind of `ABLATIONS`, whose metrics go to
     `result["ablation"][kind]`. `scoring="published"`: the published fork's prompts, budgets and verdicts, with ours
     on the same replies as "ours_*" metrics (published_tasks.py)."""
-    bench = with_scoring(get_benchmark(task, split, question_type_column, attachment_token), scoring)
+    bench = with_scoring(get_benchmark(task, split, question_type_column, attachment_token, modality_column),
+                         scoring)
     rows = bench.load(data)
     bench.check_rows(rows)  # a misspelt column is named before any answer is generated
     if attachment_token is None and isinstance(bench, ConversationBenchmark):
@@ -154,7 +172,8 @@ def save_results(results: list[dict[str, Any]], path: str | os.PathLike, model: 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """One row per task (and per question type when the task reports them): n, accuracy, yes/no, open, chance;
-    then, for results with an image ablation, the accuracy with each kind of replaced image beside the real one."""
+    then, for results with an image ablation, the accuracy with each kind of replaced image beside the real one, and
+    for a routing model the router usage per modality."""
     lines = ["| task | n | accuracy | yes/no | open | chance |", "|---|---|---|---|---|---|"]
     for result in results:
         metrics = result["metrics"]
@@ -164,7 +183,16 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     ablated = [result for result in results if result.get("ablation")]
     if ablated:
         lines += ["", ablation_table(ablated)]
+    routing = router_usage_tables(results)
+    if routing:
+        lines += ["", routing]
     return "\n".join(lines)
+
+
+def router_usage_tables(results: list[dict[str, Any]]) -> str:
+    """For each result of a routing model: the fraction of each modality's images sent to each expert."""
+    return "\n\n".join(f"router usage, {result['task']} (fraction of each modality's images per expert):\n"
+                       + usage_table(result["router_usage"]) for result in results if result.get("router_usage"))
 
 
 def ablation_table(results: list[dict[str, Any]]) -> str:

@@ -83,7 +83,8 @@ def test_clip_expert_recall_rises_from_chance(drawn: Path, tmp_path: Path) -> No
 def test_caption_pairs_per_modality_and_from_conversations(drawn: Path, tmp_path: Path) -> None:
     from datasets import load_from_disk
 
-    from multimeditron.adaptation.contrastive import CaptionDataSection, load_caption_pairs
+    from multimeditron.adaptation.contrastive.data import load_caption_pairs
+    from multimeditron.adaptation.contrastive.recipe import CaptionDataSection
 
     splits = load_caption_pairs(CaptionDataSection(paths=[str(drawn)], modalities=["fundus"]))
     assert set(splits["train"].modalities) == {"fundus"} and len(splits["train"]) == 30
@@ -100,7 +101,7 @@ def test_caption_pairs_per_modality_and_from_conversations(drawn: Path, tmp_path
 @pytest.mark.parametrize("name", ["gate/resnet50.yaml", "gate/resnet18.yaml", "clip/biomedclip.yaml",
                                   "clip/ct.yaml", "clip/mri.yaml", "clip/ultrasound.yaml", "clip/xray.yaml"])
 def test_cookbook_expert_recipes_validate(name: str, monkeypatch, tmp_path: Path) -> None:
-    from multimeditron.adaptation.contrastive import ContrastiveRecipe
+    from multimeditron.adaptation.contrastive.recipe import ContrastiveRecipe
     from multimeditron.adaptation.gate import GateRecipe
     from multimeditron.adaptation.recipes import load_recipe
 
@@ -109,3 +110,41 @@ def test_cookbook_expert_recipes_validate(name: str, monkeypatch, tmp_path: Path
     path = Path(__file__).resolve().parents[2] / "cookbook" / "experts" / name
     recipe = load_recipe(GateRecipe if name.startswith("gate/") else ContrastiveRecipe, str(path))
     assert str(tmp_path / "models") in recipe.training_arguments()["output_dir"]
+
+
+def _clip_recipe(path: Path, data: Path, out: Path, modality: str, name: str) -> Path:
+    path.write_text(f"expert: {{spec: clip, tiny: true}}\ndata: {{paths: [{data}], modalities: [{modality}]}}\n"
+                    f"contrastive: {{name: {name}, eval_before: false}}\n"
+                    f"training_args: {{output_dir: {out}, num_train_epochs: 1, use_cpu: true}}\n")
+    return path
+
+
+def test_train_expert_runs_several_recipes_each_to_its_own_folder(drawn: Path, tmp_path: Path, capsys) -> None:
+    first = _clip_recipe(tmp_path / "a.yaml", drawn, tmp_path / "xray", "x-ray", "xray_clip")
+    second = _clip_recipe(tmp_path / "b.yaml", drawn, tmp_path / "fundus", "fundus", "fundus_clip")
+    assert main(["train-expert", "--config", str(first), "--config", str(second), "--set",
+                 "data.max_samples=12"]) == 0
+    from multimeditron.experts.adapted import read_adapted_record
+
+    assert read_adapted_record(tmp_path / "xray" / "best")["provenance"]["name"] == "xray_clip"
+    assert read_adapted_record(tmp_path / "fundus" / "best")["provenance"]["name"] == "fundus_clip"
+    assert "recipe 2 of 2: " + str(second) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("same_out", r"b\.yaml: training_args\.output_dir \(--out\): .*also the output of .*a\.yaml"),
+    ("bad_key", r"b\.yaml: .*contrastive\.nmae"),
+    ("no_data", r"data\.paths: .*missing"),
+])
+def test_train_expert_refuses_every_recipe_before_training_any(problem: str, message: str, drawn: Path,
+                                                              tmp_path: Path, capsys) -> None:
+    first = _clip_recipe(tmp_path / "a.yaml", drawn, tmp_path / "a", "x-ray", "a")
+    second = _clip_recipe(tmp_path / "b.yaml", tmp_path / "missing" if problem == "no_data" else drawn,
+                          tmp_path / ("a" if problem == "same_out" else "b"), "fundus", "b")
+    if problem == "bad_key":
+        second.write_text(second.read_text().replace("{name: b,", "{nmae: b,"))
+    assert main(["train-expert", "--config", str(first), "--config", str(second)]) == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err), problem
+    assert not (tmp_path / "a").exists()  # the first recipe did not start
