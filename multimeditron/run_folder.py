@@ -72,36 +72,46 @@ def run_folder(out: str | Path, command: str, recipe: dict[str, Any], data: dict
         (out / RECORD).write_text(json.dumps({**record, "finished": True}, indent=2, default=str) + "\n")
 
 
-def prepare_run_folder(out: str | Path, command: str, recipe: dict[str, Any], data: dict[str, Any], *,
-                       resume: bool | str | None = False, overwrite: bool = False, keep: tuple[str, ...] = (),
-                       main_process: bool = True, say: Callable[[str], None] = print) -> None:
-    """`run_folder`'s checks and record, without the clean-up of a failed run."""
+def check_run_folder(out: str | Path, command: str, recipe: dict[str, Any], data: dict[str, Any], *,
+                     resume: bool | str | None = False, overwrite: bool = False, keep: tuple[str, ...] = (),
+                     say: Callable[[str], None] = print) -> list[Path]:
+    """`run_folder`'s checks, nothing written (a command running several recipes checks every folder before the
+    first trains); returns the earlier run's entries that `overwrite` removes."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder")
-    record_path = out / RECORD
     earlier = _entries(out, keep)
     if resume:
         _check_resume(out, command, recipe, data, resume, say)
-    elif earlier:
+        return []
+    if earlier:
         listed = ", ".join(p.name for p in earlier[:LISTED]) + (", ..." if len(earlier) > LISTED else "")
         if not overwrite:
             raise UsageError(f"--out {out} holds an earlier run ({listed}); pass --overwrite to replace it"
                              + (", --resume to continue it," if command != "probe" else "")
                              + " or choose another --out")
-        if not record_path.is_file() and not any((out / n).exists() for n in ("results.json", "segmentation.json",
-                                                                             "history.json")):
+        if not (out / RECORD).is_file() and not any((out / n).exists() for n in ("results.json", "segmentation.json",
+                                                                                "history.json")):
             raise UsageError(f"--overwrite: {out} holds files ({listed}) but no {RECORD}: not a run folder of "
                              f"multimeditron, so nothing is removed; choose another --out")
-        if main_process:
-            for path in earlier:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-            say(f"[{command}] --overwrite: removed the earlier run's {len(earlier)} entries from {out}"
-                + (f" (kept {', '.join(keep)})" if any((out / k).exists() for k in keep) else ""))
+    return earlier
+
+
+def prepare_run_folder(out: str | Path, command: str, recipe: dict[str, Any], data: dict[str, Any], *,
+                       resume: bool | str | None = False, overwrite: bool = False, keep: tuple[str, ...] = (),
+                       main_process: bool = True, say: Callable[[str], None] = print) -> None:
+    """`run_folder`'s checks and record, without the clean-up of a failed run."""
+    out = Path(out)
+    earlier = check_run_folder(out, command, recipe, data, resume=resume, overwrite=overwrite, keep=keep, say=say)
+    if earlier and main_process:
+        for path in earlier:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        say(f"[{command}] --overwrite: removed the earlier run's {len(earlier)} entries from {out}"
+            + (f" (kept {', '.join(keep)})" if any((out / k).exists() for k in keep) else ""))
     if main_process and not resume:
         out.mkdir(parents=True, exist_ok=True)
-        record_path.write_text(json.dumps({"command": command, "recipe": recipe, "data": data}, indent=2,
-                                          default=str) + "\n")
+        (out / RECORD).write_text(json.dumps({"command": command, "recipe": recipe, "data": data}, indent=2,
+                                             default=str) + "\n")
 
 
 def _check_resume(out: Path, command: str, recipe: dict[str, Any], data: dict[str, Any], resume: bool | str,
@@ -144,4 +154,4 @@ def _check_resume(out: Path, command: str, recipe: dict[str, Any], data: dict[st
     say(f"[{command}] resuming from {last}" + (f" ({done}, step {state.get('global_step', '?')})" if done else ""))
 
 
-__all__ = ["RECORD", "prepare_run_folder", "recipe_changes", "run_folder"]
+__all__ = ["RECORD", "check_run_folder", "prepare_run_folder", "recipe_changes", "run_folder"]

@@ -89,21 +89,29 @@ def load_recipes(args: argparse.Namespace) -> list[tuple[str | None, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     from multimeditron.adaptation.contrastive.data import load_caption_pairs
-    from multimeditron.training.arguments import is_main_process
+    from multimeditron.run_folder import check_run_folder
+    from multimeditron.training.arguments import is_main_process, world_size
 
     recipes = load_recipes(args)
     # every recipe's data read before the first one trains (pairs are read lazily: only the tables are opened)
     runs = [(config, recipe, load_caption_pairs(recipe.data, seed=int(recipe.training_arguments()["seed"])))
             for config, recipe in recipes]
+    fingerprints = [{s: p.fingerprint() for s, p in splits.items()} for _, _, splits in runs]
+    if not args.dry_run:  # every output folder checked too before the first recipe trains
+        for (_, recipe, _), data in zip(runs, fingerprints):
+            values = recipe.training_arguments(world_size())
+            check_run_folder(values["output_dir"], "train-expert", {**recipe.to_dict(), "training_args": values},
+                             data, resume=values.get("resume_from_checkpoint"), overwrite=args.overwrite,
+                             say=lambda *_: None)
     say = print if is_main_process() else (lambda *_: None)
-    for index, (config, recipe, splits) in enumerate(runs, start=1):
+    for index, ((config, recipe, splits), data) in enumerate(zip(runs, fingerprints), start=1):
         if len(runs) > 1:
             say(f"[train-expert] recipe {index} of {len(runs)}: {config}")
-        _run_one(args, recipe, splits)
+        _run_one(args, recipe, splits, data)
     return 0
 
 
-def _run_one(args: argparse.Namespace, recipe: Any, splits: dict) -> None:
+def _run_one(args: argparse.Namespace, recipe: Any, splits: dict, fingerprints: dict[str, str]) -> None:
     from multimeditron.adaptation.contrastive.train import contrastive_plan, train_contrastive
     from multimeditron.data.bad_images import refused_summary
     from multimeditron.run_folder import run_folder
@@ -120,7 +128,6 @@ def _run_one(args: argparse.Namespace, recipe: Any, splits: dict) -> None:
     refused = [r for p in splits.values() for r in p.refused]
     if refused:
         say(f"[train-expert] note: {refused_summary(refused)}")
-    fingerprints = {s: p.fingerprint() for s, p in splits.items()}
     with run_folder(values["output_dir"], "train-expert", {**recipe.to_dict(), "training_args": values},
                     fingerprints, resume=values.get("resume_from_checkpoint"), overwrite=args.overwrite,
                     main_process=is_main_process(), say=say):
