@@ -67,11 +67,14 @@ def load_published(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def convert_published(data: dict[str, Any], gate: str = "pretrained", base_dir: str | os.PathLike = ".") -> Conversion:
+def convert_published(data: dict[str, Any], gate: str = "pretrained", base_dir: str | os.PathLike = ".",
+                      yaml_dir: str | os.PathLike | None = None) -> Conversion:
     """The published config `data` in our schema. The published frozen classifier gate (`gating_path`) becomes the
     `pretrained` router (its classes mapped to the experts in order, as published, trained only in `full`);
     `gate="learned"` replaces it by this toolkit's learned gate, which is another mechanism.
-    `base_dir`: what a relative `training_args.deepspeed` path was relative to (the published launcher's cwd)."""
+    A relative `training_args.deepspeed` path is looked for beside the published YAML (`yaml_dir`) and in `base_dir`
+    (the published launcher's working directory): the one that exists is written as an absolute path (both: an
+    error naming them; neither: the YAML's folder, with a note)."""
     if gate not in GATES:
         raise ConfigError(f"--gate: {gate!r} is not one of {list(GATES)}")
     data = dict(data)
@@ -124,7 +127,7 @@ def convert_published(data: dict[str, Any], gate: str = "pretrained", base_dir: 
     training_args = dict(take("training_args") or {})
     if not training_args:
         raise ConfigError("training_args: required (at least output_dir)")
-    _map_training_args(training_args, out, notes, base_dir)
+    _map_training_args(training_args, out, notes, base_dir, yaml_dir)
     resume = take("resume_from_checkpoint")
     if resume not in (None, False):
         training_args["resume_from_checkpoint"] = resume
@@ -284,13 +287,27 @@ def _map_datasets(datasets: Any) -> list[dict[str, Any]]:
 _VARIABLE = re.compile(r"\$\{?[A-Za-z_]")
 
 
-def _map_training_args(args: dict[str, Any], out: dict[str, Any], notes: list[str],
-                       base_dir: str | os.PathLike) -> None:
+def _map_training_args(args: dict[str, Any], out: dict[str, Any], notes: list[str], base_dir: str | os.PathLike,
+                       yaml_dir: str | os.PathLike | None = None) -> None:
     deepspeed = args.pop("deepspeed", None)
     if deepspeed is not None:
         path = str(deepspeed)
         if not os.path.isabs(path) and not _VARIABLE.match(path):
-            # The published launcher read it relative to the working directory; ours reads it relative to the YAML.
-            path = str((Path(base_dir) / path).resolve())
+            path = _resolve_deepspeed(path, base_dir, yaml_dir, notes)
         out["deepspeed"] = path
         notes.append(f"training_args.deepspeed -> deepspeed: {path}")
+
+
+def _resolve_deepspeed(path: str, base_dir: str | os.PathLike, yaml_dir: str | os.PathLike | None,
+                       notes: list[str]) -> str:
+    """A relative DeepSpeed path as an absolute one: the published launcher read it relative to its working
+    directory, a hand-written config means its own folder; ours reads a relative path against the YAML it is in."""
+    candidates = [Path(d, path).resolve() for d in ([yaml_dir] if yaml_dir is not None else []) + [base_dir]]
+    found = list(dict.fromkeys(c for c in candidates if c.is_file()))
+    if len(found) > 1:
+        raise ConfigError(f"training_args.deepspeed: {path!r} names two files, {found[0]} (beside the YAML) and "
+                          f"{found[1]} (in the working directory); write the one you mean as an absolute path")
+    if not found:
+        notes.append(f"training_args.deepspeed: {path} exists neither beside the YAML nor in the working directory; "
+                     f"written relative to the YAML's folder")
+    return str(found[0] if found else candidates[0])

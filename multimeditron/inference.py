@@ -41,6 +41,16 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return state_device if state_device.type == "cuda" else torch.device("cpu")
 
 
+def check_model_path(path: str | os.PathLike) -> Path:
+    """The model folder `path` names, refused when it holds no saved model, or is missing and no hub id."""
+    folder = Path(path).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise ModelFolderError(f"model folder {path} holds no saved model (no config.json)")
+    if not folder.exists() and not looks_like_hub_id(str(path)):
+        raise ModelFolderError(f"model folder {path} does not exist")
+    return folder
+
+
 def load_pretrained(
     path: str | os.PathLike,
     dtype: str | torch.dtype = "auto",
@@ -52,11 +62,7 @@ def load_pretrained(
     kwargs: dict[str, Any] = {"dtype": parse_dtype(dtype, allow_auto=True)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    folder = Path(path).expanduser()
-    if folder.is_dir() and not (folder / "config.json").is_file():
-        raise ModelFolderError(f"model folder {path} holds no saved model (no config.json)")
-    if not folder.exists() and not looks_like_hub_id(str(path)):
-        raise ModelFolderError(f"model folder {path} does not exist")
+    folder = check_model_path(path)
     try:
         model = MultiMeditronForCausalLM.from_pretrained(path, **kwargs)
     except OSError as error:

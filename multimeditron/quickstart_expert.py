@@ -37,8 +37,9 @@ def warmup_recipe(expert: dict[str, Any], data_dir: Path, out_dir: Path, seed: i
 
     return {"expert": {"spec": expert},
             "data": {"path": str(data_dir), "label_columns": list(LABEL_COLUMNS)},
+            # bootstrap 0: the quickstart prints its own probe table, not these test metrics (10 s of intervals)
             "finetune": {"adaptation": "finetune", "augment": False, "layer_decay": 1.0, "drop_path": 0.0,
-                         "label_smoothing": 0.0, "select_metric": "auroc"},
+                         "label_smoothing": 0.0, "select_metric": "auroc", "bootstrap": 0},
             "schedule": {"warmup_epochs": 1.0},
             "training_args": {"output_dir": str(out_dir), "num_train_epochs": epochs,
                               "per_device_train_batch_size": 32, "learning_rate": lr, "weight_decay": 0.05,

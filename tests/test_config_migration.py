@@ -290,3 +290,25 @@ def test_conversion_sets_what_the_published_run_did_implicitly_one_line_each(tmp
     # a stage 1 that sets its length keeps it, and says nothing about it
     kept = convert_published(yaml.safe_load(PUBLISHED_MOE), base_dir=tmp_path)
     assert kept.config["data"]["max_sequence_length"] == 4096 and len(kept.changes) == 4
+
+
+def test_a_relative_deepspeed_path_is_found_beside_the_yaml(tmp_path, monkeypatch):
+    """Before: resolved against the working directory only, so a config beside its DeepSpeed file converted from
+    elsewhere pointed at nothing."""
+    from multimeditron.config import ConfigError
+
+    folder = tmp_path / "configs"
+    (folder / "config").mkdir(parents=True)
+    (folder / "config" / "deepspeed.json").write_text("{}")
+    published = folder / "published.yaml"
+    published.write_text(PUBLISHED_MOE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ours = tmp_path / "ours.yaml"
+    assert cli_main(["convert", "config", str(published), "--out", str(ours)]) == 0
+    assert yaml.safe_load(ours.read_text())["deepspeed"] == str(folder / "config" / "deepspeed.json")
+    (elsewhere / "config").mkdir()
+    (elsewhere / "config" / "deepspeed.json").write_text("{}")  # the same name in the working directory too
+    with pytest.raises(ConfigError, match="names two files"):
+        convert_published(yaml.safe_load(PUBLISHED_MOE), base_dir=elsewhere, yaml_dir=folder)

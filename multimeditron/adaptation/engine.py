@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from multimeditron.adaptation.errors import AdaptationError
 
@@ -64,16 +65,66 @@ class EpochSampler(torch.utils.data.Sampler[int]):
                                          generator=generator).tolist()
 
 
+# Validation metrics an epoch line shows after the selection score, when the objective reports them.
+EPOCH_LINE_METRICS = ("auroc", "accuracy", "dice", "jaccard", "loss")
+
+
+class _EpochLines:
+    """One readable line per epoch, `[finetune] epoch 2/10: loss 0.4123, lr 0.000312; val score 0.8810, auroc
+    0.9120, ...`, in place of HF's raw log dicts; written above the progress bar, so it stays on screen."""
+
+    name = "train"
+    training_bar: Any = None
+    _pending: str | None = None
+
+    def _write(self, text: str) -> None:
+        (self.training_bar.write if self.training_bar is not None else print)(text)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        epoch = max(1, math.ceil(float(logs.get("epoch", state.epoch or 0)) - 1e-9))
+        head = f"[{self.name}] epoch {epoch}/{float(args.num_train_epochs):g}"
+        if "train_runtime" in logs:
+            self._write(f"[{self.name}] trained {float(logs.get('epoch', 0)):g} epochs in "
+                        f"{float(logs['train_runtime']):.1f} s")
+        elif "loss" in logs:
+            line = f"{head}: loss {float(logs['loss']):.4g}, lr {float(logs.get('learning_rate', 0)):.3g}"
+            if str(args.eval_strategy) in ("no", "IntervalStrategy.NO"):
+                self._write(line)
+            else:
+                self._pending = line  # completed by this epoch's evaluation
+        elif any(k.startswith("eval_") for k in logs):
+            shown = [f"score {float(logs['eval_score']):.4f}"] if "eval_score" in logs else []
+            shown += [f"{m} {float(logs['eval_' + m]):.4g}" for m in EPOCH_LINE_METRICS if f"eval_{m}" in logs]
+            self._write(f"{self._pending or head}; val {', '.join(shown)}")
+            self._pending = None
+
+
+class EpochProgress(_EpochLines, ProgressCallback):
+    """HF's progress bar with `_EpochLines`."""
+
+
+class EpochPrinter(_EpochLines, PrinterCallback):
+    """`_EpochLines` without a progress bar (`disable_tqdm`)."""
+
+
 class ExpertTrainer(Trainer):
-    """HF Trainer with the expert half's optimiser groups, schedule and sampler."""
+    """HF Trainer with the expert half's optimiser groups, schedule and sampler, and one line per epoch."""
 
     def __init__(self, *args: Any, groups: list[dict[str, Any]], schedule: Schedule,
-                 sample_weights: torch.Tensor | None = None, drop_last_train: bool = False, **kwargs: Any) -> None:
+                 sample_weights: torch.Tensor | None = None, drop_last_train: bool = False, log_name: str = "train",
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if not any(g["params"] for g in groups):
             raise AdaptationError("nothing to train: no parameter requires a gradient")
         self.groups, self.schedule, self.sample_weights = groups, schedule, sample_weights
         self.drop_last_train = drop_last_train
+        for stock, ours in ((ProgressCallback, EpochProgress), (PrinterCallback, EpochPrinter)):
+            if self.pop_callback(stock) is not None:
+                lines = ours()
+                lines.name = log_name
+                self.add_callback(lines)
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         """`drop_last_train` drops the last incomplete training batch (mixup pairs images within a batch); the
@@ -145,7 +196,8 @@ def train_objective(objective: nn.Module, train_dataset: torch.utils.data.Datase
                     compute_metrics: Callable[[Any], dict[str, float]] | None = None,
                     preprocess_logits_for_metrics: Callable | None = None,
                     sample_weights: torch.Tensor | None = None, resume: bool | str | None = None,
-                    drop_last_train: bool = False, callbacks: list[TrainerCallback] | None = None) -> ExpertTrainer:
+                    drop_last_train: bool = False, callbacks: list[TrainerCallback] | None = None,
+                    log_name: str = "train") -> ExpertTrainer:
     """Train `objective` with `args` (`training.arguments.training_arguments`); returns the trainer (its
     `state.log_history`, and the best model loaded when `args.load_best_model_at_end`)."""
     if len(train_dataset) == 0:
@@ -153,7 +205,8 @@ def train_objective(objective: nn.Module, train_dataset: torch.utils.data.Datase
     trainer = ExpertTrainer(model=objective, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                             compute_metrics=compute_metrics, preprocess_logits_for_metrics=preprocess_logits_for_metrics,
                             groups=groups, schedule=schedule, sample_weights=sample_weights,
-                            drop_last_train=drop_last_train, callbacks=[FiniteLoss(), *(callbacks or [])])
+                            drop_last_train=drop_last_train, callbacks=[FiniteLoss(), *(callbacks or [])],
+                            log_name=log_name)
     if resume:
         from transformers.trainer_utils import get_last_checkpoint
 

@@ -3,7 +3,7 @@ end-to-end, LoRA and BitFit runs) on the engine (`adaptation.engine`): a head on
 layer-wise lr decay, warmup + cosine, drop path, label smoothing, optional mixup/cutmix (timm), class weights or a
 balanced sampler (multi-label data: one sigmoid per label, BCE with per-label positive weights); the best epoch on
 val by a named metric goes to `OUT/best/` (an adapted-expert folder plus `head.safetensors`), scored on test with
-part 1's metrics, tables and plots.
+part 1's metrics (bootstrap intervals, per-label metrics for multi-label data), tables and plots.
 """
 from __future__ import annotations
 
@@ -26,11 +26,13 @@ from multimeditron.adaptation.trunk import set_drop_path, vit_trunk
 from multimeditron.data.labelled_images import LabelledImages
 from multimeditron.experts.adapted import read_adapted_record, save_adapted_expert
 from multimeditron.experts.base import ExpertSpec, VisionExpert
+from multimeditron.probing.bootstrap import bootstrap_metrics, per_label_metrics
 from multimeditron.probing.metrics import (
     classification_metrics,
     is_defined,
     selection_value,
 )
+from multimeditron.probing.specs import ParsedSpec
 
 HEAD_FILE = "head.safetensors"
 
@@ -161,13 +163,17 @@ def load_finetuned(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
     if (folder / "best" / HEAD_FILE).is_file():
         folder = folder / "best"
     if not (folder / HEAD_FILE).is_file():
-        raise AdaptationError(f"{folder}: no {HEAD_FILE}; expected a folder written by `multimeditron finetune`")
-    record = read_adapted_record(folder)
-    head_info = record["provenance"]["head"]
-    spec = record["spec"]
-    expert = build_expert({"id": spec.id, "checkpoint": str(folder), "output": "cls"})
-    head = build_head(head_info["kind"], head_info["width"], len(head_info["classes"]))
-    head.load_state_dict(load_file(str(folder / HEAD_FILE)), strict=True)
+        raise AdaptationError(f"--checkpoint {folder}: no {HEAD_FILE}; expected a run folder written by "
+                              f"`multimeditron finetune` (or its best/)")
+    try:
+        record = read_adapted_record(folder)
+        head_info = record["provenance"]["head"]
+        spec = record["spec"]
+        expert = build_expert({"id": spec.id, "checkpoint": str(folder), "output": "cls"})
+        head = build_head(head_info["kind"], head_info["width"], len(head_info["classes"]))
+        head.load_state_dict(load_file(str(folder / HEAD_FILE)), strict=True)
+    except (KeyError, OSError, RuntimeError, ValueError) as error:
+        raise AdaptationError(f"--checkpoint {folder}: cannot be loaded ({error})") from error
     return Classifier(expert, head, frozen_expert=True).eval(), record
 
 
@@ -186,16 +192,27 @@ def labelled_canvases(data: LabelledImages, split: str, size: int, augment: bool
 
 
 def evaluate_splits(trainer: Any, data: LabelledImages, splits: tuple[str, ...], size: int,
-                    expert: VisionExpert | None = None, settings: FinetuneSection | None = None,
-                    ) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
-    """split -> (probabilities, metrics) with part 1's `classification_metrics`; the predictions of every process
-    are gathered by the engine (each image once, whatever the number of processes)."""
+                    expert: VisionExpert | None = None, settings: FinetuneSection | None = None, bootstrap: int = 0,
+                    seed: int = 0) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """split -> (probabilities, metrics) with part 1's `classification_metrics`; the test metrics carry bootstrap
+    intervals (`bootstrap` resamples, as `probe`'s). The predictions of every process are gathered by the engine
+    (each image once, whatever the number of processes)."""
     out = {}
     for split in splits:
         logits = trainer.predict(labelled_canvases(data, split, size, expert=expert, settings=settings)).predictions
         probs = probabilities(logits, data.multilabel)
-        out[split] = (probs, classification_metrics(data.splits[split].labels, probs, multilabel=data.multilabel))
+        labels = data.splits[split].labels
+        if split == "test" and bootstrap:
+            metrics = bootstrap_metrics(labels, probs, n_resamples=bootstrap, seed=seed, multilabel=data.multilabel)
+        else:
+            metrics = classification_metrics(labels, probs, multilabel=data.multilabel)
+        out[split] = (probs, metrics)
     return out
+
+
+def plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics without their intervals (`value` of each bootstrap entry)."""
+    return {k: v["value"] if isinstance(v, dict) and "value" in v else v for k, v in metrics.items()}
 
 
 def _metrics_fn(select_metric: str, multilabel: bool):
@@ -229,16 +246,18 @@ def finetune(expert: VisionExpert, spec: ExpertSpec, data: LabelledImages, recip
         args, groups, recipe.schedule,
         eval_dataset=labelled_canvases(data, "val", expert.image_size, expert=expert, settings=settings),
         compute_metrics=_metrics_fn(settings.select_metric, data.multilabel), sample_weights=sample_weights,
-        resume=args.resume_from_checkpoint, drop_last_train=settings.mixing, callbacks=callbacks)
+        resume=args.resume_from_checkpoint, drop_last_train=settings.mixing, callbacks=callbacks,
+        log_name="finetune")
     history = epoch_history(trainer.state.log_history)
     best_epoch = max(history, key=lambda h: h.get("score", -np.inf))["epoch"] if history else None
-    scored = evaluate_splits(trainer, data, ("val", "test"), expert.image_size, expert, settings)
+    scored = evaluate_splits(trainer, data, ("val", "test"), expert.image_size, expert, settings,
+                             bootstrap=settings.bootstrap, seed=args.seed)
     record = {"objective": "classification", "adaptation": settings.adaptation, "select_metric": settings.select_metric,
               "recipe": recipe.to_dict(), "classes": classes, "data": data.name, "epoch": best_epoch,
-              "val": scored["val"][1], "score": selection_value(scored["val"][1], settings.select_metric),
+              "val": plain(scored["val"][1]), "score": selection_value(plain(scored["val"][1]), settings.select_metric),
               "head": head_record("bn_linear" if settings.adaptation == "lp" else "linear", expert.feature_dim,
                                   classes, data.multilabel)}
-    result = _result(name or spec.id, record, data, scored)
+    result = _result(name or spec.id, record, data, scored, settings.bootstrap, args.seed)
     result["runs"][0]["details"].update({"history": history, "trainable_parameters": trainable, "parameters": total})
     if settings.paper_metrics:
         add_paper_metrics(result["runs"][0], settings.paper_metrics, data, scored)
@@ -250,11 +269,15 @@ def finetune(expert: VisionExpert, spec: ExpertSpec, data: LabelledImages, recip
 
 
 def _result(name: str, provenance: dict[str, Any], data: LabelledImages,
-            scored: dict[str, tuple[np.ndarray, dict[str, Any]]]) -> dict[str, Any]:
+            scored: dict[str, tuple[np.ndarray, dict[str, Any]]], bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
     run = {"expert": name, "protocol": f"finetune:{provenance['adaptation']}",
            "chosen": {"epoch": provenance.get("epoch"), "select_metric": provenance.get("select_metric")},
            "val": scored["val"][1], "test": scored["test"][1], "details": {}, "notes": []}
-    return {"data": data.name, "classes": list(provenance["head"]["classes"]), "runs": [run], "comparisons": []}
+    if data.multilabel:
+        run["per_label"] = per_label_metrics(data.splits["test"].labels, scored["test"][0], data.classes,
+                                             n_resamples=bootstrap, seed=seed)
+    return {"data": data.name, "classes": list(provenance["head"]["classes"]), "runs": [run], "comparisons": [],
+            "notes": data.notes, "refused": data.refused}
 
 
 def write_outputs(result: dict[str, Any], data: LabelledImages, scored: dict[str, tuple[np.ndarray, dict[str, Any]]],
@@ -277,7 +300,7 @@ def write_outputs(result: dict[str, Any], data: LabelledImages, scored: dict[str
 
 
 def score_checkpoint(classifier: Classifier, record: dict[str, Any], data: LabelledImages, args: Any,
-                     name: str) -> dict[str, Any]:
+                     name: str, bootstrap: int = 0, write: bool = True) -> dict[str, Any]:
     """Val and test metrics of a saved classifier as part 1's result dict, written to `args.output_dir`."""
     from transformers import Trainer
 
@@ -290,37 +313,48 @@ def score_checkpoint(classifier: Classifier, record: dict[str, Any], data: Label
         raise AdaptationError(f"{data.name}: classes {data.classes} differ from the checkpoint's {classes}")
     objective = ClassificationObjective(classifier, FinetuneSection(), len(classes), multilabel=data.multilabel)
     trainer = Trainer(model=objective, args=args)
-    scored = evaluate_splits(trainer, data, ("val", "test"), classifier.expert.image_size)
-    result = _result(name, provenance, data, scored)
-    if trainer.is_world_process_zero():
+    scored = evaluate_splits(trainer, data, ("val", "test"), classifier.expert.image_size, bootstrap=bootstrap,
+                             seed=args.seed)
+    result = _result(name, provenance, data, scored, bootstrap, args.seed)
+    if write and trainer.is_world_process_zero():
         write_outputs(result, data, scored, args.output_dir)
     return result
 
 
 def load_finetune_data(recipe: FinetuneRecipe) -> LabelledImages:
-    """The labelled splits the recipe names (val carved from train when absent, seeded by the run's seed)."""
+    """The labelled splits the recipe names (val carved from train when absent, seeded by the run's seed), every
+    file checked by the recipe's `data.on_bad_image`."""
     from multimeditron.data.labelled_images import load_labelled_images
     from multimeditron.data.splits import ImageDataError
 
     section = recipe.data
     try:
-        return load_labelled_images(section.path, image_column=section.image_column, label_columns=section.label_columns,
-                               split_column=section.split_column, val_fraction=section.val_fraction,
-                               seed=int(recipe.training_arguments()["seed"]))
+        return load_labelled_images(section.path, image_column=section.image_column,
+                                    label_columns=section.label_columns, split_column=section.split_column,
+                                    val_fraction=section.val_fraction, seed=int(recipe.training_arguments()["seed"]),
+                                    on_bad_image=section.on_bad_image, allow_overlap=section.allow_overlap)
     except ImageDataError as error:
         raise AdaptationError(f"data.path: {error}") from error
 
 
-def prepare_finetune_expert(recipe: FinetuneRecipe) -> tuple[VisionExpert, ExpertSpec, str]:
-    """(the expert to train, its resolved spec, the name its results carry); a random-weight expert is the seed's."""
-    from multimeditron.adaptation.experts import load_expert, spec_text
-    from multimeditron.probing.specs import parse_spec
+def finetune_spec(recipe: FinetuneRecipe) -> ParsedSpec:
+    """The recipe's expert, checked before anything heavy; `finetune.pool` becomes the family's `cls_pool` option
+    (every family pools: class token, mean of patch tokens, mean of all tokens)."""
+    from multimeditron.adaptation.experts import expert_spec, spec_text
 
-    text = spec_text(recipe.expert.spec)
     options = {"cls_pool": recipe.finetune.pool} if recipe.finetune.pool else {}
-    expert, spec = load_expert(text, tiny=recipe.expert.tiny, options=options,
-                               seed=int(recipe.training_arguments()["seed"]))
-    return expert, spec, parse_spec(text, tiny=recipe.expert.tiny).name
+    return expert_spec(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny, options=options,
+                       options_from="finetune.pool (--pool)")
+
+
+def prepare_finetune_expert(recipe: FinetuneRecipe, parsed: ParsedSpec | None = None,
+                            ) -> tuple[VisionExpert, ExpertSpec, str]:
+    """(the expert to train, its resolved spec, the name its results carry); a random-weight expert is the seed's."""
+    from multimeditron.adaptation.experts import load_expert
+
+    parsed = parsed or finetune_spec(recipe)
+    expert, spec = load_expert(parsed, seed=int(recipe.training_arguments()["seed"]))
+    return expert, spec, parsed.name
 
 
 def finetune_plan(recipe: FinetuneRecipe, data: LabelledImages, expert: VisionExpert, processes: int = 1) -> str:

@@ -82,7 +82,8 @@ def load_gate_data(recipe: GateRecipe) -> LabelledImages:
     try:
         data = load_labelled_images(section.path, image_column=section.image_column,
                                     label_columns=section.label_columns, split_column=section.split_column,
-                                    val_fraction=section.val_fraction, seed=int(recipe.training_arguments()["seed"]))
+                                    val_fraction=section.val_fraction, seed=int(recipe.training_arguments()["seed"]),
+                                    on_bad_image=section.on_bad_image, allow_overlap=section.allow_overlap)
     except ImageDataError as error:
         raise AdaptationError(f"data.path: {error}") from error
     if data.multilabel:
@@ -212,13 +213,14 @@ def train_gate(data: LabelledImages, recipe: GateRecipe, *, processes: int = 1,
     trainer = train_objective(
         objective, _canvases(data, "train", section.image_size, section.augment, args.seed), args, groups,
         recipe.schedule, eval_dataset=_canvases(data, "val", section.image_size), compute_metrics=_accuracy,
-        resume=args.resume_from_checkpoint, callbacks=callbacks)
+        resume=args.resume_from_checkpoint, callbacks=callbacks, log_name="train-gate")
     history = epoch_history(trainer.state.log_history)
     best = max(history, key=lambda h: h.get("score", -np.inf))["epoch"] if history else None
     scored = {split: evaluate_gate(gate, data, split) for split in ("val", "test") if split in data.splits}
     record = {"command": "train-gate", "data": data.name, "classes": data.classes, "epoch": best,
               "class_experts": section.class_experts, "recipe": recipe.to_dict(), **scored,
-              "trainable_parameters": sum(p.numel() for p in params), "history": history}
+              "trainable_parameters": sum(p.numel() for p in params), "history": history, "notes": data.notes,
+              "refused": data.refused}
     out = Path(args.output_dir)
     if trainer.is_world_process_zero():
         provenance = {"data": data.name, "epoch": best, **{f"{s}_accuracy": r["accuracy"] for s, r in scored.items()}}

@@ -7,13 +7,16 @@ model's canvas), so an adapted expert sees what it will see inside a VLM.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from multimeditron.adaptation.errors import AdaptDataError
-from multimeditron.data.images import list_image_files
+from multimeditron.data.bad_images import BadImagePolicy, ImageScreen, refused_summary
+from multimeditron.data.images import images_fingerprint, list_image_files
+from multimeditron.data.splits import take_rows
 from multimeditron.probing.embed import ImageCanvases
 
 
@@ -64,6 +67,32 @@ def unlabelled_images(path: str | Path, image_column: str | None = None) -> tupl
         if files:
             return [str(p) for p in files], root
     return _table_images(root, image_column)
+
+
+@dataclass
+class UnlabelledImages:
+    images: Sequence[Any]
+    folder: Path
+    refused: list[dict[str, Any]] = field(default_factory=list)  # files left out under on_bad_image: skip
+    notes: list[str] = field(default_factory=list)
+
+    def fingerprint(self) -> str:
+        return images_fingerprint(self.images, folder=self.folder)
+
+
+def load_unlabelled_images(path: str | Path, image_column: str | None = None,
+                           on_bad_image: BadImagePolicy = "error") -> UnlabelledImages:
+    """`unlabelled_images`, every file checked by the one policy of `data.bad_images`."""
+    images, folder = unlabelled_images(path, image_column)
+    screen = ImageScreen(folder, on_bad_image)
+    kept = screen.rows("train", images)
+    refused = screen.finish(str(path))
+    if len(kept) != len(images):
+        if not len(kept):
+            raise AdaptDataError(f"{path}: none of its {len(images)} files can be read as an image")
+        images = (_RowImages(images.dataset, images.column, [images.index[i] for i in kept])
+                  if isinstance(images, _RowImages) else take_rows(images, kept))
+    return UnlabelledImages(images, folder, refused, [refused_summary(refused)] if refused else [])
 
 
 def _table_images(root: Path, image_column: str | None) -> tuple[Sequence[Any], Path]:

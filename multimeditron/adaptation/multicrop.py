@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from multimeditron.adaptation.errors import AdaptDataError
-from multimeditron.adaptation.images import CanvasDataset, unlabelled_images
+from multimeditron.adaptation.images import CanvasDataset, UnlabelledImages, load_unlabelled_images
 from multimeditron.probing.embed import ImageCanvases
 
 REFERENCE_SIZE = 224  # MerMED's global crop; its local crop is 96 and its blur sigma is in pixels at this size
@@ -42,10 +42,26 @@ class Source:
     weight: float = 1.0
 
 
-def resolve_sources(data: Any, expert_mean: Sequence[float], expert_std: Sequence[float]) -> list[Source]:
-    """The recipe's data section (`path`, or `sources`) as resolved sources: a MerMED modality name gives its
-    published mean/std (`experts.families.mermed.mermed_normalization`), explicit `mean`/`std` win, and neither
-    leaves the expert's own. Sources with the same `name` share a modality label."""
+def load_source_images(data: Any) -> list[UnlabelledImages]:
+    """The images of the data section's `path`, or of each of its `sources`, every file checked by the section's
+    one bad-image policy (`data.on_bad_image`)."""
+    if data.path is not None:
+        return [load_unlabelled_images(data.path, data.image_column, data.on_bad_image)]
+    loaded = []
+    for i, entry in enumerate(data.sources):
+        images = load_unlabelled_images(entry.path, entry.image_column, data.on_bad_image)
+        if not len(images.images):
+            raise AdaptDataError(f"data.sources[{i}]: {entry.path} holds no image")
+        loaded.append(images)
+    return loaded
+
+
+def resolve_sources(data: Any, expert_mean: Sequence[float], expert_std: Sequence[float],
+                    loaded: Sequence[UnlabelledImages] | None = None) -> list[Source]:
+    """The recipe's data section (`path`, or `sources`) as resolved sources, their images `loaded` (by
+    `load_source_images` when not given): a MerMED modality name gives its published mean/std
+    (`experts.families.mermed.mermed_normalization`), explicit `mean`/`std` win, and neither leaves the expert's own.
+    Sources with the same `name` share a modality label."""
     from multimeditron.data.intensity import parse_window
     from multimeditron.experts.families.mermed import mermed_normalization
 
@@ -53,14 +69,11 @@ def resolve_sources(data: Any, expert_mean: Sequence[float], expert_std: Sequenc
         values = tuple(float(v) for v in values)
         return values * 3 if len(values) == 1 else values  # type: ignore[return-value]
 
+    loaded = load_source_images(data) if loaded is None else loaded
     if data.path is not None:
-        images, folder = unlabelled_images(data.path, data.image_column)
-        return [Source(str(data.path), images, folder, three(expert_mean), three(expert_std))]
+        return [Source(str(data.path), loaded[0].images, loaded[0].folder, three(expert_mean), three(expert_std))]
     sources = []
-    for i, entry in enumerate(data.sources):
-        images, folder = unlabelled_images(entry.path, entry.image_column)
-        if not len(images):
-            raise AdaptDataError(f"data.sources[{i}]: {entry.path} holds no image")
+    for i, (entry, images) in enumerate(zip(data.sources, loaded)):
         if entry.mean is not None:
             mean, std = entry.mean, entry.std
         elif entry.normalization is not None:
@@ -72,7 +85,8 @@ def resolve_sources(data: Any, expert_mean: Sequence[float], expert_std: Sequenc
             mean, std = expert_mean, expert_std
         window = parse_window(entry.intensity) if entry.intensity else None
         name = entry.name or entry.normalization or str(entry.path)
-        sources.append(Source(name, images, folder, three(mean), three(std), window, float(entry.weight)))
+        sources.append(Source(name, images.images, images.folder, three(mean), three(std), window,
+                              float(entry.weight)))
     return sources
 
 

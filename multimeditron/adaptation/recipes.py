@@ -20,9 +20,12 @@ from multimeditron.config import (
     check_training_args,
     parse_section,
     read_config_mapping,
+    written_keys,
 )
+from multimeditron.data.bad_images import BadImagePolicy
 from multimeditron.probing.metrics import SelectionMetric
 from multimeditron.probing.recipe import LabelledDataSection
+from multimeditron.threads import check_threads
 
 Balance = Literal["none", "weights", "sampler"]
 Pool = Literal["token", "avg", "avg_all"]
@@ -83,6 +86,7 @@ class UnlabelledDataSection:
     path: str | None = None  # any folder of images (searched recursively) or a table (`image` column / MultiMediset rows)
     image_column: str | None = None
     sources: list[UnlabelledSource] = field(default_factory=list)  # several sources instead of `path` (mermed)
+    on_bad_image: BadImagePolicy = "error"  # a file that cannot be read as an image: stop (error) or leave it out (skip)
 
     def __post_init__(self) -> None:
         if (self.path is None) == (not self.sources):
@@ -95,6 +99,15 @@ class SegmentationDataSection:
     image_column: str = "image"
     mask_column: str = "mask"
     split_column: str = "split"
+    on_bad_image: BadImagePolicy = "error"  # an image or mask that cannot be read: stop (error) or leave the pair out
+    ignore_index: int | None = 255  # mask pixels left out of the loss and the metrics (VOC's 255); None: none
+    palette: list[list[int]] | None = None  # RGB colour masks: the colour of class i at position i
+
+    def __post_init__(self) -> None:
+        if self.palette is not None and (len(self.palette) < 2 or any(
+                len(c) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in self.palette)):
+            raise ValueError("palette must list at least two [R, G, B] colours of 0-255, background first, got "
+                             f"{self.palette}")
 
 
 @dataclass
@@ -141,9 +154,12 @@ class FinetuneSection:
     backbone_lr: float | None = None
     select_metric: SelectionMetric = "retfound"  # what the best epoch maximises on val
     paper_metrics: PaperMetricSet | None = None  # also report this paper's metric set (named in the results)
+    bootstrap: int = 1000  # resamples of the test set for the 95% intervals of the test metrics (0: none)
     lora: LoraSection = field(default_factory=LoraSection)
 
     def __post_init__(self) -> None:
+        if self.bootstrap < 0:
+            raise ValueError(f"bootstrap must be >= 0, got {self.bootstrap}")
         if self.backbone_lr is not None and self.backbone_lr < 0:
             raise ValueError(f"backbone_lr must be >= 0, got {self.backbone_lr}")
 
@@ -231,7 +247,7 @@ MERMED_SCHEDULE = {"warmup_epochs": 10.0, "min_lr": 1e-6}
 @dataclass
 class SegmentSection:
     decoder: Decoder = "linear"
-    num_classes: int | None = None  # None: the largest class id in the train masks + 1
+    num_classes: int | None = None  # None: the largest class id in the train masks + 1 (ignore_index left out)
     dice_weight: float = 1.0  # loss = cross-entropy + dice_weight x Dice loss
     # ce+dice: the above; dice: Dice loss only, as monai's DiceLoss(softmax=True, to_onehot_y=True) that
     # DINOv2-on-radiology trains with (background included, per image and class, smoothing 1e-5)
@@ -246,6 +262,8 @@ class _Recipe:
     """What every trained expert command shares; subclasses add `expert`, `data` and their method's section."""
     TRAINING_DEFAULTS: ClassVar[dict[str, Any]] = {}
     SELECTS_BEST: ClassVar[bool] = True
+    # CPU threads of torch and the BLAS/OpenMP pools (None: torch's default)
+    threads: int | None = field(default=None, kw_only=True)
 
     @classmethod
     def engine_training_defaults(cls) -> dict[str, Any]:
@@ -326,7 +344,6 @@ class AdaptRecipe(_Recipe):
         """`mermed` runs with MerMED-FM's engine values wherever the user wrote none (training_args, schedule)."""
         if self.objective != "mermed":
             return
-        from multimeditron.config import written_keys
 
         self.training_args = {**MERMED_TRAINING_DEFAULTS, **self.training_args}
         written = written_keys(self.schedule)
@@ -376,6 +393,10 @@ def load_recipe(cls: type[RecipeT], path: str | None = None, values: list[tuple[
 
 def _check_rules(recipe: _Recipe) -> None:
     epochs = float(recipe.training_arguments()["num_train_epochs"])
+    try:
+        check_threads(recipe.threads)
+    except ValueError as error:
+        raise ConfigError(f"threads: {error}") from None
     if recipe.schedule.warmup_epochs < 0 or (recipe.schedule.min_lr or 0.0) < 0:
         raise ConfigError("schedule: warmup_epochs and min_lr must be >= 0")
     if recipe.schedule.warmup_epochs > epochs > 0:

@@ -31,7 +31,7 @@ import contextlib
 import copy
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from multimeditron.adaptation.engine import epoch_history, sample_seed, train_objective
+from multimeditron.adaptation.images import UnlabelledImages
 from multimeditron.adaptation.memory_bank import (
     MemoryBank,
     partitioned_cross_entropy,
@@ -203,12 +204,14 @@ def mermed_parts(expert: VisionExpert, recipe: AdaptRecipe, processes: int = 1,
     return objective, groups, values
 
 
-def adapt_mermed(expert: VisionExpert, spec: ExpertSpec, recipe: AdaptRecipe, processes: int = 1) -> dict[str, Any]:
+def adapt_mermed(expert: VisionExpert, spec: ExpertSpec, recipe: AdaptRecipe, processes: int = 1,
+                 loaded: Sequence[UnlabelledImages] | None = None) -> dict[str, Any]:
     """Pretrain `expert` with MerMED-FM's objective on the engine; writes `OUT/final/` (an adapted-expert folder of
     `spec`'s expert: the teacher's weights, or the student's), `OUT/checkpoint-*/` (resumable: the teacher and the
     memory bank are buffers and parameters of the objective, saved with it) and `OUT/history.json`."""
     from multimeditron.adaptation.multicrop import (
         MultiCropCanvases,
+        load_source_images,
         local_crop_size,
         resolve_sources,
     )
@@ -218,13 +221,14 @@ def adapt_mermed(expert: VisionExpert, spec: ExpertSpec, recipe: AdaptRecipe, pr
     args = training_arguments(values)
     if processes > 1 and torch.cuda.is_available() and recipe.mermed.use_bn_in_head:
         objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)  # as the code: BN statistics of all ranks
-    sources = resolve_sources(recipe.data, expert.mean, expert.std)
+    loaded = load_source_images(recipe.data) if loaded is None else loaded
+    sources = resolve_sources(recipe.data, expert.mean, expert.std, loaded)
     patch = int(vit_trunk(expert).patch_embed.patch_size[0])
     local = local_crop_size(expert.image_size, patch, recipe.mermed.local_crop_size)
     dataset = MultiCropCanvases(sources, expert.image_size, local, recipe.mermed, args.seed)
     trainer = train_objective(objective, dataset, args, groups, recipe.schedule, resume=args.resume_from_checkpoint,
                               sample_weights=dataset.sample_weights(),
-                              callbacks=[EmaTeacher(objective, float(values["weight_decay"]))])
+                              callbacks=[EmaTeacher(objective, float(values["weight_decay"]))], log_name="adapt")
     history = epoch_history(trainer.state.log_history)
     extra = {k: [e[k] for e in trainer.state.log_history if k in e] for k in ("teacher_entropy", "teacher_temp")}
     for record in history:  # the last value of each logged scalar of the epoch
@@ -237,7 +241,8 @@ def adapt_mermed(expert: VisionExpert, spec: ExpertSpec, recipe: AdaptRecipe, pr
     exported = objective.teacher if recipe.mermed.export == "teacher" else objective.student
     if trainer.is_world_process_zero():
         record = {"objective": recipe.objective, "exported": recipe.mermed.export, "recipe": recipe.to_dict(),
-                  "images": len(dataset), "modalities": dataset.modalities, "history": history}
+                  "images": len(dataset), "modalities": dataset.modalities, "history": history,
+                  "refused": [r for images in loaded for r in images.refused]}
         save_adapted_expert(copy.deepcopy(exported).cpu(), spec, final, record)
         (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
     losses = [h["loss"] for h in history if "loss" in h]
@@ -246,7 +251,8 @@ def adapt_mermed(expert: VisionExpert, spec: ExpertSpec, recipe: AdaptRecipe, pr
             "epochs": len(history), "history": history, "scalars": extra}
 
 
-def mermed_plan(recipe: AdaptRecipe, expert: VisionExpert, processes: int = 1) -> str:
+def mermed_plan(recipe: AdaptRecipe, expert: VisionExpert, processes: int = 1,
+                loaded: Sequence[UnlabelledImages] | None = None) -> str:
     """`adapt --objective mermed --dry-run`: the sources, the method's values and the optimiser groups."""
     from multimeditron.adaptation.multicrop import local_crop_size, resolve_sources
     from multimeditron.adaptation.plan import format_plan
@@ -257,7 +263,7 @@ def mermed_plan(recipe: AdaptRecipe, expert: VisionExpert, processes: int = 1) -
     lines = [(f"data: {s.name}: {len(s.images)} unlabelled images, mean {tuple(round(v, 3) for v in s.mean)}, std "
               f"{tuple(round(v, 3) for v in s.std)}, weight {s.weight:g}"
               + (f", window {s.window.describe()}" if s.window else ""))
-             for s in resolve_sources(recipe.data, expert.mean, expert.std)]
+             for s in resolve_sources(recipe.data, expert.mean, expert.std, loaded)]
     lines += [(f"method: mermed (memory-augmented self-distillation): 2 global crops {expert.image_size} px scale "
               f"{m.global_crops_scale}, {m.local_crops_number} local crops "
               f"{local_crop_size(expert.image_size, patch, m.local_crop_size)} px scale {m.local_crops_scale}; "

@@ -157,9 +157,11 @@ def retfound_green_augment(canvas: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def adapt_token_reconstruction(expert: VisionExpert, spec: ExpertSpec, images: Sequence[Any], folder: Path | None,
-                               recipe: AdaptRecipe, processes: int = 1) -> dict[str, Any]:
+                               recipe: AdaptRecipe, processes: int = 1,
+                               refused: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Train `expert` by token reconstruction on `images` on the engine; writes `OUT/final/` (an adapted-expert
-    folder the registry loads as `spec`'s expert), `OUT/checkpoint-*/` (resumable) and `OUT/history.json`."""
+    folder the registry loads as `spec`'s expert; its record lists the `refused` files too), `OUT/checkpoint-*/`
+    (resumable) and `OUT/history.json`."""
     from timm.optim import param_groups_weight_decay
 
     from multimeditron.training.arguments import training_arguments
@@ -172,12 +174,13 @@ def adapt_token_reconstruction(expert: VisionExpert, spec: ExpertSpec, images: S
     # The reference is frozen, so the groups hold the trained copy, the projector and the mask token only (a zero
     # mask token is a buffer, outside them).
     groups = [{**g, "lr_scale": 1.0} for g in param_groups_weight_decay(objective, args.weight_decay)]
-    trainer = train_objective(objective, dataset, args, groups, recipe.schedule, resume=args.resume_from_checkpoint)
+    trainer = train_objective(objective, dataset, args, groups, recipe.schedule, resume=args.resume_from_checkpoint,
+                              log_name="adapt")
     history = epoch_history(trainer.state.log_history)
     final = out / "final"
     if trainer.is_world_process_zero():
         record = {"objective": recipe.objective, "recipe": recipe.to_dict(), "images": len(dataset),
-                  "history": history}
+                  "refused": list(refused), "history": history}
         save_adapted_expert(objective.student.cpu(), spec, final, record)
         (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
     losses = [h["loss"] for h in history if "loss" in h]

@@ -17,8 +17,11 @@ def vit_trunk(expert: nn.Module) -> nn.Module:
     for _, module in expert.named_modules():
         if hasattr(module, "patch_embed") and isinstance(getattr(module, "blocks", None), nn.Sequential | nn.ModuleList):
             return module
-    raise AdaptationError(f"{type(expert).__name__}: no timm ViT trunk (patch_embed + blocks) inside this expert; "
-                     f"layer-wise decay, drop path, token masking and intermediate layers need one")
+    name = getattr(expert, "expert_id", type(expert).__name__)
+    raise AdaptationError(f"expert {name!r} ({type(expert).__name__}) has no timm ViT trunk (patch_embed + blocks), "
+                          f"which layer-wise lr decay (--layer-decay 1 turns it off), drop path (--drop-path 0), "
+                          f"token reconstruction (adapt) and intermediate layers need; finetune it with those off, "
+                          f"or with --adaptation lp / bitfit")
 
 
 def set_drop_path(trunk: nn.Module, rate: float) -> None:

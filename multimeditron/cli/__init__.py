@@ -83,5 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         # Something the user can fix (a config key, a path, a dataset, a task name): one line, no traceback.
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
+
+
+def one_line(error: BaseException) -> str:
+    """A user error's message; one raised in a DataLoader worker arrives wrapped in the worker's traceback text
+    ("Caught ... in DataLoader worker process 0. Original Traceback ..."), whose last line is the message."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text

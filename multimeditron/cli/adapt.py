@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from multimeditron.cli.recipe_flags import (
     SWITCH,
     Shorthand,
     add_recipe_arguments,
+    bad_image_shorthand,
     expert_shorthands,
     schedule_shorthands,
     training_shorthands,
@@ -22,6 +24,7 @@ SHORTHANDS = [
               "parquet/arrow/save_to_disk table (its `image` column or the MultiMediset `modalities` images)",
               type=str, metavar="PATH"),
     Shorthand("--image-column", "data.image_column", "table: the image column (default: image/modalities)", type=str),
+    bad_image_shorthand(),
     Shorthand("--objective", "objective", "token-reconstruction, or mermed (MerMED-FM's values for the "
               "training_args and schedule keys not given: cookbook/experts/mermed/pretrain.yaml)"),
     Shorthand("--noise", "token_reconstruction.noise", "Gaussian pixel noise std as a fraction of each image's "
@@ -51,28 +54,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from multimeditron.adaptation.experts import load_expert, spec_text
-    from multimeditron.adaptation.images import unlabelled_images
+    from multimeditron.adaptation.experts import expert_spec, load_expert, spec_text
+    from multimeditron.adaptation.images import load_unlabelled_images
     from multimeditron.adaptation.recipes import AdaptRecipe
     from multimeditron.adaptation.token_reconstruction import (
         adapt_plan,
         adapt_token_reconstruction,
     )
     from multimeditron.cli.recipe_flags import load_command_recipe
+    from multimeditron.run_folder import run_folder
+    from multimeditron.threads import use_threads
     from multimeditron.training.arguments import is_main_process, world_size
 
     recipe = load_command_recipe(AdaptRecipe, args, SHORTHANDS)
+    use_threads(recipe.threads)
+    values = recipe.training_arguments(world_size())
+    parsed = expert_spec(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny)  # before any image is read
     if recipe.objective == "mermed":
-        return _run_mermed(recipe, args.dry_run)
-    images, folder = unlabelled_images(recipe.data.path, recipe.data.image_column)
-    expert, spec = load_expert(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny,
-                               seed=int(recipe.training_arguments()["seed"]))
+        return _run_mermed(recipe, parsed, values, args)
+    data = load_unlabelled_images(recipe.data.path, recipe.data.image_column, recipe.data.on_bad_image)
+    expert, spec = load_expert(parsed, seed=int(values["seed"]))
     if args.dry_run:
-        print(adapt_plan(recipe, len(images), expert, world_size()))
+        print(adapt_plan(recipe, len(data.images), expert, world_size()))
         return 0
     say = print if is_main_process() else (lambda *_: None)
-    say(f"[adapt] {len(images)} images from {recipe.data.path}; expert {expert.describe()}")
-    summary = adapt_token_reconstruction(expert, spec, images, folder, recipe, world_size())
+    say(f"[adapt] {len(data.images)} images from {recipe.data.path}; expert {expert.describe()}")
+    for note in data.notes:
+        say(f"[adapt] note: {note}")
+    with run_folder(values["output_dir"], "adapt", {**recipe.to_dict(), "training_args": values},
+                    {"train": data.fingerprint()}, resume=values.get("resume_from_checkpoint"),
+                    overwrite=args.overwrite, main_process=is_main_process(), say=say):
+        summary = adapt_token_reconstruction(expert, spec, data.images, data.folder, recipe, world_size(),
+                                             data.refused)
     say(f"[adapt] loss {summary['first_loss']:.4g} (epoch 1) -> {summary['last_loss']:.4g} "
         f"(epoch {summary['epochs']}); adapted expert in {summary['final']}")
     say("[adapt] use it in a stage config as  model.experts: [" + json.dumps(
@@ -80,19 +93,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_mermed(recipe, dry_run: bool) -> int:
-    from multimeditron.adaptation.experts import load_expert, spec_text
+def _run_mermed(recipe: Any, parsed: Any, values: dict[str, Any], args: argparse.Namespace) -> int:
+    from multimeditron.adaptation.experts import load_expert
+    from multimeditron.adaptation.multicrop import load_source_images
     from multimeditron.adaptation.self_distillation import adapt_mermed, mermed_plan
+    from multimeditron.run_folder import run_folder
     from multimeditron.training.arguments import is_main_process, world_size
 
-    expert, spec = load_expert(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny,
-                               seed=int(recipe.training_arguments()["seed"]))
-    if dry_run:
-        print(mermed_plan(recipe, expert, world_size()))
+    loaded = load_source_images(recipe.data)  # every file checked (data.on_bad_image) before the expert is built
+    expert, spec = load_expert(parsed, seed=int(values["seed"]))
+    if args.dry_run:
+        print(mermed_plan(recipe, expert, world_size(), loaded))
         return 0
     say = print if is_main_process() else (lambda *_: None)
     say(f"[adapt] mermed on {recipe.data.path or len(recipe.data.sources)} source(s); expert {expert.describe()}")
-    summary = adapt_mermed(expert, spec, recipe, world_size())
+    for note in (n for images in loaded for n in images.notes):
+        say(f"[adapt] note: {note}")
+    with run_folder(values["output_dir"], "adapt", {**recipe.to_dict(), "training_args": values},
+                    {f"source {i}": images.fingerprint() for i, images in enumerate(loaded)},
+                    resume=values.get("resume_from_checkpoint"), overwrite=args.overwrite,
+                    main_process=is_main_process(), say=say):
+        summary = adapt_mermed(expert, spec, recipe, world_size(), loaded)
     say(f"[adapt] loss {summary['first_loss']:.4g} (epoch 1) -> {summary['last_loss']:.4g} "
         f"(epoch {summary['epochs']}); adapted expert ({recipe.mermed.export}) in {summary['final']}")
     say("[adapt] use it in a stage config as  model.experts: [" + json.dumps(

@@ -1,12 +1,14 @@
 """`multimeditron check-dataset PATH`: name every bad row of a MultiMediset dataset, then count them by reason.
 
 Needs no model: schema, roles, empty turns, placeholders against images, image presence (and with --decode, every
-image fully decoded). Exit status 0 when every row is good, 1 when any is bad, 2 when the dataset cannot be read.
+image fully decoded). Exit status 0 when every row is good, 1 when any is bad (the check's finding, with a last
+`error:` line), 2 when the dataset cannot be read (a user error, as for every command).
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import sys
 
 from multimeditron.config import DatasetEntry
 from multimeditron.data.conversation import parse_row
@@ -16,7 +18,7 @@ from multimeditron.data.placeholders import (
     KNOWN_PLACEHOLDERS,
     resolve_attachment_token,
 )
-from multimeditron.data.report import BadSample, DataError
+from multimeditron.data.report import BadSample
 from multimeditron.data.sources import load_source
 from multimeditron.model.configuration import DEFAULT_ATTACHMENT_TOKEN
 
@@ -36,11 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        source = load_source(DatasetEntry(args.path, split=args.split), "train")
-    except DataError as error:
-        print(f"error: {error}")
-        return 2
+    source = load_source(DatasetEntry(args.path, split=args.split), "train")  # a DataError: `error:`, exit 2
     token = resolve_attachment_token(args.attachment_token, source.dataset, DEFAULT_ATTACHMENT_TOKEN, source.name)
     print(f"{source.name}: image placeholder {token}"
           + (" (detected from its rows, as training does; --attachment-token to override)"
@@ -60,4 +58,6 @@ def run(args: argparse.Namespace) -> int:
           + ("" if args.decode else " (images located, not decoded; add --decode to decode them)"))
     for reason, count in counts.most_common():
         print(f"  {reason}: {count}")
+    if total:
+        print(f"error: {source.name}: {total} of {len(source.dataset)} rows are bad (listed above)", file=sys.stderr)
     return 1 if total else 0

@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise ConfigError(f"--out {out} exists (add --overwrite to replace it)")
     try:
-        conversion = convert_published(load_published(args.published), gate=args.gate, base_dir=Path.cwd())
+        conversion = convert_published(load_published(args.published), gate=args.gate, base_dir=Path.cwd(),
+                                       yaml_dir=Path(args.published).parent)
     except ConfigError as error:
         raise ConfigError(f"{args.published}: {error}") from error
     out.parent.mkdir(parents=True, exist_ok=True)

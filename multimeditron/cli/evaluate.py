@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from multimeditron.errors import UsageError
 
@@ -36,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="score only the first N rows")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's own")
-    parser.add_argument("--out", default=None, metavar="FILE", help="write the results (with every reply) as JSON")
+    parser.add_argument("--out", default=None, metavar="FILE",
+                        help="write the results (with every reply) as JSON to FILE, or to FOLDER/results.json when "
+                             "it names a folder (an existing one, or a path ending in /)")
     parser.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--list-tasks", action="store_true", help="list the tasks and exit")
@@ -67,13 +70,18 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--data names one task's data; give one --task with it")
     from multimeditron.evaluation.benchmarks import get_benchmark
     from multimeditron.evaluation.published_tasks import published_table, with_scoring
+    from multimeditron.inference import check_model_path
 
-    try:  # refuse a wrong option or task name before loading the model
-        for task in tasks:
-            with_scoring(get_benchmark(task, args.split, args.question_type_column, args.attachment_token,
-                                       args.modality_column), args.scoring)
+    try:  # refuse a wrong option or task name, a missing model, data or column before loading the model
+        benches = [with_scoring(get_benchmark(task, args.split, args.question_type_column, args.attachment_token,
+                                              args.modality_column), args.scoring) for task in tasks]
     except (KeyError, ValueError) as error:
         raise UsageError(str(error.args[0])) from error
+    check_model_path(args.model)
+    for bench in benches:
+        bench.check_source(args.data)
+        if args.question_type_column and (args.data or os.environ.get(bench.env_var)):
+            bench.check_rows(bench.load(args.data))  # a local copy is memory-mapped: cheap to look at
     from multimeditron.inference import load_pretrained
 
     model, processor = load_pretrained(args.model, dtype=args.dtype, device=args.device)
@@ -84,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                              image_base_dir=args.image_base_dir, modality_column=args.modality_column)
                for task in tasks]
     if args.out:
-        save_results(results, args.out, model=args.model)
+        print(f"results in {save_results(results, args.out, model=args.model)}")
     print(markdown_table(results) if args.scoring == "ours" else published_table(results))
     ablated = [result for result in results if result.get("ablation")]
     if ablated and args.scoring != "ours":  # markdown_table already ends with it

@@ -8,7 +8,10 @@ from multimeditron.cli.recipe_flags import (
     SWITCH,
     Shorthand,
     add_recipe_arguments,
+    bad_image_shorthand,
     comma_ints,
+    overlap_shorthand,
+    threads_shorthand,
 )
 from multimeditron.dtypes import DTYPES
 from multimeditron.probing.recipe import protocol_list
@@ -25,7 +28,8 @@ SHORTHANDS = [
               type=protocol_list, metavar="NAMES"),
     Shorthand("--out", "out", "write results.json/.csv/.md and plots/ here (default: print only)", type=str,
               metavar="DIR"),
-    Shorthand("--image-column", "data.image_column", "table: the image column (default: `image`)", type=str),
+    Shorthand("--image-column", "data.image_column", "table: the image column (`image`, else its one image-typed "
+              "column)", type=str),
     Shorthand("--label-column", "data.label_columns", "table: the label column (default: `label`); several = "
               "multi-label, each 0/1", type=str, append=True, metavar="NAME"),
     Shorthand("--split-column", "data.split_column", "table: the column with train/val/test"),
@@ -34,7 +38,9 @@ SHORTHANDS = [
     Shorthand("--intensity", "data.intensity", "ct ([-1024, 600] HU), mri (5th-95th percentile), range:LOW,HIGH or "
               "percentile:LOW,HIGH", type=str, metavar="WINDOW"),
     Shorthand("--ordinal", "data.ordinal", "classes are ordered grades: quadratic-weighted kappa", type=SWITCH),
-    Shorthand("--batch-size", "embedding.batch_size"),
+    bad_image_shorthand(),
+    overlap_shorthand(),
+    Shorthand("--batch-size", "embedding.batch_size", "images per embedding batch"),
     Shorthand("--workers", "embedding.workers", "image-decoding worker processes"),
     Shorthand("--device", "embedding.device", "default: cuda when available, else cpu", type=str),
     Shorthand("--dtype", "embedding.dtype", "one of " + ", ".join(DTYPES), type=str),
@@ -45,11 +51,13 @@ SHORTHANDS = [
     Shorthand("--shots", "probe.shots", "few-shot N per class (probe.fewshot_sampling systematic: N in total), "
               "comma-separated", type=comma_ints),
     Shorthand("--draws", "probe.draws", "few-shot random draws per N"),
-    Shorthand("--linear-epochs", "probe.linear_epochs"),
+    Shorthand("--linear-epochs", "probe.linear_epochs", "epochs of the linear heads"),
     Shorthand("--select-metric", "probe.select_metric", "what hyperparameters maximise on val (retfound: mean of "
               "macro F1, AUROC and kappa)"),
     Shorthand("--bootstrap", "probe.bootstrap", "bootstrap resamples (0: no intervals)"),
-    Shorthand("--seed", "probe.seed"),
+    Shorthand("--seed", "probe.seed", "seeds val carving, the linear heads, few-shot draws, bootstrap and any "
+              "random-weight expert"),
+    threads_shorthand(),
 ]
 
 
@@ -73,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+    import dataclasses
 
     from multimeditron.adaptation.experts import spec_text
     from multimeditron.cli.recipe_flags import load_command_recipe
@@ -81,17 +91,34 @@ def run(args: argparse.Namespace) -> int:
     from multimeditron.errors import UsageError
     from multimeditron.inference import resolve_device
     from multimeditron.probing.recipe import ProbeRecipe
-    from multimeditron.probing.report import comparison_table, markdown_table
+    from multimeditron.probing.report import (
+        comparison_table,
+        markdown_table,
+        per_label_table,
+    )
     from multimeditron.probing.run import ProbeSettings, probe
-    from multimeditron.probing.specs import build_probe_expert, parse_spec
+    from multimeditron.probing.specs import (
+        build_probe_expert,
+        check_spec,
+        parse_spec,
+        unique_names,
+    )
+    from multimeditron.run_folder import run_folder
+    from multimeditron.threads import use_threads
 
     recipe = load_command_recipe(ProbeRecipe, args, SHORTHANDS, expert_required=False)
+    use_threads(recipe.threads)
     if not recipe.experts:
         raise UsageError("--expert SPEC is required (or experts: [...] in the --config file)")
-    parsed_specs = [parse_spec(spec_text(spec), tiny=recipe.tiny) for spec in recipe.experts]
+    texts = [spec_text(spec) for spec in recipe.experts]
+    parsed_specs = unique_names([parse_spec(text, tiny=recipe.tiny) for text in texts], texts)
+    for parsed in parsed_specs:  # a missing checkpoint or an unknown option, before any image is read
+        check_spec(parsed)
     section, method, embedding = recipe.data, recipe.probe, recipe.embedding
     data = load_labelled_images(section.path, image_column=section.image_column, label_columns=section.label_columns,
-                           split_column=section.split_column, val_fraction=section.val_fraction, seed=method.seed)
+                                split_column=section.split_column, val_fraction=section.val_fraction,
+                                seed=method.seed, on_bad_image=section.on_bad_image,
+                                allow_overlap=section.allow_overlap)
     cache_dir = recipe.cache_folder()
     settings = ProbeSettings(
         protocols=tuple(method.protocols), batch_size=embedding.batch_size, num_workers=embedding.workers,
@@ -118,19 +145,21 @@ def run(args: argparse.Namespace) -> int:
               f"{recipe.out + '/ results.{json,csv,md}, plots/' if recipe.out else 'nothing (print only)'}")
         print(f"[probe] dry run: {protocol_plan(method)}")
         return 0
-    result = probe(experts, data, settings, out_dir=recipe.out)
+    folder = run_folder(recipe.out, "probe", dataclasses.asdict(recipe),
+                        {split: data.fingerprint(split) for split in data.splits}, overwrite=args.overwrite,
+                        keep=("cache",)) if recipe.out else contextlib.nullcontext()
+    with folder:
+        result = probe(experts, data, settings, out_dir=recipe.out)
     hits = settings.stats.get("cache_hits", [])
     print(f"[probe] embeddings: {len(settings.stats.get('computed', []))} splits computed, {len(hits)} from the "
           f"cache" + (f" ({cache_dir})" if cache_dir else ""))
     for run_ in result["runs"]:
         for note in run_["notes"]:
             print(f"[probe] {run_['expert']} / {run_['protocol']}: {note}")
-    print()
-    print(markdown_table(result))
-    comparisons = comparison_table(result)
-    if comparisons:
-        print()
-        print(comparisons)
+    for table in (markdown_table(result), per_label_table(result), comparison_table(result)):
+        if table:
+            print()
+            print(table)
     if recipe.out:
         print(f"\n[probe] results in {recipe.out} (results.json, results.csv, results.md, plots/)")
     return 0

@@ -111,6 +111,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, schema: type, shorthan
                         help="override any key, e.g. --set training_args.num_train_epochs=5 (repeatable)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the recipe, print the plan (data, expert, parameters, batch, outputs), stop")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="an --out holding an earlier run: remove that run's files first (default: refuse to "
+                             "mix two runs in one folder)")
     sections: dict[str, argparse._ArgumentGroup] = {}
     for item in shorthands:
         section = item.key.split(".")[0]
@@ -120,8 +123,8 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, schema: type, shorthan
         text = f"{item.help} [{item.key}]" if item.help else f"[{item.key}]"
         kwargs: dict[str, Any] = {"dest": item.dest, "default": argparse.SUPPRESS}
         if item.type is SWITCH:
-            group.add_argument(item.flag, action="store_const", const=item.value,
-                               help=text + ("" if item.value is not True else _shown(default)), **kwargs)
+            group.add_argument(item.flag, action="store_const", const=item.value, help=text + _shown(default),
+                               **kwargs)
             continue
         choices = _choices(hint)
         converter = item.type or _converter(hint)
@@ -148,23 +151,46 @@ def key_hint(message: str, shorthands: Sequence[Shorthand]) -> str:
 def training_shorthands() -> list[Shorthand]:
     """The flags of `training_args` that every trained expert command takes (the rest through --set)."""
     return [
-        Shorthand("--out", "training_args.output_dir", "run folder: checkpoints, results, the adapted expert",
-                  type=str, metavar="DIR"),
-        Shorthand("--epochs", "training_args.num_train_epochs", type=float),
+        Shorthand("--out", "training_args.output_dir", "run folder: checkpoints, results and what the run trains "
+                  "(a fresh folder, or --overwrite / --resume)", type=str, metavar="DIR"),
+        Shorthand("--epochs", "training_args.num_train_epochs", "training epochs (fractions allowed)", type=float),
         Shorthand("--batch-size", "training_args.per_device_train_batch_size", "per process", type=int),
         Shorthand("--lr", "training_args.learning_rate", "peak learning rate, after warm-up", type=float),
-        Shorthand("--weight-decay", "training_args.weight_decay", type=float),
+        Shorthand("--weight-decay", "training_args.weight_decay", "AdamW weight decay (not on biases and norms)",
+                  type=float),
         Shorthand("--grad-clip", "training_args.max_grad_norm", "clip the gradient norm (0: off)", type=float),
-        Shorthand("--seed", "training_args.seed", type=int),
+        Shorthand("--seed", "training_args.seed", "seeds the head or decoder, the data order, augmentation, a carved "
+                  "val split and any random-weight expert", type=int),
         Shorthand("--workers", "training_args.dataloader_num_workers", "image-decoding worker processes", type=int),
         Shorthand("--device", "training_args.use_cpu", "cpu, or cuda (the default when there is a GPU)",
                   type=lambda text: text.strip().lower() == "cpu", metavar="DEVICE"),
         Shorthand("--bf16", "training_args.bf16", "bf16 mixed precision (default: on a GPU that has it)",
                   type=SWITCH, value=True),
         Shorthand("--no-bf16", "training_args.bf16", "full fp32", type=SWITCH, value=False),
-        Shorthand("--resume", "training_args.resume_from_checkpoint", "continue from OUT's last checkpoint-*",
-                  type=SWITCH, value=True),
+        Shorthand("--resume", "training_args.resume_from_checkpoint", "continue a stopped run from OUT's last "
+                  "checkpoint-* (with the recipe and data it started with; default: off)", type=SWITCH, value=True),
+        threads_shorthand(),
     ]
+
+
+THREADS_HELP = ("CPU threads of torch and of the BLAS/OpenMP pools (none: each library's default, one per core; on "
+                "cores shared with other jobs, fewer threads avoid spin-wait stalls)")
+
+
+def threads_shorthand(key: str = "threads") -> Shorthand:
+    """`--threads`, the same flag on every expert command that computes."""
+    return Shorthand("--threads", key, THREADS_HELP, type=int, metavar="N")
+
+
+def bad_image_shorthand() -> Shorthand:
+    """`--skip-bad-images`: the data sections' one policy for unreadable files (`data.bad_images`)."""
+    return Shorthand("--skip-bad-images", "data.on_bad_image", "leave out files that cannot be read as images (listed "
+                     "in the results) instead of stopping", type=SWITCH, value="skip")
+
+
+def overlap_shorthand() -> Shorthand:
+    return Shorthand("--allow-overlap", "data.allow_overlap", "accept a patient or study with images in two splits",
+                     type=SWITCH)
 
 
 def schedule_shorthands() -> list[Shorthand]:

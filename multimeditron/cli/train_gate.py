@@ -11,6 +11,8 @@ from multimeditron.cli.recipe_flags import (
     SWITCH,
     Shorthand,
     add_recipe_arguments,
+    bad_image_shorthand,
+    overlap_shorthand,
     schedule_shorthands,
     training_shorthands,
 )
@@ -27,14 +29,17 @@ def _class_experts(text: str) -> dict[str, str]:
 SHORTHANDS = [
     Shorthand("--data", "data.path", "an image folder ROOT/{train,val,test}/<modality>/, or a table (MultiMediset "
               "rows included: --image-column modalities) with a modality column", type=str, metavar="PATH"),
-    Shorthand("--image-column", "data.image_column", type=str),
+    Shorthand("--image-column", "data.image_column", "table: the image column (default: image, else the first of "
+              "modalities)", type=str),
     Shorthand("--label-column", "data.label_columns", "table: the modality column (default: `label`)", type=str,
               append=True, metavar="NAME"),
-    Shorthand("--split-column", "data.split_column"),
+    Shorthand("--split-column", "data.split_column", "table: the column naming each row's split"),
+    bad_image_shorthand(),
+    overlap_shorthand(),
     Shorthand("--val-fraction", "data.val_fraction", "share of train carved into val when absent"),
     Shorthand("--arch", "gate.arch", "a timm model name (published: resnet18, resnet34, resnet50)"),
     Shorthand("--checkpoint", "gate.checkpoint", "start from timm weights or an earlier gate folder", type=str),
-    Shorthand("--image-size", "gate.image_size"),
+    Shorthand("--image-size", "gate.image_size", "the gate's input side in pixels"),
     Shorthand("--freeze-backbone", "gate.freeze_backbone", "train the classifier layer only", type=SWITCH),
     Shorthand("--max-per-class", "gate.max_samples_per_class", "the first N train images of each class"),
     Shorthand("--augment", "gate.augment", "random resized crop + flip", type=SWITCH),
@@ -58,9 +63,12 @@ def run(args: argparse.Namespace) -> int:
 
     from multimeditron.adaptation.gate import GATE_FOLDER, GateRecipe, gate_plan, load_gate_data, train_gate
     from multimeditron.cli.recipe_flags import load_command_recipe
+    from multimeditron.run_folder import run_folder
+    from multimeditron.threads import use_threads
     from multimeditron.training.arguments import is_main_process, world_size
 
     recipe = load_command_recipe(GateRecipe, args, SHORTHANDS, expert_required=False)
+    use_threads(recipe.threads)
     data = load_gate_data(recipe)
     if args.dry_run:
         print(gate_plan(recipe, data, world_size()))
@@ -68,8 +76,15 @@ def run(args: argparse.Namespace) -> int:
     say = print if is_main_process() else (lambda *_: None)
     sizes = ", ".join(f"{s} {len(p)}" for s, p in data.splits.items())
     say(f"[train-gate] data {data.name}: classes {data.classes}; images: {sizes}")
-    record = train_gate(data, recipe, processes=world_size())
-    folder = Path(recipe.training_arguments()["output_dir"]) / GATE_FOLDER
+    for note in data.notes:
+        say(f"[train-gate] note: {note}")
+    values = recipe.training_arguments(world_size())
+    with run_folder(values["output_dir"], "train-gate", {**recipe.to_dict(), "training_args": values},
+                    {split: data.fingerprint(split) for split in data.splits},
+                    resume=values.get("resume_from_checkpoint"), overwrite=args.overwrite,
+                    main_process=is_main_process(), say=say):
+        record = train_gate(data, recipe, processes=world_size())
+    folder = Path(values["output_dir"]) / GATE_FOLDER
     scores = ", ".join(f"{s} accuracy {record[s]['accuracy']:.3f}" for s in ("val", "test") if s in record)
     say(f"[train-gate] best epoch {record['epoch']} of {len(record['history'])}; {scores}")
     classifier = {"checkpoint": str(folder)}

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from multimeditron.data.placeholders import resolve_attachment_token
 from multimeditron.data.refused_share import check_refused_share
 from multimeditron.data.report import THIN_IMAGE, TRUNCATED, BadSample, BadSampleReport, DataError
 from multimeditron.data.sources import DatasetEntry, cap_rows, load_source, mixture
+from multimeditron.model.image_processing import ThinImageWarning
 from multimeditron.model.processing import MultiMeditronProcessor
 
 logger = logging.getLogger(__name__)
@@ -150,7 +152,9 @@ class SampleLoader:
                 modalities = self.images[source][record["pos"]]["modalities"]
                 for modality in modalities:
                     image = self.resolvers[source].load(modality["value"])
-                    canvases.append(self.processor.image_to_canvas(image))
+                    with warnings.catch_warnings():  # counted once for the run by the pre-pass (THIN_IMAGE)
+                        warnings.simplefilter("ignore", ThinImageWarning)
+                        canvases.append(self.processor.image_to_canvas(image))
         except BadSample as bad:
             if self.on_bad_sample == "error":
                 raise DataError.for_row(self.names[source], record["row"], bad.reason, bad.detail) from bad

@@ -106,6 +106,36 @@ class ImageResolver:
         raise BadSample(MISSING_IMAGE, "the image holds neither bytes nor a path")
 
 
+def image_identity(value: Any, folder: str | os.PathLike | None = None) -> bytes:
+    """What identifies a stored image without decoding it: a digest of its bytes, or its resolved path with the
+    file's size and modification time (relative paths against `folder`)."""
+    import hashlib
+
+    if isinstance(value, dict) and isinstance(value.get("value"), dict):
+        value = value["value"]  # the whole modality {type, value}, as `ImageResolver.locate` reads it
+    if isinstance(value, dict) and value.get("bytes"):
+        return hashlib.blake2b(bytes(value["bytes"]), digest_size=16).digest()
+    if isinstance(value, (bytes, bytearray)):
+        return hashlib.blake2b(bytes(value), digest_size=16).digest()
+    path = value.get("path") if isinstance(value, dict) else value
+    if not isinstance(path, (str, os.PathLike)):
+        raise BadSample(MISSING_IMAGE, f"unreadable image value of type {type(value).__name__}")
+    full = Path(path) if Path(path).is_absolute() or folder is None else Path(folder) / path
+    stat = full.stat() if full.is_file() else None
+    return f"{full.resolve()}|{stat.st_size if stat else -1}|{stat.st_mtime_ns if stat else -1}\n".encode()
+
+
+def images_fingerprint(*columns: Any, folder: str | os.PathLike | None = None) -> str:
+    """A digest of a list of stored images (several lists: of their rows in turn), by `image_identity`."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for row in zip(*columns):
+        for value in row:
+            digest.update(image_identity(value, folder))
+    return digest.hexdigest()
+
+
 def is_dicom(source: bytes | Path) -> bool:
     """A DICOM file: by its suffix, else by the `DICM` marker after the 128-byte preamble."""
     if isinstance(source, Path):

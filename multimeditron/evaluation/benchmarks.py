@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from datasets import Dataset
 
+from multimeditron.errors import UsageError
 from multimeditron.evaluation.data import decode_image, load_table, slake_image
 from multimeditron.evaluation.scoring import (
     choice_correct,
@@ -49,13 +50,20 @@ class Benchmark:
         """Environment variable naming a local copy (parquet file or folder, Arrow `save_to_disk` folder)."""
         return f"MMD_{self.name.upper().removeprefix('MMD_')}_DATA"
 
+    def check_source(self, data: str | os.PathLike | None = None) -> None:
+        """Refuses a task whose rows have nowhere to come from (no `data`, no $<env_var>, no hub copy)."""
+        if not (data or os.environ.get(self.env_var)) and self.hub_path is None:
+            raise UsageError(f"--task {self.name} has no hub copy: pass --data PATH or set {self.env_var}")
+
+    def check_rows(self, rows: Dataset) -> None:
+        """Refuses rows this task (as configured for the run) cannot score; the message names the option."""
+
     def load(self, data: str | os.PathLike | None = None) -> Dataset:
         """The evaluation rows: from `data`, else from $<env_var>, else from the hub."""
+        self.check_source(data)
         source = data or os.environ.get(self.env_var)
         if source:
             return self.prepare(load_table(source, self.split))
-        if self.hub_path is None:
-            raise ValueError(f"{self.name} has no hub copy: pass --data PATH or set {self.env_var}")
         try:
             table = load_table(self.hub_path, self.split)
         except Exception as error:  # offline, gated, renamed: say how to use a local copy instead
@@ -201,10 +209,15 @@ class MultiMedisetBenchmark(ConversationBenchmark, VQABenchmark):
 
     question_type_column: str | None = None
 
+    def check_rows(self, rows: Dataset) -> None:
+        if self.question_type_column and self.question_type_column not in rows.column_names:
+            raise UsageError(f"--question-type-column {self.question_type_column}: {self.name} has no such column; "
+                             f"its columns: {sorted(rows.column_names)}")
+
     def score(self, doc: dict[str, Any], reply: str) -> dict[str, Any]:
         record = super().score({"answer": self.reference(doc)}, reply)
         if self.question_type_column:
-            if self.question_type_column not in doc:
+            if self.question_type_column not in doc:  # `check_rows` refuses this before any answer is generated
                 raise KeyError(f"{self.name}: no column {self.question_type_column!r} (--question-type-column); "
                                f"columns: {sorted(doc)}")
             record["question_type"] = str(doc[self.question_type_column])

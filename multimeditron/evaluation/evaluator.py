@@ -118,6 +118,7 @@ def evaluate_task(model: MultiMeditronForCausalLM, processor: MultiMeditronProce
     bench = with_scoring(get_benchmark(task, split, question_type_column, attachment_token, modality_column),
                          scoring)
     rows = bench.load(data)
+    bench.check_rows(rows)  # a misspelt column is named before any answer is generated
     if attachment_token is None and isinstance(bench, ConversationBenchmark):
         # The data's placeholder as training reads it (`data.attachment_token: auto`): the one its rows use, else
         # the model's own (not the toolkit's default, which a model trained on other data may not use).
@@ -153,10 +154,20 @@ def evaluate_synthetic(model: MultiMeditronForCausalLM, processor: MultiMeditron
     return metrics
 
 
-def save_results(results: list[dict[str, Any]], path: str | os.PathLike, model: str | None = None) -> None:
-    path = Path(path)
+def results_path(path: str | os.PathLike) -> Path:
+    """Where `--out` writes: the file it names, or `results.json` inside it when it names a folder (one that exists,
+    or a path ending in a separator)."""
+    text = os.fspath(path)
+    folder = Path(text).is_dir() or text.endswith((os.sep, "/"))
+    return Path(text) / "results.json" if folder else Path(text)
+
+
+def save_results(results: list[dict[str, Any]], path: str | os.PathLike, model: str | None = None) -> Path:
+    """The results (every reply included) as JSON at `results_path(path)`; returns that file."""
+    path = results_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"model": model, "results": results}, indent=2, default=str) + "\n")
+    return path
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:

@@ -23,6 +23,9 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 OUTPUTS = ("patch", "cls", "all")
+# How every family can make its one global (`cls`) vector from a token sequence [prefix tokens..., patch tokens...]:
+# the class token, the mean of the patch tokens, or the mean of all tokens (option `cls_pool`, `finetune --pool`).
+GLOBAL_POOLS = ("token", "avg", "avg_all")
 
 
 @dataclass
@@ -190,6 +193,24 @@ class VisionExpert(nn.Module):
     def describe(self) -> str:
         return (f"{self.expert_id}: {self.num_tokens} tokens x {self.feature_dim} d, input {self.image_size} px, "
                 f"output={self.output}")
+
+
+def pool_global(tokens: torch.Tensor, num_prefix: int, how: str) -> torch.Tensor:
+    """A token sequence (B, T, D) -> one vector per image (B, D), pooled as `how` (one of `GLOBAL_POOLS`) says."""
+    if how == "avg":
+        return tokens[:, num_prefix:].mean(dim=1)
+    if how == "avg_all":
+        return tokens.mean(dim=1)
+    if how == "token":
+        return tokens[:, 0]
+    raise ValueError(f"cls_pool {how!r} is not one of {list(GLOBAL_POOLS)}")
+
+
+def check_pool(expert_id: str, how: Any, allowed: tuple[str, ...] = GLOBAL_POOLS) -> str:
+    """`how` when it is one of `allowed`, else an error naming the expert and the choices."""
+    if how not in allowed:
+        raise ValueError(f"{expert_id}: cls_pool {how!r} is not one of {list(allowed)}")
+    return how
 
 
 def select_tokens(tokens: torch.Tensor, num_prefix: int, output: str, pooled: torch.Tensor | None = None) -> torch.Tensor:

@@ -91,6 +91,12 @@ def _find_in_folder(folder: Path, candidates: Sequence[str]) -> list[Path]:
     )
 
 
+def check_checkpoint_source(source: str) -> None:
+    """The one rule for a checkpoint a user names: an existing file or folder, or a hub id (not downloaded here)."""
+    if not Path(source).expanduser().exists() and not looks_like_hub_id(source, with_file=True):
+        raise CheckpointNotFoundError(f"checkpoint {source!r} is neither an existing file or folder nor a hub id")
+
+
 def resolve_checkpoint(source: str, candidates: Sequence[str] = DEFAULT_WEIGHT_FILES) -> list[Path]:
     """A local file, a local folder or a hub id -> the local weight file(s) (several for sharded checkpoints)."""
     path = Path(source).expanduser()
@@ -98,8 +104,7 @@ def resolve_checkpoint(source: str, candidates: Sequence[str] = DEFAULT_WEIGHT_F
         return [path]
     if path.is_dir():
         return _find_in_folder(path, candidates)
-    if not looks_like_hub_id(source, with_file=True):
-        raise CheckpointNotFoundError(f"checkpoint {source!r} is neither an existing file or folder nor a hub id")
+    check_checkpoint_source(source)
     repo_id, filename = parse_hub_id(source)
     names = [filename] if filename else list(SHARD_INDEX_FILES) + list(candidates)
     for name in names:

@@ -8,9 +8,12 @@ from typing import Any
 import torch
 
 from multimeditron.experts.base import (
+    GLOBAL_POOLS,
     ExpertSpec,
     LoadReport,
     VisionExpert,
+    check_pool,
+    pool_global,
     select_tokens,
 )
 from multimeditron.experts.checkpoints import (
@@ -26,8 +29,8 @@ from multimeditron.experts.checkpoints import (
 
 TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2)
 
-# How the single `cls` vector is made from the final tokens.
-CLS_POOLS = ("token", "avg", "avg_all", "head")
+# How the single `cls` vector is made from the final tokens: every family's pools, plus timm's own head.
+CLS_POOLS = (*GLOBAL_POOLS, "head")
 # How a freshly built (not loaded) position embedding starts: timm's own random init, or a 2D sin-cos table.
 POS_EMBED_INITS = ("learn", "sincos")
 
@@ -68,8 +71,7 @@ class TimmViTExpert(VisionExpert):
         super().__init__()
         import timm
 
-        if cls_pool not in CLS_POOLS:
-            raise ValueError(f"{expert_id}: cls_pool {cls_pool!r} is not one of {list(CLS_POOLS)}")
+        check_pool(expert_id, cls_pool, CLS_POOLS)
         if pos_embed_init not in POS_EMBED_INITS:
             raise ValueError(f"{expert_id}: pos_embed_init {pos_embed_init!r} is not one of {list(POS_EMBED_INITS)}")
         self.expert_id, self.output, self.model_name, self.cls_pool = expert_id, output, model_name, cls_pool
@@ -111,13 +113,9 @@ class TimmViTExpert(VisionExpert):
         return select_tokens(tokens, self.num_prefix_tokens, self.output, pooled)
 
     def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.cls_pool == "avg":
-            return tokens[:, self.num_prefix_tokens:].mean(dim=1)
-        if self.cls_pool == "avg_all":
-            return tokens.mean(dim=1)
         if self.cls_pool == "head":
             return self.vit.forward_head(tokens, pre_logits=True)
-        return tokens[:, 0]
+        return pool_global(tokens, self.num_prefix_tokens, self.cls_pool)
 
     def encode_layers(self, pixel_values: torch.Tensor, n: int) -> list[torch.Tensor]:
         return timm_layers(self.vit, pixel_values, n)

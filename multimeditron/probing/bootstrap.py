@@ -91,6 +91,23 @@ def paired_bootstrap(y_true: np.ndarray, scores_a: np.ndarray, scores_b: np.ndar
     return out
 
 
+def per_label_metrics(y_true: np.ndarray, scores: np.ndarray, names: list[str], *, n_resamples: int = 1000,
+                      seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Multi-label test metrics label by label (what the means over labels hide: one label at chance): each label
+    scored as a binary task (its positives against the rest, the sigmoid score), with bootstrap intervals when
+    `n_resamples`, plus its number of positive and of all rows."""
+    y_true, scores = np.asarray(y_true), np.asarray(scores, dtype=np.float64)
+    out: dict[str, dict[str, Any]] = {}
+    for c, name in enumerate(names):
+        y, binary = y_true[:, c], np.stack([1 - scores[:, c], scores[:, c]], axis=1)
+        if n_resamples:
+            metrics: dict[str, Any] = bootstrap_metrics(y, binary, n_resamples=n_resamples, seed=seed)
+        else:
+            metrics = {m: {"value": v} for m, v in classification_metrics(y, binary).items()}
+        out[name] = {**metrics, "positives": int(y.sum()), "n": int(len(y))}
+    return out
+
+
 def median_bootstrap_auroc(y_true: np.ndarray, scores: np.ndarray, *, n_resamples: int = 100, seed: int = 42,
                            ) -> dict[str, Any]:
     """RETFound-Green's AUROC (its `Eval_*.ipynb::get_bootstrap_aucs`): `n_resamples` resamples of all rows with

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from multimeditron.data.bad_images import undecodable
 from multimeditron.data.images import ImageResolver
 from multimeditron.data.intensity import IntensityWindow, load_windowed
 from multimeditron.data.report import BadSample
@@ -65,10 +66,8 @@ class ImageCanvases(torch.utils.data.Dataset):
         try:
             image = (self.resolver.load(value) if self.window is None
                      else load_windowed(self.resolver, value, self.window))
-        except BadSample as error:
-            where = value.get("path") if isinstance(value, dict) else value
-            where = where if isinstance(where, (str, Path)) else f"image {index}"
-            raise BadSample(error.reason, f"{where}: {error}") from error
+        except BadSample as error:  # the load-time check (`data.bad_images`) passed it: one error line naming it
+            raise undecodable(value, index, error) from error
         return self.processor.to_canvas(image)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from multimeditron.data.bad_images import BadImagePolicy
 from multimeditron.probing.metrics import SelectionMetric
 from multimeditron.probing.protocols.fewshot import SHOTS
 from multimeditron.probing.protocols.knn import KS
@@ -26,6 +27,8 @@ class LabelledDataSection:
     label_columns: list[str] = field(default_factory=list)  # several: multi-label, each 0/1
     split_column: str = "split"
     val_fraction: float = 0.2  # of train, carved into val when there is none
+    on_bad_image: BadImagePolicy = "error"  # a file that cannot be read as an image: stop (error) or leave it out (skip)
+    allow_overlap: bool = False  # accept a patient/study with images in two splits (otherwise refused)
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
@@ -122,6 +125,15 @@ class ProbeRecipe:
     probe: ProtocolSection = field(default_factory=ProtocolSection)
     embedding: EmbeddingSection = field(default_factory=EmbeddingSection)
     out: str | None = None  # results.json/.csv/.md and plots/ (None: print only)
+    threads: int | None = None  # CPU threads of torch and the BLAS/OpenMP pools (None: torch's default)
+
+    def __post_init__(self) -> None:
+        from multimeditron.threads import check_threads
+
+        try:
+            check_threads(self.threads)
+        except ValueError as error:
+            raise ValueError(f"threads {error}") from None
 
     def cache_folder(self) -> Path | None:
         if not self.embedding.cache:

@@ -1,5 +1,6 @@
-"""Writing a probe result dict: JSON (everything), CSV (one row per expert x protocol x split x metric) and the
-markdown comparison table (one row per expert x protocol). Plain functions of the dict, for any caller."""
+"""Writing a probe result dict: JSON (everything), CSV (one row per expert x protocol x split x metric, and per label
+for multi-label runs) and the markdown tables (one row per expert x protocol; per label; the paired comparisons;
+the files left out). Plain functions of the dict, for any caller (`probe`, `finetune`)."""
 from __future__ import annotations
 
 import csv
@@ -48,6 +49,36 @@ def markdown_table(result: dict[str, Any], metrics: tuple[str, ...] = TABLE_METR
     return "\n".join(lines)
 
 
+PER_LABEL_METRICS = ("auroc", "aupr", "balanced_accuracy", "f1_macro")
+
+
+def per_label_table(result: dict[str, Any], metrics: tuple[str, ...] = PER_LABEL_METRICS) -> str:
+    """Multi-label runs: one row per expert x protocol x label with its test metrics (and intervals)."""
+    rows = [run for run in result["runs"] if run.get("per_label")]
+    if not rows:
+        return ""
+    lines = ["| expert | protocol | label | positives / n | " + " | ".join(HEADERS[m] for m in metrics) + " |",
+             "|" + "---|" * (4 + len(metrics))]
+    for run in rows:
+        for label, entry in run["per_label"].items():
+            cells = [format_metric(entry[m]) for m in metrics]
+            lines.append(f"| {run['expert']} | {run['protocol']} | {label} | {entry['positives']} / {entry['n']} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def refused_table(result: dict[str, Any]) -> str:
+    """The files left out under `data.on_bad_image: skip`, one row each."""
+    refused = result.get("refused") or []
+    if not refused:
+        return ""
+    lines = [f"Left out {len(refused)} unreadable file(s) (data.on_bad_image: skip):", "",
+             "| split | file | reason |", "|---|---|---|"]
+    lines += [f"| {r['split']} | {r['file']} | {r['reason']}{': ' + r['detail'] if r.get('detail') else ''} |"
+              for r in refused]
+    return "\n".join(lines)
+
+
 def comparison_table(result: dict[str, Any]) -> str:
     """Paired bootstrap differences (a - b) with their interval and p-value."""
     if not result.get("comparisons"):
@@ -63,6 +94,9 @@ def comparison_table(result: dict[str, Any]) -> str:
             lines.append(f"| {comparison['protocol']} | {comparison['a']} | {comparison['b']} | {metric} | {diff} "
                          f"| {p} |")
     return "\n".join(lines)
+
+
+CSV_FIELDS = ["expert", "protocol", "split", "metric", "value", "low", "high", "std", "chosen", "label"]
 
 
 def paper_metric_values(run: dict[str, Any]) -> list[tuple[str, str, Any]]:
@@ -112,21 +146,22 @@ def wilcoxon_table(result: dict[str, Any]) -> str:
 
 
 def csv_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per expert x protocol x split x metric; multi-label runs add a row per label (`label`: its name;
+    empty on the rows of the means over labels)."""
     rows = []
+
+    def row(run: dict[str, Any], split: str, metric: str, entry: Any, label: str = "") -> dict[str, Any]:
+        entry = entry if isinstance(entry, dict) else {"value": entry}
+        return {"expert": run["expert"], "protocol": run["protocol"], "split": split, "metric": metric,
+                "value": entry.get("value"), "low": entry.get("low", ""), "high": entry.get("high", ""),
+                "std": entry.get("std", ""), "chosen": json.dumps(run["chosen"], sort_keys=True), "label": label}
+
     for run in result["runs"]:
-        for split, metric, value in paper_metric_values(run):
-            rows.append({"expert": run["expert"], "protocol": run["protocol"], "split": split, "metric": metric,
-                         "value": value, "low": "", "high": "", "std": "",
-                         "chosen": json.dumps(run["chosen"], sort_keys=True)})
+        rows += [row(run, split, metric, value) for split, metric, value in paper_metric_values(run)]
         for split in ("val", "test"):
-            for metric in METRICS:
-                if metric not in run[split]:
-                    continue
-                entry = run[split][metric]
-                entry = entry if isinstance(entry, dict) else {"value": entry}
-                rows.append({"expert": run["expert"], "protocol": run["protocol"], "split": split, "metric": metric,
-                             "value": entry.get("value"), "low": entry.get("low", ""), "high": entry.get("high", ""),
-                             "std": entry.get("std", ""), "chosen": json.dumps(run["chosen"], sort_keys=True)})
+            rows += [row(run, split, metric, run[split][metric]) for metric in METRICS if metric in run[split]]
+        for label, entry in (run.get("per_label") or {}).items():
+            rows += [row(run, "test", metric, entry[metric], label) for metric in METRICS if metric in entry]
     return rows
 
 
@@ -137,11 +172,11 @@ def write_reports(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     paths = {"json": out / "results.json", "csv": out / "results.csv", "markdown": out / "results.md"}
     paths["json"].write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
     with paths["csv"].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["expert", "protocol", "split", "metric", "value", "low", "high",
-                                                    "std", "chosen"])
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(csv_rows(result))
-    parts = [markdown_table(result), comparison_table(result), paper_metrics_table(result), wilcoxon_table(result)]
+    parts = [markdown_table(result), per_label_table(result), comparison_table(result), paper_metrics_table(result),
+             wilcoxon_table(result), refused_table(result)]
     paths["markdown"].write_text("\n\n".join(p for p in parts if p) + "\n")
     return paths
 

@@ -17,7 +17,7 @@ from multimeditron.data.labelled_images import LabelledImages
 from multimeditron.data.splits import SPLITS
 from multimeditron.dtypes import dtype_name
 from multimeditron.experts.base import VisionExpert
-from multimeditron.probing.bootstrap import bootstrap_metrics, paired_bootstrap
+from multimeditron.probing.bootstrap import bootstrap_metrics, paired_bootstrap, per_label_metrics
 from multimeditron.probing.cache import cache_key, load_cached, save_cached
 from multimeditron.probing.embed import Embeddings, aggregate, embed
 from multimeditron.probing.protocols import PROTOCOLS, Labelled, ProbeInputs, ProbeResult
@@ -113,6 +113,10 @@ def run_protocol(name: str, inputs: ProbeInputs, settings: ProbeSettings,
     if settings.bootstrap and result.test_scores is not None:
         result.test = bootstrap_metrics(result.test_labels, result.test_scores, n_resamples=settings.bootstrap,
                                         seed=settings.seed, **inputs.metric_kwargs())
+    if inputs.multilabel and result.test_scores is not None:
+        names = classes or [str(c) for c in range(inputs.n_classes)]
+        result.per_label = per_label_metrics(result.test_labels, result.test_scores, names,
+                                             n_resamples=settings.bootstrap, seed=settings.seed)
     if settings.paper_metrics and result.test_scores is not None:
         from multimeditron.probing.paper_metrics import paper_metric_set
 
@@ -144,6 +148,7 @@ def probe(experts: list[tuple[str, VisionExpert]], data: LabelledImages, setting
     result = {"data": {"name": data.name, "classes": data.classes, "multilabel": data.multilabel,
                        "group_kind": data.group_kind, "rows": sizes,
                        "images": {s: len(data.splits[s]) for s in SPLITS}, "notes": data.notes},
+              "refused": data.refused,
               "experts": [{"name": n, "describe": e.describe(), "layers": e.supports_layers} for n, e in experts],
               "settings": {"protocols": list(settings.protocols), "bootstrap": settings.bootstrap,
                            "seed": settings.seed, "select_metric": settings.select_metric,
@@ -208,11 +213,15 @@ def write_plots(kept: dict[tuple[str, str], ProbeResult], data: LabelledImages, 
 
     folder = Path(out_dir) / "plots"
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
+    stems: set[str] = set()
     for (name, protocol), result in kept.items():
         if result.test_scores is None:
             continue
-        stem = re.sub(r"[^A-Za-z0-9_.@-]+", "_", f"{name}_{protocol}")
+        base = re.sub(r"[^A-Za-z0-9_.@-]+", "_", f"{name}_{protocol}")
+        stem = next(f"{base}{f'_{i}' if i else ''}" for i in range(len(kept) + 1)
+                    if f"{base}{f'_{i}' if i else ''}" not in stems)  # names that only differ in / or : stay apart
+        stems.add(stem)
         title = f"{name} / {protocol} (test)"
         if not data.multilabel:
             written.append(confusion_png(result.test_labels, result.test_scores, data.classes,

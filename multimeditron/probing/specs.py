@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,11 +56,24 @@ def parse_spec(text: str, tiny: bool = False) -> ParsedSpec:
     if not text:
         raise ExpertSpecError("expert: an empty SPEC")
     if text.startswith("{"):
-        data = yaml.safe_load(text)
-        spec = ExpertSpec.from_dict({"tiny": tiny, **data} if tiny else data, where=f"expert {text!r}")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            problem = str(getattr(error, "problem", None) or error).strip()
+            raise ExpertSpecError(f"expert {text!r}: not a valid YAML mapping ({problem}); write it as "
+                                  f"'{{id: ..., checkpoint: ..., options: {{...}}}}'") from None
+        if not isinstance(data, dict):
+            raise ExpertSpecError(f"expert {text!r}: a YAML SPEC must be a mapping such as '{{id: dinov2_vits14}}'")
+        try:
+            spec = ExpertSpec.from_dict({"tiny": tiny, **data} if tiny else data, where=f"expert {text!r}")
+        except (TypeError, ValueError) as error:
+            raise ExpertSpecError(str(error)) from None
         return ParsedSpec(spec, _default_name(spec))
     if is_adapted_checkpoint(text):  # written by finetune/adapt: its record names the expert
-        spec = ExpertSpec(id=read_adapted_record(text)["spec"].id, checkpoint=text)
+        try:
+            spec = ExpertSpec(id=read_adapted_record(text)["spec"].id, checkpoint=text)
+        except (TypeError, ValueError) as error:
+            raise ExpertSpecError(f"expert {text!r}: {error}") from None
         return ParsedSpec(spec, _default_name(spec))
     saved = _saved_model(text)
     if saved is not None:
@@ -86,9 +101,76 @@ def parse_spec(text: str, tiny: bool = False) -> ParsedSpec:
     return ParsedSpec(spec, _default_name(spec))
 
 
-def _default_name(spec: ExpertSpec) -> str:
-    name = spec.id + (f":{Path(spec.checkpoint).name}" if spec.checkpoint else "")
+def _default_name(spec: ExpertSpec, depth: int = 1) -> str:
+    """`id[:last depth parts of the checkpoint path][@image_size]`."""
+    tail = "/".join(Path(spec.checkpoint).parts[-depth:]) if spec.checkpoint else ""
+    name = spec.id + (f":{tail}" if tail else "")
     return name + (f"@{spec.image_size}" if spec.image_size else "")
+
+
+def _name_at_depth(parsed: ParsedSpec, depth: int) -> str:
+    if parsed.model_dir is not None:
+        return f"{'/'.join(parsed.model_dir.parts[-depth:])}#{parsed.index or 0}:{parsed.spec.id}"
+    return _default_name(parsed.spec, depth)
+
+
+def unique_names(specs: list[ParsedSpec], texts: list[str] | None = None) -> list[ParsedSpec]:
+    """The specs with names that tell them apart in tables and plot files: two experts whose short names collide
+    (`runs/a/best` and `runs/b/best` are both `retfound_green:best`) are named by as much of their paths as it
+    takes (`retfound_green:a/best`). The same expert given twice is refused."""
+    texts = texts or [p.name for p in specs]
+    seen: dict[tuple[Any, ...], int] = {}
+    for i, parsed in enumerate(specs):
+        key = (json.dumps(parsed.spec.to_dict(), sort_keys=True, default=str), str(parsed.model_dir), parsed.index)
+        if key in seen:
+            raise ExpertSpecError(f"expert {texts[i]!r} is given twice (experts {seen[key] + 1} and {i + 1}); give "
+                                  f"each expert once")
+        seen[key] = i
+    names = [p.name for p in specs]
+    for depth in range(2, 1 + max([len(Path(p.spec.checkpoint or "").parts) for p in specs]
+                                  + [len(p.model_dir.parts) if p.model_dir else 0 for p in specs] + [1])):
+        clashing = {n for n in names if names.count(n) > 1}
+        if not clashing:
+            break
+        names = [_name_at_depth(p, depth) if names[i] in clashing else names[i] for i, p in enumerate(specs)]
+    for i, name in enumerate(list(names)):  # still equal (one checkpoint, other options): numbered
+        if names.count(name) > 1:
+            names[i] = f"{name}#{names[:i].count(name) + 1}"
+    return [dataclasses.replace(p, name=n) for p, n in zip(specs, names)]
+
+
+def check_spec(parsed: ParsedSpec) -> None:
+    """What can be checked of an expert before anything heavy: its local checkpoint exists, and its family builds
+    with these options (on the meta device: no memory, no weights read). Errors name the expert."""
+    from multimeditron.experts.checkpoints import check_checkpoint_source
+
+    if parsed.spec.checkpoint:
+        check_checkpoint_source(parsed.spec.checkpoint)  # CheckpointNotFoundError, a UserError naming the path
+    if parsed.model_dir is not None:
+        return
+    with torch.device("meta"), _named_errors(parsed.name, ignore=OSError):
+        build_expert(dataclasses.replace(parsed.spec, output="cls"), load_checkpoint=False)
+
+
+@contextmanager
+def _named_errors(name: str, ignore: type[BaseException] | tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Errors of building or loading an expert (an unknown id or option, a checkpoint that is missing, unreadable or
+    does not fit) as one `ExpertSpecError` naming the expert; `ignore`d ones pass silently."""
+    import pickle
+
+    try:
+        yield
+    except ExpertSpecError:
+        raise
+    except ignore:
+        pass
+    except KeyError as error:  # an unknown registry id: the message lists the valid ones
+        raise ExpertSpecError(f"expert {name!r}: {error.args[0]}") from error
+    except torch.OutOfMemoryError:
+        raise
+    except (OSError, ValueError, TypeError, RuntimeError, NotImplementedError, pickle.UnpicklingError) as error:
+        text = str(error).strip() or type(error).__name__
+        raise ExpertSpecError(f"expert {name!r}: {text}") from error
 
 
 def build_probe_expert(parsed: ParsedSpec, seed: int | None = None) -> VisionExpert:
@@ -99,14 +181,12 @@ def build_probe_expert(parsed: ParsedSpec, seed: int | None = None) -> VisionExp
     spec = dataclasses.replace(parsed.spec, output="cls")
     if seed is not None:
         torch.manual_seed(seed)
-    if parsed.model_dir is None:
-        try:
+    with _named_errors(parsed.name):
+        if parsed.model_dir is None:
             expert = build_expert(spec)
-        except KeyError as error:  # an unknown registry id: the message lists the valid ones
-            raise ExpertSpecError(f"expert {parsed.name!r}: {error.args[0]}") from error
-    else:
-        expert = build_expert(spec, load_checkpoint=False)
-        _load_from_saved_model(expert, parsed.model_dir, parsed.index or 0)
+        else:
+            expert = build_expert(spec, load_checkpoint=False)
+            _load_from_saved_model(expert, parsed.model_dir, parsed.index or 0)
     return expert.eval().requires_grad_(False)
 
 

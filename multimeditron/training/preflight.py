@@ -55,11 +55,17 @@ def _check_architecture(config: RunConfig) -> None:
                 raise ConfigError(problems[0])
             model_config(section)
         return
+    from multimeditron.experts.adapted import adapted_spec
+
     known = available_experts()
     prefixes = [k[: -len("<name>")] for k in known if k.endswith("<name>")]
     for i, expert in enumerate(section.experts):
         if expert.id not in known and not any(expert.id.startswith(p) for p in prefixes):
             raise ConfigError(f"model.experts[{i}].id: unknown expert {expert.id!r}; valid ids: {known}")
+        try:  # an adapted-expert folder (finetune/adapt) must agree with the spec that names it
+            adapted_spec(expert)
+        except ValueError as error:
+            raise ConfigError(f"model.experts[{i}]: {error}") from error
 
 
 def _check_stage_parts(config: RunConfig) -> None:

@@ -11,8 +11,7 @@ from PIL import Image
 
 from multimeditron.adaptation.errors import AdaptDataError
 from multimeditron.adaptation.images import CanvasDataset, unlabelled_images
-from multimeditron.adaptation.segmentation.train import read_mask
-from multimeditron.data.images import ImageResolver
+from multimeditron.adaptation.segmentation.train import canvas_mask
 from multimeditron.data.segmentation_pairs import load_segmentation_pairs
 
 
@@ -48,7 +47,7 @@ def test_segmentation_pairs_from_a_table(tmp_path: Path) -> None:
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "table"))
     data = load_segmentation_pairs(tmp_path / "table")
     assert {s: len(p) for s, p in data.splits.items()} == {"train": 4, "val": 2, "test": 2}
-    mask = read_mask(ImageResolver(), data.splits["train"].masks[1], 32)  # 16 px -> 32 px, nearest neighbour
+    mask = canvas_mask(data.read_mask(data.splits["train"].masks[1]), 32)  # 16 px -> 32 px, nearest neighbour
     assert mask.shape == (32, 32) and set(mask.unique().tolist()) == {0, 2} and int((mask == 2).sum()) == 12 * 12
 
 

@@ -91,7 +91,7 @@ def test_a_missing_checkpoint_and_a_corrupt_image_are_one_error_line(texture_fol
     assert main(["probe", "--expert", "retfound_green", "--tiny", "--data", str(data), "--protocol", "knn",
                  "--bootstrap", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: corrupt_image: ") and "broken.png" in err[0]
+    assert len(err) == 1 and "1 file(s) cannot be read as images" in err[0] and "broken.png (corrupt_image)" in err[0]
 
 
 def test_min_lr_none_keeps_the_peak_rate_after_warm_up(tmp_path: Path) -> None:

@@ -37,7 +37,9 @@ def test_finetune_beats_the_linear_probe_and_eval_rescores_it(texture_folder: Pa
         out = tmp_path / adaptation
         assert main(common + ["--adaptation", adaptation, "--out", str(out)]) == 0
         result = json.loads((out / "results.json").read_text())
-        scores[adaptation] = result["runs"][0]["test"]
+        test = result["runs"][0]["test"]
+        assert test["auroc"]["low"] <= test["auroc"]["value"] <= test["auroc"]["high"]  # probe's bootstrap intervals
+        scores[adaptation] = {metric: entry["value"] for metric, entry in test.items()}
         assert (out / "plots" / "confusion_test.png").is_file() and (out / "best" / "head.safetensors").is_file()
     assert scores["finetune"]["auroc"] > 0.9, scores
     assert scores["finetune"]["auroc"] > scores["lp"]["auroc"] + 0.2, scores
@@ -46,7 +48,8 @@ def test_finetune_beats_the_linear_probe_and_eval_rescores_it(texture_folder: Pa
     again = tmp_path / "again"
     assert main(["finetune", "--eval", "--checkpoint", str(tmp_path / "finetune"), "--data", str(texture_folder),
                  "--out", str(again)]) == 0
-    assert json.loads((again / "results.json").read_text())["runs"][0]["test"] == scores["finetune"]
+    rescored = json.loads((again / "results.json").read_text())["runs"][0]["test"]
+    assert {metric: entry["value"] for metric, entry in rescored.items()} == scores["finetune"]
     # The chosen epoch is an adapted-expert folder: the registry loads it as the expert it came from.
     best = tmp_path / "finetune" / "best"
     loaded = build_expert({"id": "timm:vit_small_patch16_224", "checkpoint": str(best)})
@@ -202,6 +205,9 @@ def test_multilabel_table_trains_one_sigmoid_per_label(tmp_path: Path) -> None:
     assert history[-1]["loss"] < history[0]["loss"]
     test = json.loads((out / "results.json").read_text())["runs"][0]["test"]
     # mean over the labels: brightness is easy (AUROC near 1), the stripes need more epochs (near 0.5); measured 0.78
-    assert isinstance(test["auroc"], float) and test["auroc"] > 0.65, test
+    assert isinstance(test["auroc"]["value"], float) and test["auroc"]["value"] > 0.65, test
+    per_label = json.loads((out / "results.json").read_text())["runs"][0]["per_label"]
+    assert set(per_label) == {"vertical", "bright"} and per_label["bright"]["auroc"]["value"] > 0.9, per_label
+    assert "| bright |" in (out / "results.md").read_text()
     assert json.loads((out / "best" / "expert.json").read_text())["provenance"]["head"]["multilabel"] is True
     assert not (out / "plots" / "confusion_test.png").exists() and (out / "plots" / "roc_test.png").is_file()

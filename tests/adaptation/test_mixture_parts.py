@@ -135,6 +135,7 @@ def test_train_expert_runs_several_recipes_each_to_its_own_folder(drawn: Path, t
     ("same_out", r"b\.yaml: training_args\.output_dir \(--out\): .*also the output of .*a\.yaml"),
     ("bad_key", r"b\.yaml: .*contrastive\.nmae"),
     ("no_data", r"data\.paths: .*missing"),
+    ("used_out", r"--out .*b holds an earlier run"),
 ])
 def test_train_expert_refuses_every_recipe_before_training_any(problem: str, message: str, drawn: Path,
                                                               tmp_path: Path, capsys) -> None:
@@ -143,6 +144,9 @@ def test_train_expert_refuses_every_recipe_before_training_any(problem: str, mes
                           tmp_path / ("a" if problem == "same_out" else "b"), "fundus", "b")
     if problem == "bad_key":
         second.write_text(second.read_text().replace("{name: b,", "{nmae: b,"))
+    if problem == "used_out":  # the second recipe's folder holds another run
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / "results.json").write_text("{}")
     assert main(["train-expert", "--config", str(first), "--config", str(second)]) == 2
     import re
 

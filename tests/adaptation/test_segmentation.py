@@ -57,7 +57,7 @@ def test_unet_beats_linear_on_structures_smaller_than_a_patch(dot_masks: Path, t
     assert dice["unet"] > dice["linear"] + 0.1, dice
 
 
-def test_segment_cli_writes_metrics_and_overlays(square_masks: Path, tmp_path: Path) -> None:
+def test_segment_cli_writes_metrics_and_overlays(square_masks: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert main(["segment", "--expert", SEGMENT_EXPERT, "--data", str(square_masks), "--decoder", "unet",
                  "--out", str(out), "--epochs", "2", "--batch-size", "8", "--overlays", "2"]) == 0
@@ -65,3 +65,45 @@ def test_segment_cli_writes_metrics_and_overlays(square_masks: Path, tmp_path: P
     assert set(result["test"]["per_class"]) == {"background", "class_1"}
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["test_000.png", "test_001.png"]
     assert (out / "decoder.safetensors").is_file()
+    # --resume continues a stopped run (here: one stopped after its last checkpoint, its record not marked finished)
+    # and says where; a finished run is not resumed
+    args = ["segment", "--expert", SEGMENT_EXPERT, "--data", str(square_masks), "--decoder", "unet", "--out", str(out),
+            "--epochs", "2", "--batch-size", "8", "--overlays", "2", "--resume"]
+    assert main(args) == 2
+    record = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "finished"}))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert f"resuming from {out / 'checkpoint-'}" in capsys.readouterr().out
+    assert json.loads((out / "segmentation.json").read_text())["test"]["per_class"]
+
+
+def test_dice_is_scored_at_each_masks_own_resolution(tmp_path: Path) -> None:
+    """Two experts of different input sizes on the same non-square pairs are scored against the same pixels: the
+    masks' own, not their canvases (where the padding used to count as background)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pairs"
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        for sub in ("images", "masks"):
+            (root / split / sub).mkdir(parents=True)
+        for i in range(n):
+            mask = np.zeros((24, 40), dtype=np.uint8)  # height 24, width 40: padded on the square canvas
+            mask[6:14, 10:22] = 1
+            mask[0, :3] = 255  # ignored pixels count nowhere
+            image = rng.normal(0.3, 0.05, (24, 40))
+            image[mask == 1] += 0.5
+            rgb = (np.clip(np.repeat(image[..., None], 3, axis=2), 0, 1) * 255).astype(np.uint8)
+            Image.fromarray(rgb).save(root / split / "images" / f"{i}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"{i}.png")
+    data = load_segmentation_pairs(root)
+    pixels = {}
+    for size in (32, 64):
+        torch.manual_seed(0)
+        expert, spec = load_expert(f'{{id: "timm:vit_small_patch16_224", tiny: true, image_size: {size}, '
+                                   f'options: {{patch_size: 8}}}}')
+        result = segment(expert, data, fast_recipe(root, tmp_path / str(size), "linear", epochs=2), spec.to_dict())
+        pixels[size] = {name: m["pixels"] for name, m in result["test"]["per_class"].items()}
+    assert pixels[32] == pixels[64] == {"background": 3 * (24 * 40 - 8 * 12 - 3), "class_1": 3 * 8 * 12}

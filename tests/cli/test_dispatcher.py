@@ -45,7 +45,7 @@ def test_a_user_error_is_one_line_without_traceback(command, monkeypatch, capsys
         main([command, "--debug"])
 
 
-@pytest.mark.parametrize("command", [["eval", "--task", "synthetic_vqa"], ["generate", "--prompt", "hi"]])
+@pytest.mark.parametrize("command", [["eval", "--task", "mmd_slake"], ["generate", "--prompt", "hi"]])
 def test_a_missing_model_folder_is_one_error_line(command, tmp_path, capsys):
     """A missing model folder is one `error:` line, not an OSError traceback from `inference.load_pretrained`."""
     missing = tmp_path / "no-such-model"

@@ -170,3 +170,35 @@ def test_worker_side_error_names_the_row(tmp_path):
     with pytest.raises(DataError, match="row 1: corrupt_image"):
         next(iter(loader))
 
+
+
+def test_a_thin_image_is_counted_once_not_warned_at_every_load(tmp_path):
+    """Before: a `ThinImageWarning` per image each time the loader read it (every epoch, every worker)."""
+    import warnings
+
+    from multimeditron.data.report import THIN_IMAGE
+    from multimeditron.model.image_processing import ThinImageWarning
+
+    _, processor = tiny("tiny-qwen3")
+    thin = make_row([image_modality(png_bytes(seed=1, size=(400, 2)))],
+                    [user("<|image|>\nWhat is shown?"), assistant("A line.")])
+    datasets.Dataset.from_list([thin, vqa_row()], features=conversation_features()).save_to_disk(str(tmp_path / "d"))
+    data = build_sft_datasets(DataSection(train=[DatasetEntry(str(tmp_path / "d"))], max_sequence_length=128),
+                              processor, 0)
+    assert data.report.modified == {THIN_IMAGE: 1}  # counted once for the run, in the report it prints
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # two epochs
+            for i in range(len(data.train)):
+                data.train[i]
+    assert not [w for w in caught if issubclass(w.category, ThinImageWarning)]
+
+
+def test_check_dataset_ends_with_one_error_line(tmp_path, capsys):
+    folder, _ = planted(tmp_path)
+    capsys.readouterr()
+    assert main(["check-dataset", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {folder}: ") and "rows are bad (listed above)" in err and err.count("\n") == 1
+    assert main(["check-dataset", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

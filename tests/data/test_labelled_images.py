@@ -90,3 +90,50 @@ def test_split_names_and_carving_rules():
     assert not set(groups[kept]) & set(groups[carved])  # whole groups
     with pytest.raises(ImageDataError, match="too few"):
         carve_validation(1, 0.2, 0)
+
+
+def test_data_a_classifier_cannot_learn_is_refused(tmp_path):
+    one = write_folder(tmp_path / "one", {"train": 3, "test": 2}, classes=("normal",))
+    with pytest.raises(ImageDataError, match=r"one class only \(normal\)"):
+        load_labelled_images(one)
+    extra = write_folder(tmp_path / "extra", {"train": 3, "val": 2, "test": 2})
+    write_folder(extra, {"test": 2}, classes=("cyst",))  # a class present only in test
+    with pytest.raises(ImageDataError, match=r"train has class\(es\) without an image: cyst \(found only in test\)"):
+        load_labelled_images(extra)
+    no_val = write_folder(tmp_path / "no_val", {"train": 3, "val": 2, "test": 2})
+    write_folder(no_val, {"train": 3, "test": 2}, classes=("cyst",))  # in train and test, not in val
+    data = load_labelled_images(no_val)
+    assert any("val has class(es) without an image: cyst" in note for note in data.notes)
+
+
+def _patients(tmp_path, placement: dict[str, list[str]], name: str):
+    rng = np.random.default_rng(0)
+    rows = [{"image": {"bytes": png_bytes(draw(i % 2, rng, 8)), "path": None}, "label": "ab"[i % 2],
+             "split": split, "patient": patient}
+            for split, patients in placement.items() for i, patient in enumerate(patients)]
+    return _table(tmp_path, rows, name)
+
+
+def test_a_patient_in_two_splits_is_refused_unless_allowed(tmp_path):
+    leaky = _patients(tmp_path, {"train": ["p1", "p2", "p3", "p4"], "val": ["p5", "p6"], "test": ["p1", "p7"]},
+                      "leaky.parquet")
+    with pytest.raises(ImageDataError, match=r"patients appear in two splits: 1 in train and test \(e.g. 'p1'\)"):
+        load_labelled_images(leaky)
+    data = load_labelled_images(leaky, allow_overlap=True)
+    assert any("allowed by data.allow_overlap" in note for note in data.notes)
+    clean = _patients(tmp_path, {"train": ["p1", "p2", "p3", "p4"], "val": ["p5", "p6"], "test": ["p7", "p8"]},
+                      "clean.parquet")
+    assert load_labelled_images(clean).group_kind == "patient"
+
+
+def test_unreadable_table_images_are_refused_or_left_out(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [{"image": {"bytes": png_bytes(draw(i % 2, rng, 8)), "path": None}, "label": "ab"[i % 2], "split": s}
+            for i, s in enumerate(["train"] * 6 + ["val"] * 2 + ["test"] * 2)]
+    rows[3]["image"] = {"bytes": b"not a png", "path": None}
+    path = _table(tmp_path, rows)
+    with pytest.raises(ImageDataError, match=r"1 file\(s\) cannot be read as images: row 3 \(corrupt_image\)"):
+        load_labelled_images(path)
+    data = load_labelled_images(path, on_bad_image="skip")
+    assert len(data.splits["train"]) == 5 and data.refused[0]["split"] == "train"
+    assert data.refused[0]["file"] == "row 3" and any("left out 1 unreadable file" in note for note in data.notes)

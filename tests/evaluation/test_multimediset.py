@@ -142,3 +142,32 @@ def test_image_ablation_replaces_every_image_and_reports_each_kind(model_and_set
     table = capsys.readouterr().out
     assert "| task | real images | blank image | noise image | another sample's image | chance |" in table
     assert f"| multimediset | {result['metrics']['accuracy']:.1f} |" in table
+
+
+def test_missing_data_and_a_misspelt_column_are_refused_before_the_model_loads(model_and_set, checkpoint, tmp_path,
+                                                                               capsys, monkeypatch):
+    """Before: a ValueError traceback without --data; a KeyError after every answer was generated for the column."""
+    _, _, directory, _ = model_and_set
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr("multimeditron.inference.load_pretrained", no_model)
+    monkeypatch.delenv("MMD_MULTIMEDISET_DATA", raising=False)
+    assert main(["eval", "--model", checkpoint, "--task", "multimediset"]) == 2
+    assert capsys.readouterr().err == ("error: --task multimediset has no hub copy: pass --data PATH or set "
+                                       "MMD_MULTIMEDISET_DATA\n")
+    assert main(["eval", "--model", checkpoint, "--task", "multimediset", "--data", str(directory),
+                 "--question-type-column", "knd"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --question-type-column knd: multimediset has no such column; its columns: [")
+    assert "'kind'" in err and err.count("\n") == 1
+
+
+def test_out_naming_a_folder_writes_results_json_inside_it(model_and_set, checkpoint, tmp_path, capsys):
+    _, _, directory, _ = model_and_set
+    folder = tmp_path / "results"
+    assert main(["eval", "--model", checkpoint, "--task", "multimediset", "--data", str(directory), "--limit", "1",
+                 "--out", f"{folder}/"]) == 0
+    assert (folder / "results.json").is_file()
+    assert f"results in {folder / 'results.json'}" in capsys.readouterr().out

@@ -27,12 +27,14 @@ def test_dicom_folder_with_ct_window(tmp_path):
     from multimeditron.probing.embed import ImageCanvases
     from tests.data.test_images import dicom_bytes
 
-    for split in ("train", "test"):
+    for split, slices in (("train", 2), ("test", 1)):  # train keeps a slice of each class after val is carved
         for label, hu in (("air", 0), ("bone", 2000)):
             folder = tmp_path / "ct" / split / label
             folder.mkdir(parents=True)
             stored = np.full((8, 8), hu, dtype=np.uint16)
-            (folder / "slice.dcm").write_bytes(dicom_bytes(stored, RescaleSlope="1", RescaleIntercept="-1024"))
+            for k in range(slices):
+                (folder / f"slice{k}.dcm").write_bytes(dicom_bytes(stored, RescaleSlope="1",
+                                                                   RescaleIntercept="-1024"))
     data = load_labelled_images(tmp_path / "ct", val_fraction=0.5)
     assert data.classes == ["air", "bone"] and len(data.splits["test"]) == 2
     canvases = ImageCanvases(data.splits["test"].images, 16, data.folder, parse_window("ct"))

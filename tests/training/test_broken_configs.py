@@ -38,6 +38,10 @@ CASES = [
     ("missing_dataset", {"data.train": [{"path": "/nonexistent/data"}]}, "data.train[0].path", False),
     ("missing_split", {"data.train": [{"path": "{data}", "split": "validation"}]}, "data.train[0].path", False),
     ("empty_dataset", {"data.train": [{"path": "{empty_data}"}]}, "data.train[0].path", False),
+    # a finetune/adapt output named with another expert's id (`--set model.experts[0].id=...`): was refused by the
+    # dry run only, the real run raised a ValueError traceback
+    ("adapted_folder_of_another_expert", {"model.experts": [{"id": "mermed_fm", "checkpoint": "{adapted}"}]},
+     "model.experts[0]: expert 'mermed_fm' with checkpoint", True),
 ]
 
 
@@ -57,8 +61,14 @@ def folders(tmp_path_factory, synthetic_dir):
 
     features = conversation_features()
     datasets.Dataset.from_dict({k: [] for k in features}, features=features).save_to_disk(str(root / "empty_data"))
+    from multimeditron.experts.adapted import save_adapted_expert
+    from multimeditron.experts.registry import build_expert, resolved_spec
+
+    spec = {"id": "retfound_green", "tiny": True}
+    expert = build_expert(spec)
+    save_adapted_expert(expert, resolved_spec(spec, expert), root / "adapted")
     return {"stored": root / "stored", "llm_folder": root / "llm", "empty": root / "empty",
-            "empty_data": root / "empty_data", "data": synthetic_dir}
+            "empty_data": root / "empty_data", "data": synthetic_dir, "adapted": root / "adapted"}
 
 
 def write_config(tmp_path, folders, change) -> str:

@@ -4,7 +4,7 @@ engine reads (canvas + caption tokens)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,21 @@ class CaptionSplit:
     captions: list[str]
     modalities: list[str | None]
     folders: list[Path | None]  # the folder relative image paths of each pair resolve against
+    refused: list[dict[str, Any]] = field(default_factory=list)  # pairs left out under on_bad_image: skip
 
     def __len__(self) -> int:
         return len(self.captions)
+
+    def fingerprint(self) -> str:
+        """A digest of the pairs (each image's identity, `data.images.image_identity`, and its caption)."""
+        import hashlib
+
+        from multimeditron.data.images import image_identity
+
+        digest = hashlib.blake2b(digest_size=16)
+        for image, caption, folder in zip(self.images, self.captions, self.folders):
+            digest.update(image_identity(image, folder) + caption.encode() + b"\0")
+        return digest.hexdigest()
 
 
 def _caption_of(row: dict[str, Any], column: str | None) -> str | None:
@@ -58,7 +70,9 @@ def _tables(path: str) -> dict[str | None, Any]:
 
 def load_caption_pairs(section: CaptionDataSection, seed: int = 0) -> dict[str, CaptionSplit]:
     """train / val (carved from train when absent) / test image-caption pairs of every dataset, filtered by
-    modality; a row without an image or a caption is an error naming it (nothing is dropped silently)."""
+    modality; a row without an image or a caption is an error naming it (nothing is dropped silently), and every
+    image is checked by `section.on_bad_image` (left-out pairs listed in each split's `refused`)."""
+    from multimeditron.data.bad_images import ImageScreen
     from multimeditron.data.splits import TableImages, canonical_split, carve_validation, split_column_rows
 
     if not section.paths:
@@ -101,13 +115,21 @@ def load_caption_pairs(section: CaptionDataSection, seed: int = 0) -> dict[str, 
                     kept.append(r)
                     captions.append(text)
                     modalities.append(None if modality is None else str(modality))
-                part = parts.setdefault(split, {"images": [], "captions": [], "modalities": [], "folders": []})
+                part = parts.setdefault(split, {"images": [], "captions": [], "modalities": [], "folders": [],
+                                                "refused": []})
                 images = FirstImages(TableImages(table, image_column, np.asarray(kept, dtype=np.int64)))
+                screen = ImageScreen(source.folder or Path(path), section.on_bad_image)
+                good = screen.rows(split, images)
+                part["refused"] += screen.finish(f"{path} ({split})")
+                if len(good) != len(kept):
+                    kept = [kept[i] for i in good]
+                    captions, modalities = [captions[i] for i in good], [modalities[i] for i in good]
+                    images = FirstImages(TableImages(table, image_column, np.asarray(kept, dtype=np.int64)))
                 part["images"].append(images)
                 part["captions"] += captions
                 part["modalities"] += modalities
                 part["folders"] += [source.folder or Path(path)] * len(kept)
-    splits = {name: CaptionSplit(_Chained(p["images"]), p["captions"], p["modalities"], p["folders"])
+    splits = {name: CaptionSplit(_Chained(p["images"]), p["captions"], p["modalities"], p["folders"], p["refused"])
               for name, p in parts.items()}
     if "train" not in splits or not len(splits["train"]):
         raise AdaptDataError(f"data: no training pairs in {section.paths}"
@@ -117,6 +139,7 @@ def load_caption_pairs(section: CaptionDataSection, seed: int = 0) -> dict[str, 
         kept, carved = carve_validation(len(train), section.val_fraction, seed)
         splits["val"] = _take(train, carved)
         splits["train"] = _take(train, kept)
+        splits["train"].refused = train.refused
     return splits
 
 

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from multimeditron.adaptation.engine import Schedule
 from multimeditron.adaptation.recipes import ExpertSection, _Recipe
+from multimeditron.data.bad_images import BadImagePolicy
 
 TEXT_FILE = "contrastive_text.safetensors"
 TINY_TEXT = "tiny"  # `contrastive.text` of a tiny expert: open_clip's text transformer at width 32, 2 layers
@@ -26,6 +27,7 @@ class CaptionDataSection:
     split_column: str = "split"
     val_fraction: float = 0.1  # published: train_test_split(test_size=0.1)
     max_samples: int | None = None  # per dataset and split, the first N rows
+    on_bad_image: BadImagePolicy = "error"  # a file that cannot be read as an image: stop (error) or leave it out (skip)
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:

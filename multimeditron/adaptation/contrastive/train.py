@@ -58,14 +58,15 @@ def train_contrastive(recipe: ContrastiveRecipe, splits: dict[str, CaptionSplit]
     groups = param_groups(objective, args.weight_decay)
     trainer = train_objective(objective, data["train"], args, groups, recipe.schedule, eval_dataset=data["val"],
                               compute_metrics=recall_metrics_fn(splits["val"].captions),
-                              resume=args.resume_from_checkpoint, callbacks=callbacks)
+                              resume=args.resume_from_checkpoint, callbacks=callbacks, log_name="train-expert")
     history = epoch_history(trainer.state.log_history)
     best = max(history, key=lambda h: h.get("score", -np.inf))["epoch"] if history else None
     after = {s: evaluate_split(objective, data[s], splits[s], tokenizer, context, template) for s in held_out}
     record = {"command": "train-expert", "objective": "clip", "name": recipe.expert_name(), "text": source,
               "text_pretrained": weights, "context_length": context, "epoch": best,
               "pairs": {s: len(p) for s, p in splits.items()}, "before": before, "after": after,
-              "recipe": recipe.to_dict(), "history": history}
+              "recipe": recipe.to_dict(), "history": history,
+              "refused": [r for p in splits.values() for r in p.refused]}
     out = Path(args.output_dir)
     if trainer.is_world_process_zero():
         from safetensors.torch import save_file

@@ -1,5 +1,6 @@
 """Per-class Dice and Jaccard over a whole split (intersections and sizes summed over its images), their means over
-the foreground classes, and the segmentation score (the mean of mean Dice and mean Jaccard)."""
+the foreground classes, and the segmentation score (the mean of mean Dice and mean Jaccard). Target pixels below 0
+(`IGNORED`: the data's ignore index and the canvas padding) count nowhere: not in the loss, not in the metrics."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,12 +8,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+IGNORED = -100  # a target pixel that counts nowhere (cross-entropy's own ignore_index)
+
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C, 3) per class: |pred & target|, |pred|, |target| over all pixels of the batch."""
+    """(C, 3) per class: |pred & target|, |pred|, |target| over the batch's pixels whose target is not ignored."""
     out = torch.zeros(num_classes, 3, dtype=torch.float64)
+    valid = target >= 0
     for c in range(num_classes):
-        p, t = pred == c, target == c
+        p, t = (pred == c) & valid, target == c
         out[c] = torch.tensor([(p & t).sum().item(), p.sum().item(), t.sum().item()], dtype=torch.float64)
     return out
 
@@ -36,24 +40,25 @@ def segmentation_metrics(counts: torch.Tensor, classes: list[str]) -> dict[str, 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """1 - the soft Dice of the softmax over the foreground classes, pooled over the batch (this toolkit's Dice
-    term; DINOv2-on-radiology's loss is `monai_dice_loss`)."""
-    probs = logits.float().softmax(dim=1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    term; DINOv2-on-radiology's loss is `monai_dice_loss`), over the pixels whose target is not ignored."""
+    valid = (target >= 0).unsqueeze(1).float()
+    probs = logits.float().softmax(dim=1) * valid
+    onehot = F.one_hot(target.clamp(min=0), logits.shape[1]).permute(0, 3, 1, 2).float() * valid
     dims = (0, 2, 3)
     inter = (probs * onehot).sum(dims)
     dice = (2 * inter + eps) / (probs.sum(dims) + onehot.sum(dims) + eps)
     return 1 - dice[1:].mean() if logits.shape[1] > 1 else 1 - dice.mean()
 
 
-
-
 def monai_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
     """monai's `DiceLoss(softmax=True, to_onehot_y=True)` at its defaults, which DINOv2-on-radiology trains with
     (`eval/segmentation/segmentation.py`): softmax, background included, Dice per image and class
     1 - (2 |P G| + 1e-5) / (|P| + |G| + 1e-5), averaged over images and classes. (monai is not a dependency; this
-    follows its documented defaults: include_background=True, batch=False, smooth_nr = smooth_dr = 1e-5.)"""
-    probs = logits.float().softmax(dim=1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    follows its documented defaults: include_background=True, batch=False, smooth_nr = smooth_dr = 1e-5.) Ignored
+    target pixels count nowhere."""
+    valid = (target >= 0).unsqueeze(1).float()
+    probs = logits.float().softmax(dim=1) * valid
+    onehot = F.one_hot(target.clamp(min=0), logits.shape[1]).permute(0, 3, 1, 2).float() * valid
     dims = (2, 3)
     inter = (probs * onehot).sum(dims)
     dice = (2 * inter + smooth) / (probs.sum(dims) + onehot.sum(dims) + smooth)
@@ -61,9 +66,16 @@ def monai_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C, C) pixel counts, rows the true class, columns the predicted one."""
-    index = target.reshape(-1).long() * num_classes + pred.reshape(-1).long()
+    """(C, C) pixel counts over the pixels whose target is not ignored, rows the true class, columns the predicted
+    one."""
+    valid = target.reshape(-1) >= 0
+    index = target.reshape(-1)[valid].long() * num_classes + pred.reshape(-1)[valid].long()
     return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes).double()
+
+
+def counts_from_confusion(confusion: torch.Tensor) -> torch.Tensor:
+    """`confusion_counts`' (C, 3) |pred & target|, |pred|, |target| read from a (C, C) confusion matrix."""
+    return torch.stack([confusion.diagonal(), confusion.sum(0), confusion.sum(1)], dim=1).double()
 
 
 def torchmetrics_style_metrics(confusion: torch.Tensor, classes: list[str]) -> dict[str, Any]:

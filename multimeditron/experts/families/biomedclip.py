@@ -15,6 +15,8 @@ from multimeditron.experts.base import (
     ExpertSpec,
     LoadReport,
     VisionExpert,
+    check_pool,
+    pool_global,
     select_tokens,
 )
 from multimeditron.experts.checkpoints import (
@@ -94,16 +96,18 @@ class OpenCLIPTimmTower(nn.Module):
 
 class OpenCLIPTimmExpert(VisionExpert):
     """Patch tokens of an OpenCLIP timm tower's trunk (what a VLM consumes); `image_embedding` gives the
-    projected contrastive embedding."""
+    projected contrastive embedding. The `cls` output pools the trunk's tokens as `cls_pool` says (class token by
+    default)."""
 
     checkpoint_files = OPEN_CLIP_WEIGHTS
 
     def __init__(self, expert_id: str, config: dict[str, Any], image_size: int, output: str,
                  mean: tuple[float, ...], std: tuple[float, ...], timm_kwargs: dict[str, Any] | None = None,
-                 embed_dim: int | None = None) -> None:
+                 embed_dim: int | None = None, cls_pool: str = "token") -> None:
         super().__init__()
         model_cfg = config["model_cfg"]
         self.expert_id, self.output, self.image_size = expert_id, output, image_size
+        self.cls_pool = check_pool(expert_id, cls_pool)
         embed_dim = embed_dim or model_cfg["embed_dim"]
         self.visual = OpenCLIPTimmTower(embed_dim, model_cfg["vision_cfg"], image_size, timm_kwargs)
         # The vision half of the resolved model_cfg, as `architecture_options` records it.
@@ -122,7 +126,11 @@ class OpenCLIPTimmExpert(VisionExpert):
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         tokens = self.visual.trunk.forward_features(pixel_values)
-        return select_tokens(tokens, self.num_prefix_tokens, self.output)
+        pooled = self.pool_tokens(tokens) if self.output == "cls" else None
+        return select_tokens(tokens, self.num_prefix_tokens, self.output, pooled)
+
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return pool_global(tokens, self.num_prefix_tokens, self.cls_pool)
 
     def encode_layers(self, pixel_values: torch.Tensor, n: int) -> list[torch.Tensor]:
         return timm_layers(self.visual.trunk, pixel_values, n)
@@ -159,9 +167,11 @@ def open_clip_config_for(checkpoint: str | None, default: dict[str, Any], known_
 
 @register_expert("biomedclip")
 def build_biomedclip(spec: ExpertSpec) -> OpenCLIPTimmExpert:
-    """Options: `mean`, `std`, `open_clip_model_cfg` (the recorded OpenCLIP model_cfg: `embed_dim`, `vision_cfg`;
-    when present, no open_clip_config.json beside the checkpoint is read), any other = timm kwargs of the trunk."""
+    """Options: `mean`, `std`, `cls_pool` (token | avg | avg_all: the `cls` output), `open_clip_model_cfg` (the
+    recorded OpenCLIP model_cfg: `embed_dim`, `vision_cfg`; when present, no open_clip_config.json beside the
+    checkpoint is read), any other = timm kwargs of the trunk."""
     options = dict(spec.options)
+    cls_pool = options.pop("cls_pool", "token")
     recorded = options.pop(OPEN_CLIP_MODEL_CFG, None)
     if recorded is not None:
         if not isinstance(recorded, dict) or "embed_dim" not in recorded or not isinstance(
@@ -179,4 +189,4 @@ def build_biomedclip(spec: ExpertSpec) -> OpenCLIPTimmExpert:
     default_size = default_size[0] if isinstance(default_size, (list, tuple)) else int(default_size)
     image_size = spec.image_size or (32 if spec.tiny else default_size)
     return OpenCLIPTimmExpert(spec.id, config, image_size, spec.output or "patch", mean, std, timm_kwargs,
-                              embed_dim=TINY_EMBED_DIM if spec.tiny else None)
+                              embed_dim=TINY_EMBED_DIM if spec.tiny else None, cls_pool=cls_pool)

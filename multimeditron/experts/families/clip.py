@@ -14,6 +14,8 @@ from multimeditron.experts.base import (
     ExpertSpec,
     LoadReport,
     VisionExpert,
+    check_pool,
+    pool_global,
     select_tokens,
 )
 from multimeditron.experts.checkpoints import (
@@ -53,15 +55,29 @@ def _token_counts(output: str, grid: int) -> tuple[int, int | None]:
     return {"patch": patches, "cls": 1, "all": patches + 1}[output], (grid if output == "patch" else None)
 
 
-class OpenCLIPVisionExpert(VisionExpert):
+class _CLIPPooling(VisionExpert):
+    """The `cls` output of both CLIP backends: the chosen layer's tokens pooled as `cls_pool` says (class token by
+    default)."""
+
+    cls_pool = "token"
+
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return pool_global(tokens, 1, self.cls_pool)
+
+    def select(self, tokens: torch.Tensor) -> torch.Tensor:
+        return select_tokens(tokens, 1, self.output, self.pool_tokens(tokens) if self.output == "cls" else None)
+
+
+class OpenCLIPVisionExpert(_CLIPPooling):
     """OpenCLIP's own VisionTransformer. Tokens of the last layer go through `ln_post` (as OpenCLIP's
     `output_tokens`) unless `post_norm` is false; earlier layers are the raw block outputs."""
 
     def __init__(self, expert_id: str, embed_dim: int, vision_cfg: dict[str, Any], output: str, layer: int,
                  mean: tuple[float, ...], std: tuple[float, ...], quick_gelu: bool = False,
-                 post_norm: bool = True) -> None:
+                 post_norm: bool = True, cls_pool: str = "token") -> None:
         super().__init__()
         self.post_norm = bool(post_norm)
+        self.cls_pool = check_pool(expert_id, cls_pool)
         from open_clip.model import _build_vision_tower
         from open_clip.transformer import VisionTransformer
 
@@ -86,7 +102,7 @@ class OpenCLIPVisionExpert(VisionExpert):
             intermediates_only=True, output_fmt="NLC", output_extra_tokens=True,
         )
         tokens = torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
-        return select_tokens(tokens, 1, self.output)
+        return self.select(tokens)
 
     def architecture_options(self) -> dict[str, Any]:
         return {"backend": "open_clip", OPEN_CLIP_MODEL_CFG: copy.deepcopy(self.model_cfg),
@@ -100,17 +116,19 @@ class OpenCLIPVisionExpert(VisionExpert):
         return load_state_dict_checked(self.visual, state_dict, source, dropped=dropped, entry=entry)
 
 
-class HFCLIPVisionExpert(VisionExpert):
+class HFCLIPVisionExpert(_CLIPPooling):
     """transformers' CLIPVisionModel. Layer -1 applies `post_layernorm` to every token (like OpenCLIP's `ln_post`);
     other layers, and layer -1 with `post_norm` false (the published `last_hidden_state`), are raw
     `hidden_states[layer]`."""
 
     def __init__(self, expert_id: str, config: Any, output: str, layer: int,
-                 mean: tuple[float, ...], std: tuple[float, ...], post_norm: bool = True) -> None:
+                 mean: tuple[float, ...], std: tuple[float, ...], post_norm: bool = True,
+                 cls_pool: str = "token") -> None:
         super().__init__()
         from transformers import CLIPVisionModel
 
         self.post_norm = bool(post_norm)
+        self.cls_pool = check_pool(expert_id, cls_pool)
         self.model = CLIPVisionModel(config)
         self.expert_id, self.output = expert_id, output
         self.layer = _check_layer(expert_id, layer, config.num_hidden_layers)
@@ -131,7 +149,7 @@ class HFCLIPVisionExpert(VisionExpert):
         hidden = self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[self.layer]
         if self.layer == -1 and self.post_norm:
             hidden = self.vision.post_layernorm(hidden)
-        return select_tokens(hidden, 1, self.output)
+        return self.select(hidden)
 
     def load_published_checkpoint(self, source: str) -> LoadReport:
         raw = read_checkpoint(source, HF_WEIGHTS)
@@ -209,7 +227,8 @@ def build_clip(spec: ExpertSpec) -> VisionExpert:
     """Options: `model` (OpenCLIP model name, default ViT-L-14), `layer` (-1 last, -2 penultimate, ...),
     `post_norm` (default true: the last layer goes through the post-LayerNorm; false: the raw last block, as the
     published MultiMeditron's `last_hidden_state`), `backend` ("open_clip" or "hf"; default: "hf" when the checkpoint
-    folder has a transformers config.json), `quick_gelu`, `mean`, `std`.
+    folder has a transformers config.json), `quick_gelu`, `mean`, `std`, `cls_pool` (token | avg | avg_all: how the
+    `cls` output pools the chosen layer's tokens).
 
     Recorded architectures (written by `architecture_options` into a built model's config; when present nothing
     beside the checkpoint is read): `hf_vision_config` (a transformers CLIPVisionConfig dict) or
@@ -224,11 +243,12 @@ def build_clip(spec: ExpertSpec) -> VisionExpert:
     quick_gelu = options.pop("quick_gelu", None)
     mean = tuple(options.pop("mean", CLIP_MEAN))
     std = tuple(options.pop("std", CLIP_STD))
+    cls_pool = check_pool("clip", options.pop("cls_pool", "token"))
     recorded_hf = options.pop(HF_VISION_CONFIG, None)
     recorded_open_clip = options.pop(OPEN_CLIP_MODEL_CFG, None)
     if options:
-        raise ValueError(f"clip: unknown option(s) {sorted(options)}; valid: backend, layer, mean, model, "
-                         f"post_norm, quick_gelu, std, {HF_VISION_CONFIG}, {OPEN_CLIP_MODEL_CFG}")
+        raise ValueError(f"clip: unknown option(s) {sorted(options)}; valid: backend, cls_pool, layer, mean, "
+                         f"model, post_norm, quick_gelu, std, {HF_VISION_CONFIG}, {OPEN_CLIP_MODEL_CFG}")
     output = spec.output or "patch"
     checkpoint = spec.checkpoint
     if backend not in (None, "open_clip", "hf"):
@@ -242,10 +262,10 @@ def build_clip(spec: ExpertSpec) -> VisionExpert:
     # A recorded architecture wins: no config file is read and the hub is not touched.
     if recorded_hf is not None:
         config = _clip_vision_config(recorded_hf, spec.image_size, f"options.{HF_VISION_CONFIG}")
-        return HFCLIPVisionExpert(spec.id, config, output, layer, mean, std, post_norm)
+        return HFCLIPVisionExpert(spec.id, config, output, layer, mean, std, post_norm, cls_pool)
     if recorded_open_clip is not None:
         return _build_open_clip(spec, _recorded_open_clip_cfg(recorded_open_clip, "clip"), output, layer, mean,
-                                std, quick_gelu, post_norm)
+                                std, quick_gelu, post_norm, cls_pool)
 
     hf_config = None
     if checkpoint and backend == "hf":
@@ -261,15 +281,15 @@ def build_clip(spec: ExpertSpec) -> VisionExpert:
     if hf_config is not None:
         # The folder's config defines the architecture, so `tiny` has nothing to shrink here.
         config = _hf_vision_config(hf_config, spec.image_size)
-        return HFCLIPVisionExpert(spec.id, config, output, layer, mean, std, post_norm)
+        return HFCLIPVisionExpert(spec.id, config, output, layer, mean, std, post_norm, cls_pool)
 
     return _build_open_clip(spec, _open_clip_model_cfg(model_name, checkpoint), output, layer, mean, std,
-                            quick_gelu, post_norm)
+                            quick_gelu, post_norm, cls_pool)
 
 
 def _build_open_clip(spec: ExpertSpec, model_cfg: dict[str, Any], output: str, layer: int,
                      mean: tuple[float, ...], std: tuple[float, ...], quick_gelu: bool | None,
-                     post_norm: bool = True) -> VisionExpert:
+                     post_norm: bool = True, cls_pool: str = "token") -> VisionExpert:
     # `tiny` and `image_size` are re-applied to a recorded (already resolved) config: both are idempotent.
     vision_cfg = dict(model_cfg["vision_cfg"])
     embed_dim = model_cfg["embed_dim"]
@@ -282,4 +302,4 @@ def _build_open_clip(spec: ExpertSpec, model_cfg: dict[str, Any], output: str, l
     if quick_gelu is None:
         quick_gelu = bool(model_cfg.get("quick_gelu", False))
     return OpenCLIPVisionExpert(spec.id, embed_dim, vision_cfg, output, layer, mean, std, quick_gelu=quick_gelu,
-                                post_norm=post_norm)
+                                post_norm=post_norm, cls_pool=cls_pool)

@@ -45,11 +45,13 @@ class ProbeResult:
     test_labels: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # protocol-specific details (the grid, few-shot per N)
+    per_label: dict[str, Any] | None = None  # multi-label: test metrics label by label (bootstrap.per_label_metrics)
     paper_metrics: dict[str, Any] = field(default_factory=dict)  # set name -> `paper_metrics.paper_metric_set`
 
     def to_dict(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "chosen": self.chosen, "val": self.val, "test": self.test,
                 "notes": self.notes, **({"details": self.extra} if self.extra else {}),
+                **({"per_label": self.per_label} if self.per_label else {}),
                 **({"paper_metrics": self.paper_metrics} if self.paper_metrics else {})}
 
 
