@@ -278,10 +278,11 @@ def speed(args: argparse.Namespace, train_only: Path, work: Path) -> None:
                                  args.batch))
         print(f"speed round {r + 1}: engine {engine[-1]:.1f} images/s, published loop {plain[-1]:.1f} images/s")
     e, p = float(np.median(engine)), float(np.median(plain))
+    ratios = [a / b for a, b in zip(engine, plain)]
     print(f"\nspeed (steps {args.speed_skip + 1}-{args.speed_steps} of {args.speed_steps}, {args.batch} images a step, "
           f"2 + {args.local_crops} crops, one process, {torch.get_num_threads()} threads, median of "
           f"{args.speed_rounds} alternated rounds): engine {e:.1f} images/s, published loop re-created {p:.1f} "
-          f"images/s, ratio {e / p:.2f} (per round: {', '.join(f'{a / b:.2f}' for a, b in zip(engine, plain))})")
+          f"images/s, ratio {e / p:.2f}; per round {', '.join(f'{r:.2f}' for r in ratios)} (median {np.median(ratios):.2f})")
 
 
 if __name__ == "__main__":
