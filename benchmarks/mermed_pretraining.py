@@ -35,7 +35,7 @@ EXPERT = '{id: "timm:vit_small_patch16_224", tiny: true, image_size: 64, options
 
 def tiny_settings(args: argparse.Namespace) -> list[str]:
     """The method's keys at this scale (the recipe's defaults are the published command's, for 131072-entry banks
-    and 100s of thousands of steps; README, "Evidence that it learns"): a bank of the train split's size (full after
+    and 100s of thousands of steps; README, Benchmarks): a bank of the train split's size (full after
     one epoch, none of the random start left to score against), partitions of 64, an EMA that follows the student
     within ~10 steps (0.9 -> 1; 0.9995 leaves the exported teacher at its random start over a few hundred steps),
     one rate for every block (layer decay 1: a 2-block ViT from random weights has no pretrained lower layers to
