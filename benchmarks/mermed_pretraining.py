@@ -10,8 +10,12 @@ wd / momentum / teacher-temperature arrays, the criterion's double loop over vie
 gradient clipping, the EMA loop over parameters) on the same tiny ViT, crops and batches; data loading included in
 both. The loop lives here only, as a yardstick.
 
-    python benchmarks/mermed_pretraining.py                 # ~5 min on 2 CPU cores
-    python benchmarks/mermed_pretraining.py --epochs 10 --train 120 --skip-speed
+    OMP_NUM_THREADS=1 python benchmarks/mermed_pretraining.py       # ~10 min on 2 shared CPU cores
+    OMP_NUM_THREADS=1 python benchmarks/mermed_pretraining.py --skip-probes --speed-rounds 5   # speed only
+
+The method's keys at this scale differ from the recipe's (the published command's): `tiny_settings` says which and
+why. Speed is steady state: the time from the end of step `--speed-skip` to the end of the last step (start-up,
+the first steps and the final save left out), engine and plain loop alternated, the median of `--speed-rounds`.
 """
 from __future__ import annotations
 
@@ -21,19 +25,36 @@ import math
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-EXPERT = '{id: "timm:vit_small_patch16_224", tiny: true, image_size: 32, options: {patch_size: 8}}'
+EXPERT = '{id: "timm:vit_small_patch16_224", tiny: true, image_size: 64, options: {patch_size: 8}}'
+
+
+def tiny_settings(args: argparse.Namespace) -> list[str]:
+    """The method's keys at this scale (the recipe's defaults are the published command's, for 131072-entry banks
+    and 100s of thousands of steps; README, Benchmarks): a bank of the train split's size (full after
+    one epoch, none of the random start left to score against), partitions of 64, an EMA that follows the student
+    within ~10 steps (0.9 -> 1; 0.9995 leaves the exported teacher at its random start over a few hundred steps),
+    one rate for every block (layer decay 1: a 2-block ViT from random weights has no pretrained lower layers to
+    keep), crops that keep most of a 64-px image (global 0.6-1, local 0.1-0.4: at 0.2 the few small findings the
+    labels count are often cut out), a narrow head."""
+    out_dim = args.out_dim or args.train
+    return [f"mermed.local_crops_number={args.local_crops}", f"mermed.out_dim={out_dim}",
+            f"mermed.partition_size={min(args.partition_size, out_dim)}", "mermed.momentum_teacher=0.9",
+            "mermed.layer_decay=1.0", "mermed.global_crops_scale=[0.6,1.0]", "mermed.local_crops_scale=[0.1,0.4]",
+            "mermed.hidden_dim=256", "mermed.bottleneck_dim=64", "mermed.drop_path=0.1",
+            "mermed.warmup_teacher_temp_epochs=2"]
 
 
 def method_flags(args: argparse.Namespace) -> list[str]:
-    return ["--objective", "mermed", "--expert", EXPERT, "--local-crops", str(args.local_crops), "--out-dim",
-            str(args.out_dim), "--partition-size", str(args.partition_size), "--momentum-teacher", "0.99",
-            "--batch-size", str(args.batch), "--lr", str(args.lr), "--warmup-epochs", "2",
-            "--set", "mermed.hidden_dim=256", "--set", "mermed.bottleneck_dim=64", "--set", "mermed.drop_path=0.1",
-            "--set", f"mermed.warmup_teacher_temp_epochs={max(1, args.epochs // 5)}", "--seed", str(args.seed)]
+    flags = ["--objective", "mermed", "--expert", EXPERT, "--batch-size", str(args.batch), "--lr", str(args.lr),
+             "--warmup-epochs", "2", "--seed", str(args.seed)]
+    for key in tiny_settings(args):
+        flags += ["--set", key]
+    return flags
 
 
 def probe_table(folder: Path, spec: str, seed: int, n_resamples: int) -> dict[str, dict[str, dict]]:
@@ -58,7 +79,7 @@ def probe_table(folder: Path, spec: str, seed: int, n_resamples: int) -> dict[st
     data = ProbeInputs(splits["train"], splits["val"], splits["test"], len(LABEL_COLUMNS), multilabel=True)
     out = {}
     for name, result in (("knn", knn_probe(data, ks=(5, 10, 20))),
-                         ("linear", linear_probe(data, learning_rates=(1e-3, 1e-2), epochs=100, layer_counts=(1,),
+                         ("linear", linear_probe(data, epochs=100, layer_counts=(1,),
                                                  seed=seed))):
         out[name] = {label: bootstrap_metrics(result.test_labels[:, [c]], result.test_scores[:, [c]], multilabel=True,
                                               n_resamples=n_resamples, seed=seed, metrics=("auroc",))["auroc"]
@@ -66,8 +87,8 @@ def probe_table(folder: Path, spec: str, seed: int, n_resamples: int) -> dict[st
     return out
 
 
-def published_step_loop(args: argparse.Namespace, data: Path, steps: int) -> float:
-    """Images per second of a plain re-creation of the published loop over the same crops."""
+def published_step_loop(args: argparse.Namespace, data: Path, steps: int) -> list[float]:
+    """Time at the end of each step of a plain re-creation of the published loop over the same crops."""
     from multimeditron.adaptation.experts import load_expert
     from multimeditron.adaptation.multicrop import (
         MultiCropCanvases,
@@ -80,12 +101,12 @@ def published_step_loop(args: argparse.Namespace, data: Path, steps: int) -> flo
     from multimeditron.adaptation.trunk import vit_trunk
 
     keys = [("objective", "mermed", ""), ("data.path", str(data), ""), ("expert.spec", EXPERT, "")]
-    recipe = load_recipe(AdaptRecipe, None, keys, _overrides(args))
+    recipe = load_recipe(AdaptRecipe, None, keys, tiny_settings(args))
     expert, _ = load_expert(EXPERT, seed=args.seed)
     m = recipe.mermed
     objective = MemorySelfDistillation(expert.train(), m, args.seed)
     sources = resolve_sources(recipe.data, expert.mean, expert.std)
-    dataset = MultiCropCanvases(sources, expert.image_size, local_crop_size(32, 8, m.local_crop_size), m, args.seed)
+    dataset = MultiCropCanvases(sources, expert.image_size, local_crop_size(expert.image_size, 8, m.local_crop_size), m, args.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True)
     groups = param_groups(objective.student, objective.student_head, 0.04, m.layer_decay)
     optimizer = torch.optim.AdamW(groups)
@@ -94,7 +115,7 @@ def published_step_loop(args: argparse.Namespace, data: Path, steps: int) -> flo
     wd = 0.4 + 0.5 * (0.04 - 0.4) * (1 + np.cos(np.pi * np.arange(total) / total))
     mom = 1 + 0.5 * (m.momentum_teacher - 1) * (1 + np.cos(np.pi * np.arange(total) / total))
     temp = np.full(total, m.teacher_temp)
-    it, start = 0, time.perf_counter()
+    it, stamps = 0, []
     while it < total:
         for batch in loader:
             if it == total:
@@ -140,44 +161,60 @@ def published_step_loop(args: argparse.Namespace, data: Path, steps: int) -> flo
                 for q_, k_ in zip([*objective.student.parameters(), *objective.student_head.parameters()],
                                   [*objective.teacher.parameters(), *objective.teacher_head.parameters()]):
                     k_.mul_(mom[it]).add_((1 - mom[it]) * q_.detach())
+            stamps.append(time.perf_counter())
             it += 1
     assert vit_trunk(objective.student) is not None
-    return total * args.batch / (time.perf_counter() - start)
+    return stamps
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    return [f"mermed.local_crops_number={args.local_crops}", f"mermed.out_dim={args.out_dim}",
-            f"mermed.partition_size={args.partition_size}", "mermed.hidden_dim=256", "mermed.bottleneck_dim=64",
-            "mermed.momentum_teacher=0.99"]
-
-
-def engine_speed(args: argparse.Namespace, data: Path, out: Path, steps: int) -> float:
+def engine_speed(args: argparse.Namespace, data: Path, out: Path, steps: int) -> list[float]:
+    """Time at the end of each optimiser step of `adapt --objective mermed` (after the EMA update: the end of
+    `EmaTeacher.on_step_end`), the command run whole; nothing is saved during the steps."""
+    from multimeditron.adaptation import self_distillation
     from multimeditron.cli import main
 
-    epochs = steps * args.batch / args.train
-    start = time.perf_counter()
-    assert main(["adapt", *method_flags(args), "--data", str(data), "--out", str(out), "--epochs", f"{epochs:g}",
-                 "--warmup-epochs", "0", "--set", "training_args.save_strategy='no'",
-                 "--set", "training_args.disable_tqdm=true"]) == 0
-    history = json.loads((out / "history.json").read_text())
-    del history
-    return steps * args.batch / (time.perf_counter() - start)
+    stamps: list[float] = []
+    original = self_distillation.EmaTeacher.on_step_end
+
+    def stamped(self: Any, *a: Any, **k: Any) -> None:
+        original(self, *a, **k)
+        stamps.append(time.perf_counter())
+
+    self_distillation.EmaTeacher.on_step_end = stamped
+    try:
+        epochs = steps * args.batch / args.train
+        assert main(["adapt", *method_flags(args), "--data", str(data), "--out", str(out), "--epochs", f"{epochs:g}",
+                     "--warmup-epochs", "0", "--set", "training_args.save_strategy='no'",
+                     "--set", "training_args.disable_tqdm=true"]) == 0
+    finally:
+        self_distillation.EmaTeacher.on_step_end = original
+    return stamps
+
+
+def steady_rate(stamps: list[float], skip: int, batch: int) -> float:
+    """Images per second between the end of step `skip` and the end of the last step: start-up, the first steps
+    and the final save left out."""
+    if len(stamps) <= skip + 1:
+        raise SystemExit(f"--speed-steps must exceed --speed-skip + 1 ({skip + 1})")
+    return (len(stamps) - 1 - skip) * batch / (stamps[-1] - stamps[skip])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train", type=int, default=240)
-    parser.add_argument("--val", type=int, default=120)
-    parser.add_argument("--test", type=int, default=240)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--train", type=int, default=192)
+    parser.add_argument("--val", type=int, default=96)
+    parser.add_argument("--test", type=int, default=192)
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--local-crops", type=int, default=4)
-    parser.add_argument("--out-dim", type=int, default=1024)
-    parser.add_argument("--partition-size", type=int, default=256)
+    parser.add_argument("--local-crops", type=int, default=2)
+    parser.add_argument("--out-dim", type=int, default=None, help="bank entries (default: --train)")
+    parser.add_argument("--partition-size", type=int, default=64)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speed-steps", type=int, default=30)
+    parser.add_argument("--speed-skip", type=int, default=5, help="first steps left out of the speed")
+    parser.add_argument("--speed-rounds", type=int, default=3)
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-probes", action="store_true")
     args = parser.parse_args()
@@ -198,14 +235,18 @@ def main() -> None:
         args.epochs = 0
     start = time.perf_counter()
     assert args.epochs == 0 or cli(["adapt", *method_flags(args), "--data", str(train_only), "--out", str(work / "run"), "--epochs",
-                str(args.epochs), "--set", "training_args.disable_tqdm=true"]) == 0
+                str(args.epochs), "--set", "training_args.disable_tqdm=true",
+                "--set", "training_args.save_strategy='no'"]) == 0
     minutes = (time.perf_counter() - start) / 60
     if args.skip_probes:
         return speed(args, train_only, work)
     history = json.loads((work / "run" / "history.json").read_text())
+    entropy = [h["teacher_entropy"] for h in history]
     print(f"pretraining: {args.train} unlabelled images, {args.epochs} epochs, {minutes:.1f} min; loss "
-          f"{history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; teacher entropy {history[0]['teacher_entropy']:.2f}"
-          f" -> {history[-1]['teacher_entropy']:.2f} (max {math.log(args.partition_size):.2f})")
+          f"{history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; teacher entropy {entropy[0]:.2f} -> "
+          f"{entropy[-1]:.2f} (range {min(entropy):.2f}-{max(entropy):.2f}; 0 = collapse to one entry, "
+          f"{math.log(min(args.partition_size, args.out_dim or args.train)):.2f} = uniform over a partition, "
+          f"log(out_dim) {math.log(args.out_dim or args.train):.2f})")
     tables = {"random init": probe_table(data, EXPERT, args.seed, args.bootstrap),
               "mermed (teacher)": probe_table(data, str(work / "run" / "final"), args.seed, args.bootstrap)}
     from multimeditron.data.synthetic_findings import LABEL_COLUMNS
@@ -227,11 +268,21 @@ def main() -> None:
 
 
 def speed(args: argparse.Namespace, train_only: Path, work: Path) -> None:
-    engine = engine_speed(args, train_only, work / "speed", args.speed_steps)
-    plain = published_step_loop(args, train_only, args.speed_steps)
-    print(f"\nspeed ({args.speed_steps} steps of {args.batch} images, 2 + {args.local_crops} crops, 1 process, "
-          f"{torch.get_num_threads()} threads): engine {engine:.1f} images/s, published loop re-created "
-          f"{plain:.1f} images/s, ratio {engine / plain:.2f}")
+    """Steady-state images/s per process: engine and plain loop alternated `--speed-rounds` times (so a change in
+    the machine's load hits both), each the median of its rounds."""
+    engine, plain = [], []
+    for r in range(args.speed_rounds):
+        engine.append(steady_rate(engine_speed(args, train_only, work / f"speed{r}", args.speed_steps),
+                                  args.speed_skip, args.batch))
+        plain.append(steady_rate(published_step_loop(args, train_only, args.speed_steps), args.speed_skip,
+                                 args.batch))
+        print(f"speed round {r + 1}: engine {engine[-1]:.1f} images/s, published loop {plain[-1]:.1f} images/s")
+    e, p = float(np.median(engine)), float(np.median(plain))
+    ratios = [a / b for a, b in zip(engine, plain)]
+    print(f"\nspeed (steps {args.speed_skip + 1}-{args.speed_steps} of {args.speed_steps}, {args.batch} images a step, "
+          f"2 + {args.local_crops} crops, one process, {torch.get_num_threads()} threads, median of "
+          f"{args.speed_rounds} alternated rounds): engine {e:.1f} images/s, published loop re-created {p:.1f} "
+          f"images/s, ratio {e / p:.2f}; per round {', '.join(f'{r:.2f}' for r in ratios)} (median {np.median(ratios):.2f})")
 
 
 if __name__ == "__main__":
