@@ -97,6 +97,16 @@ def check_run_folder(out: str | Path, command: str, recipe: dict[str, Any], data
     return earlier
 
 
+def check_fresh_out(out: str | Path | None, command: str, *, overwrite: bool = False,
+                    resume: bool | str | None = False, dry_run: bool = False) -> None:
+    """The fresh-`--out` rule alone, needing neither data nor expert, so a command calls it before loading either:
+    an earlier run in `out` is refused unless `--overwrite`. A resumed run is checked later against the recipe and
+    data it started with (`run_folder`); a dry run writes nothing and is not refused."""
+    if out is None or resume or dry_run:
+        return
+    check_run_folder(out, command, {}, {}, overwrite=overwrite)
+
+
 def prepare_run_folder(out: str | Path, command: str, recipe: dict[str, Any], data: dict[str, Any], *,
                        resume: bool | str | None = False, overwrite: bool = False, keep: tuple[str, ...] = (),
                        main_process: bool = True, say: Callable[[str], None] = print) -> None:
@@ -154,4 +164,4 @@ def _check_resume(out: Path, command: str, recipe: dict[str, Any], data: dict[st
     say(f"[{command}] resuming from {last}" + (f" ({done}, step {state.get('global_step', '?')})" if done else ""))
 
 
-__all__ = ["RECORD", "check_run_folder", "prepare_run_folder", "recipe_changes", "run_folder"]
+__all__ = ["RECORD", "check_fresh_out", "check_run_folder", "prepare_run_folder", "recipe_changes", "run_folder"]

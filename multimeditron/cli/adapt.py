@@ -62,13 +62,15 @@ def run(args: argparse.Namespace) -> int:
         adapt_token_reconstruction,
     )
     from multimeditron.cli.recipe_flags import load_command_recipe
-    from multimeditron.run_folder import run_folder
+    from multimeditron.run_folder import check_fresh_out, run_folder
     from multimeditron.threads import use_threads
     from multimeditron.training.arguments import is_main_process, world_size
 
     recipe = load_command_recipe(AdaptRecipe, args, SHORTHANDS)
     use_threads(recipe.threads)
     values = recipe.training_arguments(world_size())
+    check_fresh_out(values["output_dir"], "adapt", overwrite=args.overwrite,
+                    resume=values.get("resume_from_checkpoint"), dry_run=args.dry_run)
     parsed = expert_spec(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny)  # before any image is read
     if recipe.objective == "mermed":
         return _run_mermed(recipe, parsed, values, args)

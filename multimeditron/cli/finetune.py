@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from multimeditron.cli.recipe_flags import load_command_recipe
     from multimeditron.errors import UsageError
     from multimeditron.probing.report import markdown_table, per_label_table
-    from multimeditron.run_folder import run_folder
+    from multimeditron.run_folder import check_fresh_out, run_folder
     from multimeditron.threads import use_threads
     from multimeditron.training.arguments import (
         is_main_process,
@@ -113,6 +113,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--eval needs --checkpoint DIR (a run folder or its best/)")
     if args.eval and recipe.training_args.get("resume_from_checkpoint"):
         raise UsageError("--eval scores a finished run; --resume continues training: give one of them")
+    if args.eval:
+        check_fresh_out(recipe.training_args.get("output_dir"), "finetune --eval", overwrite=args.overwrite)
+    else:
+        early = recipe.training_arguments(world_size())
+        check_fresh_out(early["output_dir"], "finetune", overwrite=args.overwrite,
+                        resume=early.get("resume_from_checkpoint"), dry_run=args.dry_run)
     parsed = None if args.eval else finetune_spec(recipe)  # a wrong SPEC or --pool, before any image is read
     data = load_finetune_data(recipe)
     say = print if is_main_process() else (lambda *_: None)

@@ -103,13 +103,14 @@ def run(args: argparse.Namespace) -> int:
         parse_spec,
         unique_names,
     )
-    from multimeditron.run_folder import run_folder
+    from multimeditron.run_folder import check_fresh_out, run_folder
     from multimeditron.threads import use_threads
 
     recipe = load_command_recipe(ProbeRecipe, args, SHORTHANDS, expert_required=False)
     use_threads(recipe.threads)
     if not recipe.experts:
         raise UsageError("--expert SPEC is required (or experts: [...] in the --config file)")
+    check_fresh_out(recipe.out, "probe", overwrite=args.overwrite, dry_run=args.dry_run)
     texts = [spec_text(spec) for spec in recipe.experts]
     parsed_specs = unique_names([parse_spec(text, tiny=recipe.tiny) for text in texts], texts)
     for parsed in parsed_specs:  # a missing checkpoint or an unknown option, before any image is read

@@ -51,13 +51,15 @@ def run(args: argparse.Namespace) -> int:
     from multimeditron.cli.recipe_flags import load_command_recipe
     from multimeditron.data.images import images_fingerprint
     from multimeditron.data.segmentation_pairs import load_segmentation_pairs
-    from multimeditron.run_folder import run_folder
+    from multimeditron.run_folder import check_fresh_out, run_folder
     from multimeditron.threads import use_threads
     from multimeditron.training.arguments import is_main_process, world_size
 
     recipe = load_command_recipe(SegmentRecipe, args, SHORTHANDS)
     use_threads(recipe.threads)
     values = recipe.training_arguments(world_size())
+    check_fresh_out(values["output_dir"], "segment", overwrite=args.overwrite,
+                    resume=values.get("resume_from_checkpoint"), dry_run=args.dry_run)
     seed = int(values["seed"])
     parsed = expert_spec(spec_text(recipe.expert.spec), tiny=recipe.expert.tiny)  # before any image is read
     section = recipe.data

@@ -89,10 +89,14 @@ def load_recipes(args: argparse.Namespace) -> list[tuple[str | None, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     from multimeditron.adaptation.contrastive.data import load_caption_pairs
-    from multimeditron.run_folder import check_run_folder
+    from multimeditron.run_folder import check_fresh_out, check_run_folder
     from multimeditron.training.arguments import is_main_process, world_size
 
     recipes = load_recipes(args)
+    for _, recipe in recipes:  # an earlier run in an output folder, before any data is read
+        early = recipe.training_arguments(world_size())
+        check_fresh_out(early["output_dir"], "train-expert", overwrite=args.overwrite,
+                        resume=early.get("resume_from_checkpoint"), dry_run=args.dry_run)
     # every recipe's data read before the first one trains (pairs are read lazily: only the tables are opened)
     runs = [(config, recipe, load_caption_pairs(recipe.data, seed=int(recipe.training_arguments()["seed"])))
             for config, recipe in recipes]

@@ -63,12 +63,15 @@ def run(args: argparse.Namespace) -> int:
 
     from multimeditron.adaptation.gate import GATE_FOLDER, GateRecipe, gate_plan, load_gate_data, train_gate
     from multimeditron.cli.recipe_flags import load_command_recipe
-    from multimeditron.run_folder import run_folder
+    from multimeditron.run_folder import check_fresh_out, run_folder
     from multimeditron.threads import use_threads
     from multimeditron.training.arguments import is_main_process, world_size
 
     recipe = load_command_recipe(GateRecipe, args, SHORTHANDS, expert_required=False)
     use_threads(recipe.threads)
+    values = recipe.training_arguments(world_size())
+    check_fresh_out(values["output_dir"], "train-gate", overwrite=args.overwrite,
+                    resume=values.get("resume_from_checkpoint"), dry_run=args.dry_run)
     data = load_gate_data(recipe)
     if args.dry_run:
         print(gate_plan(recipe, data, world_size()))
@@ -78,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
     say(f"[train-gate] data {data.name}: classes {data.classes}; images: {sizes}")
     for note in data.notes:
         say(f"[train-gate] note: {note}")
-    values = recipe.training_arguments(world_size())
     with run_folder(values["output_dir"], "train-gate", {**recipe.to_dict(), "training_args": values},
                     {split: data.fingerprint(split) for split in data.splits},
                     resume=values.get("resume_from_checkpoint"), overwrite=args.overwrite,

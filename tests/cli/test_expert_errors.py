@@ -161,6 +161,20 @@ def test_a_fresh_out_per_run_or_overwrite(images, tmp_path, capsys):
     assert "not a run folder" in one_error_line(capsys) and (other / "thesis.tex").is_file()
 
 
+@pytest.mark.parametrize("command", [
+    ["finetune", *TINY], ["probe", *TINY], ["adapt", *TINY], ["adapt", *TINY, "--objective", "mermed"],
+    ["segment", *TINY], ["train-gate"], ["train-expert", "--objective", "clip", "--expert", "clip", "--tiny"],
+])
+def test_an_earlier_run_in_out_is_refused_before_the_data_is_read(command, tmp_path, capsys):
+    # the data path does not exist: the error is about --out, so the folder was checked first
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    (out / "results.json").write_text("{}")
+    assert main([*command, "--data", str(tmp_path / "no_such_data"), "--out", str(out)]) == 2
+    assert "holds an earlier run" in one_error_line(capsys)
+
+
 def test_resume_continues_only_the_run_it_started_as(images, tmp_path, capsys, monkeypatch):
     import shutil
 
