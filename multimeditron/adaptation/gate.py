@@ -62,7 +62,7 @@ class GateSection:
 class GateRecipe(_Recipe):
     data: LabelledDataSection
     gate: GateSection = field(default_factory=GateSection)
-    # Published: a constant learning rate (no scheduler): no warm-up, and a cosine floor at the rate itself.
+    # Published: a constant learning rate (no scheduler): no warm-up, no decay (min_lr None).
     schedule: Schedule = field(default_factory=lambda: Schedule(warmup_epochs=0.0, min_lr=None))
     training_args: dict[str, Any] = field(default_factory=dict)
     deepspeed: str | None = None
