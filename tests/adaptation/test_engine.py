@@ -2,8 +2,6 @@
 for a bad flag, a bad YAML key or a bad value in every command, and the dry run's plan."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +9,6 @@ import yaml
 
 from multimeditron.cli import main
 from tests.adaptation.conftest import TEXTURE_EXPERT
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_report_to_tensorboard_writes_an_event_file(texture_folder: Path, tmp_path: Path) -> None:
@@ -55,19 +51,21 @@ def test_bad_yaml_keys_and_values_give_one_error_line(command, bad_key, texture_
 
 
 @pytest.mark.parametrize("command", ["finetune", "adapt", "segment", "probe"])
-def test_a_bad_flag_value_is_one_argparse_error_line(command) -> None:
+def test_a_bad_flag_value_is_one_argparse_error_line(command, capsys) -> None:
     flag = {"finetune": "--epochs", "adapt": "--epochs", "segment": "--epochs", "probe": "--bootstrap"}[command]
-    proc = subprocess.run([sys.executable, "-m", "multimeditron", command, flag, "abc"], capture_output=True,
-                          text=True, cwd=ROOT)
-    assert proc.returncode == 2
-    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and flag in errors[0] and "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as stopped:  # argparse's exit, as `python -m multimeditron` ends with it
+        main([command, flag, "abc"])
+    assert stopped.value.code == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and flag in errors[0] and "Traceback" not in stderr
 
 
-def test_help_shows_the_schema_defaults() -> None:
-    proc = subprocess.run([sys.executable, "-m", "multimeditron", "finetune", "--help"], capture_output=True,
-                          text=True, cwd=ROOT)
-    text = " ".join(proc.stdout.split())
+def test_help_shows_the_schema_defaults(capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["finetune", "--help"])
+    assert stopped.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
     assert "[training_args.num_train_epochs] (default: 50)" in text
     assert "[finetune.layer_decay] (default: 0.65)" in text and "[schedule.warmup_epochs] (default: 10.0)" in text
     assert "{finetune,lp,lora,bitfit}" in text  # choices read from the schema's Literal
