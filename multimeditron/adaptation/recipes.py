@@ -272,7 +272,7 @@ class _Recipe:
 
     def training_arguments(self, processes: int = 1) -> dict[str, Any]:
         """The TrainingArguments values this run uses, for a launch of `processes` processes."""
-        values = {**self.engine_training_defaults(), **self.training_args}
+        values = {**self.engine_training_defaults(), **self.method_training_defaults(), **self.training_args}
         if "per_device_eval_batch_size" not in self.training_args:
             values["per_device_eval_batch_size"] = values["per_device_train_batch_size"]
         if "bf16" not in self.training_args and "fp16" not in self.training_args:
@@ -287,12 +287,17 @@ class _Recipe:
             values["learning_rate"] = blr * self.global_batch(processes) / 256
         return values
 
+    def method_training_defaults(self) -> dict[str, Any]:
+        """TrainingArguments values that depend on the recipe's own keys (an objective's engine values): above the
+        command's defaults, below the user's `training_args`, which keeps only what the user wrote."""
+        return {}
+
     def base_learning_rate(self) -> float | None:
         """The method's `blr`, when its learning rate scales with the global batch; None: a fixed rate."""
         return None
 
     def global_batch(self, processes: int = 1) -> int:
-        values = {**self.TRAINING_DEFAULTS, **self.training_args}
+        values = {**self.TRAINING_DEFAULTS, **self.method_training_defaults(), **self.training_args}
         return (int(values["per_device_train_batch_size"]) * int(values.get("gradient_accumulation_steps", 1))
                 * max(1, processes))
 
@@ -340,12 +345,14 @@ class AdaptRecipe(_Recipe):
             raise ValueError("data.sources: several sources are for --objective mermed; token reconstruction "
                              "takes one data.path")
 
+    def method_training_defaults(self) -> dict[str, Any]:
+        """`mermed` runs with MerMED-FM's engine values wherever the user wrote none."""
+        return dict(MERMED_TRAINING_DEFAULTS) if self.objective == "mermed" else {}
+
     def fill_defaults(self) -> None:
-        """`mermed` runs with MerMED-FM's engine values wherever the user wrote none (training_args, schedule)."""
+        """`mermed` runs with MerMED-FM's schedule wherever the user wrote none."""
         if self.objective != "mermed":
             return
-
-        self.training_args = {**MERMED_TRAINING_DEFAULTS, **self.training_args}
         written = written_keys(self.schedule)
         self.schedule = Schedule(**{k: getattr(self.schedule, k) if k in written else v
                                     for k, v in MERMED_SCHEDULE.items()})

@@ -109,3 +109,24 @@ def test_two_processes_pretrain_like_one_with_the_same_global_batch(unlabelled_f
     banks = [load_file(str(next((tmp_path / run).glob("checkpoint-*")) / "model.safetensors")) for run in ("one", "two")]
     assert torch.allclose(banks[0]["bank.queue"], banks[1]["bank.queue"], atol=1e-5)
     assert torch.equal(banks[0]["bank.labels"], banks[1]["bank.labels"])
+
+
+def test_mermed_engine_defaults_apply_without_rewriting_what_the_user_wrote() -> None:
+    # MerMED-FM's engine values are defaults of the run, not keys the user wrote: `training_args` keeps the user's
+    # keys only, and the run's TrainingArguments get MerMED's values wherever the user wrote none.
+    from multimeditron.adaptation.recipes import MERMED_TRAINING_DEFAULTS, AdaptRecipe
+    from multimeditron.config import parse_section
+
+    recipe = parse_section(AdaptRecipe, {"data": {"path": "x"}, "expert": {"spec": "retfound_green"},
+                                         "objective": "mermed", "training_args": {"num_train_epochs": 3}})
+    recipe.fill_defaults()
+    assert recipe.training_args == {"num_train_epochs": 3}
+    values = recipe.training_arguments()
+    assert values["num_train_epochs"] == 3
+    for key in ("per_device_train_batch_size", "weight_decay", "max_grad_norm"):
+        assert values[key] == MERMED_TRAINING_DEFAULTS[key], key
+    assert recipe.global_batch(2) == 2 * MERMED_TRAINING_DEFAULTS["per_device_train_batch_size"]
+    token = parse_section(AdaptRecipe, {"data": {"path": "x"}, "expert": {"spec": "retfound_green"}})
+    token.fill_defaults()
+    assert token.training_arguments()["per_device_train_batch_size"] == AdaptRecipe.TRAINING_DEFAULTS[
+        "per_device_train_batch_size"]
