@@ -56,6 +56,23 @@ def test_train_gate_learns_the_modalities_and_the_router_loads_it(drawn: Path, t
     assert evaluate_gate(router.classifier, data, "test")["accuracy"] >= 0.95
 
 
+def test_gate_epochs_that_classify_alike_are_ranked_by_confidence() -> None:
+    # the router sums class probabilities per expert: of two epochs with the same val accuracy the more confident one
+    # routes better, and one more image right always outranks any confidence
+    from types import SimpleNamespace
+
+    from multimeditron.adaptation.gate import _accuracy
+
+    labels = [0, 1, 2, 0]
+    unsure = SimpleNamespace(predictions=torch.eye(3)[labels].numpy() * 0.2, label_ids=labels)
+    sure = SimpleNamespace(predictions=torch.eye(3)[labels].numpy() * 8.0, label_ids=labels)
+    one_wrong = SimpleNamespace(predictions=torch.eye(3)[[0, 1, 2, 1]].numpy() * 8.0, label_ids=labels)
+    scores = {name: _accuracy(p) for name, p in (("unsure", unsure), ("sure", sure), ("one_wrong", one_wrong))}
+    assert scores["unsure"]["accuracy"] == scores["sure"]["accuracy"] == 1.0
+    assert scores["sure"]["score"] > scores["unsure"]["score"] > scores["one_wrong"]["score"]
+    assert scores["unsure"]["cross_entropy"] > scores["sure"]["cross_entropy"]
+
+
 def test_clip_expert_recall_rises_from_chance(drawn: Path, tmp_path: Path) -> None:
     out = tmp_path / "clip"
     assert main(["train-expert", "--objective", "clip", "--expert", "clip", "--tiny", "--data", str(drawn),
