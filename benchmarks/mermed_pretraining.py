@@ -59,7 +59,7 @@ def draw_texture(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
     phi = rng.uniform(0, 2 * np.pi)
     slope = rng.uniform(-0.1, 0.1) * ((x - size / 2) * np.cos(phi) + (y - size / 2) * np.sin(phi)) / size
     grey = rng.uniform(0.4, 0.6) + rng.uniform(0.15, 0.25) * pattern + slope
-    rgb = grey[..., None] * rng.uniform(0.95, 1.05, 3) + rng.normal(0, rng.uniform(0.02, 0.05), (size, size, 3))
+    rgb = grey[..., None] + rng.normal(0, rng.uniform(0.02, 0.05), (size, size, 3))
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
 
 
