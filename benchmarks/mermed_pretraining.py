@@ -1,5 +1,6 @@
-"""Does `adapt --objective mermed` learn, and how fast is its step? On the quickstart's labelled drawn images
-(`multimeditron.data.synthetic_findings`: modality, finding left/right, number of findings), a tiny ViT expert is
+"""Does `adapt --objective mermed` learn, and how fast is its step? On labelled drawn images (`--data findings`: the
+quickstart's, `multimeditron.data.synthetic_findings`: modality, finding left/right, number of findings; `--data
+textures`: grey textures, one label per kind: stripes, checks, dots, cells), a tiny ViT expert is
 pretrained WITHOUT labels on the train split; the teacher it writes and the same expert at its random start are
 then probed on held-out labels: cosine kNN and a linear probe (`multimeditron.probing`, hyperparameters chosen on
 val), test AUROC per label with 95% bootstrap intervals.
@@ -11,6 +12,7 @@ gradient clipping, the EMA loop over parameters) on the same tiny ViT, crops and
 both. The loop lives here only, as a yardstick.
 
     OMP_NUM_THREADS=1 python benchmarks/mermed_pretraining.py       # ~10 min on 2 shared CPU cores
+    OMP_NUM_THREADS=1 python benchmarks/mermed_pretraining.py --data textures --skip-speed   # ~4 min
     OMP_NUM_THREADS=1 python benchmarks/mermed_pretraining.py --skip-probes --speed-rounds 5   # speed only
 
 The method's keys at this scale differ from the recipe's (the published command's): `tiny_settings` says which and
@@ -31,6 +33,70 @@ import numpy as np
 import torch
 
 EXPERT = '{id: "timm:vit_small_patch16_224", tiny: true, image_size: 64, options: {patch_size: 8}}'
+TEXTURES = ("stripes", "checks", "dots", "cells")
+
+
+def draw_texture(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
+    """A `size`-px grey (RGB uint8) image of one texture kind filling the frame, so that every crop, flip and colour
+    jitter keeps the kind, under nuisances: period, orientation and phase (or density and size) drawn within the
+    kind's range, background level, contrast, an illumination slope and noise. The level and contrast stay within the
+    colour jitter's span (+-20%), and there is no colour tint: a per-image tint of +-5% per channel, beyond the
+    jitter's hue 0.02 / saturation 0.1, was what pretraining kept (the teacher's first principal components, 90% of
+    its variance, followed the tint; cosine kNN fell below the random start)."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    if kind in ("stripes", "checks"):
+        theta, period = rng.uniform(0, np.pi), rng.uniform(5, 10)
+        u, v = x * np.cos(theta) + y * np.sin(theta), -x * np.sin(theta) + y * np.cos(theta)
+        pattern = np.sin(2 * np.pi * u / period + rng.uniform(0, 2 * np.pi))
+        if kind == "checks":
+            pattern = pattern * np.sin(2 * np.pi * v / (period * rng.uniform(0.8, 1.25)) + rng.uniform(0, 2 * np.pi))
+            pattern = pattern / max(np.abs(pattern).max(), 1e-6)
+    else:
+        n = int(rng.integers(25, 50) * size * size / 4096)
+        seeds = rng.uniform(0, size, (n, 2))
+        d = np.sqrt((x[..., None] - seeds[:, 0]) ** 2 + (y[..., None] - seeds[:, 1]) ** 2)
+        if kind == "dots":
+            pattern = np.exp(-0.5 * (d.min(-1) / rng.uniform(1.5, 3.0)) ** 2)
+        else:  # the edges of the seeds' Voronoi cells
+            d.sort(-1)
+            pattern = np.exp(-0.5 * ((d[..., 1] - d[..., 0]) / rng.uniform(0.6, 1.2)) ** 2)
+        pattern = 2 * pattern - 1
+    phi = rng.uniform(0, 2 * np.pi)
+    slope = rng.uniform(-0.1, 0.1) * ((x - size / 2) * np.cos(phi) + (y - size / 2) * np.sin(phi)) / size
+    grey = rng.uniform(0.4, 0.6) + rng.uniform(0.15, 0.25) * pattern + slope
+    rgb = grey[..., None] + rng.normal(0, rng.uniform(0.02, 0.05), (size, size, 3))
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+
+
+def generate_texture_images(out_dir: Path, sizes: dict[str, int], seed: int, image_size: int = 64) -> None:
+    """train/val/test splits of drawn textures, one 0/1 column per kind (balanced, shuffled), saved to `out_dir`."""
+    from datasets import Dataset, DatasetDict, Features, Value
+    from PIL import Image
+
+    from multimeditron.data.synthetic import png_bytes
+
+    schema = Features({"image": {"bytes": Value("binary"), "path": Value("string")},
+                       **{kind: Value("int64") for kind in TEXTURES}})
+    streams = np.random.SeedSequence([int(seed), 7]).spawn(len(sizes))
+    splits = {}
+    for (name, n), stream in zip(sizes.items(), streams):
+        rng = np.random.default_rng(stream)
+        kinds = [TEXTURES[j % len(TEXTURES)] for j in rng.permutation(n)]
+        rows = [{"image": {"bytes": png_bytes(Image.fromarray(draw_texture(rng, k, image_size))), "path": None},
+                 **{t: int(t == k) for t in TEXTURES}} for k in kinds]
+        splits[name] = Dataset.from_dict({c: [r[c] for r in rows] for c in schema}, features=schema)
+    DatasetDict(splits).save_to_disk(str(out_dir))
+
+
+def draw_data(args: argparse.Namespace, out_dir: Path) -> tuple[str, ...]:
+    """The labelled drawn set `--data` names, saved to `out_dir`; returns its label columns."""
+    if args.data == "textures":
+        generate_texture_images(out_dir, {"train": args.train, "val": args.val, "test": args.test}, args.seed)
+        return TEXTURES
+    from multimeditron.data.synthetic_findings import LABEL_COLUMNS, generate_finding_images
+
+    generate_finding_images(out_dir, args.train, args.val, args.test, seed=args.seed, image_size=64)
+    return LABEL_COLUMNS
 
 
 def tiny_settings(args: argparse.Namespace) -> list[str]:
@@ -57,11 +123,11 @@ def method_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
-def probe_table(folder: Path, spec: str, seed: int, n_resamples: int) -> dict[str, dict[str, dict]]:
+def probe_table(folder: Path, spec: str, seed: int, n_resamples: int,
+                columns: tuple[str, ...]) -> dict[str, dict[str, dict]]:
     """{protocol: {label: bootstrap AUROC entry}} of an expert (a SPEC) on the drawn test split."""
     from multimeditron.config import DatasetEntry
     from multimeditron.data.sources import load_source
-    from multimeditron.data.synthetic_findings import LABEL_COLUMNS
     from multimeditron.probing.bootstrap import bootstrap_metrics
     from multimeditron.probing.embed import embed
     from multimeditron.probing.protocols.common import Labelled, ProbeInputs
@@ -74,16 +140,16 @@ def probe_table(folder: Path, spec: str, seed: int, n_resamples: int) -> dict[st
     for split in ("train", "val", "test"):
         table = load_source(DatasetEntry(str(folder)), split).dataset
         rows = [table[i]["image"] for i in range(len(table))]
-        labels = np.stack([np.asarray(table[c]) for c in LABEL_COLUMNS], axis=1)
+        labels = np.stack([np.asarray(table[c]) for c in columns], axis=1)
         splits[split] = Labelled(embed(expert, rows, progress=False, n_layers=1), labels)
-    data = ProbeInputs(splits["train"], splits["val"], splits["test"], len(LABEL_COLUMNS), multilabel=True)
+    data = ProbeInputs(splits["train"], splits["val"], splits["test"], len(columns), multilabel=True)
     out = {}
     for name, result in (("knn", knn_probe(data, ks=(5, 10, 20))),
                          ("linear", linear_probe(data, epochs=100, layer_counts=(1,),
                                                  seed=seed))):
         out[name] = {label: bootstrap_metrics(result.test_labels[:, [c]], result.test_scores[:, [c]], multilabel=True,
                                               n_resamples=n_resamples, seed=seed, metrics=("auroc",))["auroc"]
-                     for c, label in enumerate(LABEL_COLUMNS)}
+                     for c, label in enumerate(columns)}
     return out
 
 
@@ -201,6 +267,9 @@ def steady_rate(stamps: list[float], skip: int, batch: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", choices=("findings", "textures"), default="findings",
+                        help="the quickstart's drawn findings, or drawn textures (labels: the texture's kind)")
+    parser.add_argument("--baseline-only", action="store_true", help="probe the random start only, no pretraining")
     parser.add_argument("--train", type=int, default=192)
     parser.add_argument("--val", type=int, default=96)
     parser.add_argument("--test", type=int, default=192)
@@ -221,16 +290,18 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     from multimeditron.cli import main as cli
-    from multimeditron.data.synthetic_findings import generate_finding_images
 
     work = Path(tempfile.mkdtemp(prefix="mermed-bench-"))
-    data = work / "findings"
-    generate_finding_images(data, args.train, args.val, args.test, seed=args.seed, image_size=64)
+    data = work / args.data
+    columns = draw_data(args, data)
     train_only = work / "train"
     from datasets import load_from_disk
 
     load_from_disk(str(data))["train"].remove_columns(
         [c for c in load_from_disk(str(data))["train"].column_names if c != "image"]).save_to_disk(str(train_only))
+    if args.baseline_only:
+        return print(json.dumps({p: {k: round(v["value"], 3) for k, v in t.items()} for p, t in
+                                 probe_table(data, EXPERT, args.seed, args.bootstrap, columns).items()}))
     if args.skip_probes:
         args.epochs = 0
     start = time.perf_counter()
@@ -247,15 +318,14 @@ def main() -> None:
           f"{entropy[-1]:.2f} (range {min(entropy):.2f}-{max(entropy):.2f}; 0 = collapse to one entry, "
           f"{math.log(min(args.partition_size, args.out_dim or args.train)):.2f} = uniform over a partition, "
           f"log(out_dim) {math.log(args.out_dim or args.train):.2f})")
-    tables = {"random init": probe_table(data, EXPERT, args.seed, args.bootstrap),
-              "mermed (teacher)": probe_table(data, str(work / "run" / "final"), args.seed, args.bootstrap)}
-    from multimeditron.data.synthetic_findings import LABEL_COLUMNS
+    tables = {"random init": probe_table(data, EXPERT, args.seed, args.bootstrap, columns),
+              "mermed (teacher)": probe_table(data, str(work / "run" / "final"), args.seed, args.bootstrap, columns)}
 
     for protocol in ("knn", "linear"):
         print(f"\n{protocol}: test AUROC [95% bootstrap interval], {args.test} test images")
         print("| label | random init | pretrained (mermed) |\n|---|---|---|")
         means = {name: [] for name in tables}
-        for label in LABEL_COLUMNS:
+        for label in columns:
             cells = []
             for name, table in tables.items():
                 e = table[protocol][label]
