@@ -148,6 +148,9 @@ def check_spec(parsed: ParsedSpec) -> None:
         check_checkpoint_source(parsed.spec.checkpoint)  # CheckpointNotFoundError, a UserError naming the path
     if parsed.model_dir is not None:
         return
+    # OSError is left to the real build: what the meta build cannot reach (a hub id on a machine without network, a
+    # file the family reads beside its weights) is reported there, naming the expert; the local checkpoint was
+    # checked above.
     with torch.device("meta"), _named_errors(parsed.name, ignore=OSError):
         build_expert(dataclasses.replace(parsed.spec, output="cls"), load_checkpoint=False)
 
