@@ -58,6 +58,15 @@ class GateSection:
     def __post_init__(self) -> None:
         if self.max_samples_per_class is not None and self.max_samples_per_class < 1:
             raise ValueError(f"max_samples_per_class must be >= 1 or null, got {self.max_samples_per_class}")
+        self.classifier_spec(num_classes=1)  # the router's own checks of arch and input, before any image is read
+
+    def classifier_spec(self, num_classes: int) -> GateClassifierSpec:
+        """The router's spec of this gate over `num_classes` classes (class i routes to "expert" i while it
+        trains), checked by the router's one rule (`GateClassifierSpec.from_dict`)."""
+        return GateClassifierSpec.from_dict({"class_to_expert": list(range(num_classes)), "arch": self.arch,
+                                             "options": dict(self.options), "image_size": self.image_size,
+                                             "mean": list(self.mean), "std": list(self.std)}, num_classes,
+                                            where="gate")
 
 
 @dataclass
@@ -112,10 +121,7 @@ def load_gate_data(recipe: GateRecipe) -> LabelledImages:
 def build_gate(section: GateSection, classes: list[str]) -> GateClassifier:
     """A gate over `classes` (class i routes to "expert" i while it trains), from `checkpoint` when given."""
     n = len(classes)
-    spec = GateClassifierSpec.from_dict({"class_to_expert": list(range(n)), "arch": section.arch,
-                                         "options": dict(section.options), "image_size": section.image_size,
-                                         "mean": list(section.mean), "std": list(section.std)}, n, where="gate")
-    gate = GateClassifier(spec, n)
+    gate = GateClassifier(section.classifier_spec(n), n)
     if section.checkpoint:
         record = read_gate_record(section.checkpoint)
         if record is not None:

@@ -37,7 +37,9 @@ def parse_section(cls: type, data: Any, where: str = "") -> Any:
     try:
         built = cls(**values)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"{where or 'config'}: {error}") from error
+        text = str(error)  # a message that already names its key in full is not prefixed a second time
+        raise ConfigError(text if where and text.startswith(f"{where}.") else f"{where or 'config'}: {text}") \
+            from error
     # Which keys the user wrote (a default value cannot tell "not given" from "given the default"); see written_keys.
     object.__setattr__(built, "_written_keys", frozenset(data))
     return built

@@ -169,3 +169,12 @@ def test_train_expert_refuses_every_recipe_before_training_any(problem: str, mes
 
     assert re.search(message, capsys.readouterr().err), problem
     assert not (tmp_path / "a").exists()  # the first recipe did not start
+
+
+def test_train_gate_refuses_an_unknown_arch_before_reading_data(tmp_path: Path, capsys) -> None:
+    # the router's own arch check runs when the recipe is read: one error line naming the key and its flag
+    assert main(["train-gate", "--data", str(tmp_path / "no_such_data"), "--arch", "resnet999",
+                 "--out", str(tmp_path / "gate")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: gate.arch (--arch): 'resnet999' is not a timm model name (the published gate: resnet50)"]
+    assert not (tmp_path / "gate").exists()
